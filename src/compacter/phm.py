@@ -1,0 +1,194 @@
+"""Parameterized hypercomplex multiplication (PHM): the math of Compacter, torch only.
+
+A PHM layer computes ``y = x W + b`` with
+
+    W = Σ_{i=1..n} A_i ⊗ B_i,   A_i ∈ R^{n×n},  B_i ∈ R^{(k/n)×(d/n)},  W ∈ R^{k×d}
+
+and the low-rank variant (LPHM) factorises each fast weight as ``B_i = s_i t_iᵀ`` with
+``s_i ∈ R^{(k/n)×r}`` and ``t_i ∈ R^{r×(d/n)}``. The ``A_i`` ("slow" weights, the *rule*) may be
+shared by every PHM layer of a model: they then live in one :class:`PHMRule` module that the
+caller owns and passes to :meth:`PHMLinear.forward` explicitly.
+
+Shapes used throughout: ``n`` = phm_dim, ``k`` = in_features, ``d`` = out_features,
+``p = k / n``, ``q = d / n``, ``r`` = rank.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+PHM_INITS = ("glorot-uniform", "glorot-normal", "normal")
+RULE_INITS = ("normal", "uniform")
+
+
+def kronecker_sum(rule: torch.Tensor, fast: torch.Tensor) -> torch.Tensor:
+    """Return ``Σ_i rule[i] ⊗ fast[i]`` without a Python loop over ``i``.
+
+    rule: [n, n, n] (i, a, b); fast: [..., n, p, q] (leading dims batch several layers).
+    Returns [..., n*p, n*q] with ``W[a*p + x, b*q + y] = Σ_i rule[i, a, b] * fast[i, x, y]``.
+    """
+    n, p, q = fast.shape[-3:]
+    w = torch.einsum("iab,...ixy->...axby", rule, fast)  # [..., n(a), p(x), n(b), q(y)]
+    return w.reshape(*fast.shape[:-3], n * p, n * q)  # [..., k, d]
+
+
+def init_fast_weight(weight: torch.Tensor, method: str, fan_in: int, fan_out: int, std: float = 0.01) -> None:
+    """Initialise a fast weight in place: Glorot-uniform, Glorot-normal, or normal(0, std)."""
+    if method == "glorot-uniform":
+        bound = math.sqrt(6.0 / (fan_in + fan_out))
+        nn.init.uniform_(weight, -bound, bound)
+    elif method == "glorot-normal":
+        nn.init.normal_(weight, std=math.sqrt(2.0 / (fan_in + fan_out)))
+    elif method == "normal":
+        nn.init.normal_(weight, std=std)
+    else:
+        raise ValueError(f"unknown fast-weight init {method!r}; allowed: {', '.join(PHM_INITS)}")
+
+
+class PHMRule(nn.Module):
+    """The slow weights ``A`` of shape [n, n, n]: one set shared by many PHM layers, or one layer's own."""
+
+    def __init__(self, phm_dim: int, init: str = "normal", init_range: float = 1e-4, learn: bool = True):
+        super().__init__()
+        if init not in RULE_INITS:
+            raise ValueError(f"unknown phm_rule_init {init!r}; allowed: {', '.join(RULE_INITS)}")
+        self.phm_dim = phm_dim
+        self.A = nn.Parameter(torch.empty(phm_dim, phm_dim, phm_dim), requires_grad=learn)  # [n, n, n]
+        if init == "normal":
+            nn.init.normal_(self.A, std=init_range)
+        else:
+            nn.init.uniform_(self.A, -init_range, init_range)
+
+    def forward(self) -> torch.Tensor:
+        return self.A
+
+    def extra_repr(self) -> str:
+        return f"phm_dim={self.phm_dim}"
+
+
+class PHMLinear(nn.Module):
+    """``y = x W + b`` with ``W = Σ_i A_i ⊗ B_i`` (PHM) and optionally ``B_i = s_i t_iᵀ`` (LPHM).
+
+    With ``own_rule=False`` the layer holds no ``A``: the caller passes the shared rule to
+    :meth:`forward`. In eval mode with gradients off, ``W`` is computed once and reused until
+    a weight changes (in-place updates bump tensor versions, which invalidate the cache).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        phm_dim: int,
+        *,
+        rank: int = 1,
+        factorized: bool = True,
+        own_rule: bool = False,
+        rule_init: str = "normal",
+        rule_init_range: float = 1e-4,
+        learn_rule: bool = True,
+        init: str = "glorot-uniform",
+        bias: bool = True,
+        name: str = "PHMLinear",
+    ):
+        super().__init__()
+        n = phm_dim
+        if in_features % n or out_features % n:
+            raise ValueError(
+                f"{name}: PHM needs phm_dim n={n} to divide both dimensions of the weight "
+                f"[in={in_features}, out={out_features}]; choose n among the common divisors "
+                f"{_common_divisors(in_features, out_features)}"
+            )
+        self.in_features, self.out_features, self.phm_dim = in_features, out_features, n
+        self.rank, self.factorized = rank, factorized
+        p, q = in_features // n, out_features // n
+        if factorized:
+            self.s = nn.Parameter(torch.empty(n, p, rank))  # [n, p, r]
+            self.t = nn.Parameter(torch.empty(n, rank, q))  # [n, r, q]
+            init_fast_weight(self.s, init, fan_in=p, fan_out=rank)
+            init_fast_weight(self.t, init, fan_in=rank, fan_out=q)
+        else:
+            self.B = nn.Parameter(torch.empty(n, p, q))  # [n, p, q]
+            init_fast_weight(self.B, init, fan_in=p, fan_out=q)
+        self.rule = PHMRule(n, rule_init, rule_init_range, learn_rule) if own_rule else None
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self._cache: tuple[tuple, torch.Tensor] | None = None
+
+    def fast_weight(self) -> torch.Tensor:
+        """The fast weights ``B`` as [n, p, q]."""
+        return torch.bmm(self.s, self.t) if self.factorized else self.B  # [n, p, r] @ [n, r, q]
+
+    def weight(self, rule: torch.Tensor | None = None) -> torch.Tensor:
+        """The full weight ``W`` [k, d] from the rule (own or given) and the fast weights."""
+        if self.rule is not None:
+            rule = self.rule.A
+        if rule is None:
+            raise ValueError("PHMLinear has no rule of its own: pass the shared rule A [n, n, n]")
+        return kronecker_sum(rule, self.fast_weight())
+
+    def _cached_weight(self, rule: torch.Tensor | None) -> torch.Tensor:
+        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
+            self._cache = None
+            return self.weight(rule)
+        rule_t = self.rule.A if self.rule is not None else rule
+        params = [rule_t] + list(self._fast_params())
+        key = tuple((id(t), t._version, t.device, t.dtype) for t in params)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self.weight(rule))
+        return self._cache[1]
+
+    def _fast_params(self) -> tuple[torch.Tensor, ...]:
+        return (self.s, self.t) if self.factorized else (self.B,)
+
+    def forward(self, x: torch.Tensor, rule: torch.Tensor | None = None) -> torch.Tensor:
+        w = self._cached_weight(rule)  # [k, d]
+        if w.dtype != x.dtype:
+            w = w.to(x.dtype)
+        bias = self.bias.to(x.dtype) if self.bias is not None and self.bias.dtype != x.dtype else self.bias
+        y = x @ w  # [..., k] @ [k, d] -> [..., d]
+        return y + bias if bias is not None else y
+
+    def extra_repr(self) -> str:
+        kind = f"factorized rank={self.rank}" if self.factorized else "full B"
+        own = "own rule" if self.rule is not None else "shared rule"
+        return f"in={self.in_features}, out={self.out_features}, n={self.phm_dim}, {kind}, {own}, bias={self.bias is not None}"
+
+
+class LowRankLinear(nn.Module):
+    """``y = x (u vᵀ) + b``: the Adapter-LowRank projection, ``u`` [k, r], ``v`` [r, d]."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int = 1, init: str = "glorot-uniform", bias: bool = True):
+        super().__init__()
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.u = nn.Parameter(torch.empty(in_features, rank))  # [k, r]
+        self.v = nn.Parameter(torch.empty(rank, out_features))  # [r, d]
+        init_fast_weight(self.u, init, fan_in=in_features, fan_out=rank)
+        init_fast_weight(self.v, init, fan_in=rank, fan_out=out_features)
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor, rule: torch.Tensor | None = None) -> torch.Tensor:
+        y = (x @ self.u.to(x.dtype)) @ self.v.to(x.dtype)  # [..., k] -> [..., r] -> [..., d]
+        return y + self.bias.to(x.dtype) if self.bias is not None else y
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, bias={self.bias is not None}"
+
+
+class PlainLinear(nn.Linear):
+    """A dense adapter projection (Houlsby / Pfeiffer), weights normal(0, std), bias zero."""
+
+    def __init__(self, in_features: int, out_features: int, std: float = 0.01, bias: bool = True):
+        super().__init__(in_features, out_features, bias=bias)
+        nn.init.normal_(self.weight, std=std)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor, rule: torch.Tensor | None = None) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+
+def _common_divisors(a: int, b: int) -> list[int]:
+    g = math.gcd(a, b)
+    return [i for i in range(2, min(g, 64) + 1) if g % i == 0]
