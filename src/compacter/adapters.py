@@ -1,0 +1,55 @@
+"""The bottleneck adapter, ``A(x) = up(act(down(x))) + x``, with PHM, low-rank or dense projections.
+
+Compacter, Compacter++ and PHM-Adapter use :class:`~compacter.phm.PHMLinear` projections,
+Adapter-LowRank uses :class:`~compacter.phm.LowRankLinear`, Houlsby and Pfeiffer adapters use
+dense ones. The adapter takes the shared PHM rule (if any) as an explicit argument.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import CompacterConfig
+from .phm import LowRankLinear, PHMLinear, PlainLinear
+
+_ACTIVATIONS = {
+    "gelu_new": lambda: nn.GELU(approximate="tanh"),
+    "gelu": nn.GELU,
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+    "swish": nn.SiLU,
+    "tanh": nn.Tanh,
+    "identity": nn.Identity,
+}
+
+
+def make_projection(config: CompacterConfig, in_features: int, out_features: int, name: str) -> nn.Module:
+    """One adapter projection ``[..., in] -> [..., out]`` of the kind ``config.adapter_type`` names."""
+    if config.adapter_type == "phm":
+        return PHMLinear(
+            in_features, out_features, config.phm_dim,
+            rank=config.phm_rank, factorized=config.factorized_phm, own_rule=not config.shared_phm_rule,
+            rule_init=config.phm_rule_init, rule_init_range=config.phm_init_range, learn_rule=config.learn_phm,
+            init=config.phm_init, bias=config.adapter_bias, name=name,
+        )
+    if config.adapter_type == "lowrank":
+        return LowRankLinear(in_features, out_features, config.lowrank_rank, init=config.phm_init, bias=config.adapter_bias)
+    if config.adapter_type == "linear":
+        return PlainLinear(in_features, out_features, std=config.adapter_init_std, bias=config.adapter_bias)
+    raise ValueError(f"adapter_type={config.adapter_type!r} builds no projection")
+
+
+class BottleneckAdapter(nn.Module):
+    """``A(x) = up(act(down(x))) + x`` with ``x`` [..., d_model] and a bottleneck of ``k`` units."""
+
+    def __init__(self, config: CompacterConfig, d_model: int, name: str = "adapter"):
+        super().__init__()
+        k = config.bottleneck(d_model)
+        self.d_model, self.bottleneck = d_model, k
+        self.down = make_projection(config, d_model, k, f"{name}.down")  # [..., d] -> [..., k]
+        self.act = _ACTIVATIONS[config.non_linearity]()
+        self.up = make_projection(config, k, d_model, f"{name}.up")  # [..., k] -> [..., d]
+
+    def forward(self, x: torch.Tensor, rule: torch.Tensor | None = None) -> torch.Tensor:
+        return self.up(self.act(self.down(x, rule)), rule) + x

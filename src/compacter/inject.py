@@ -1,0 +1,391 @@
+"""Put adapters into a transformers model at run time, freeze the rest, and switch adapters.
+
+Nothing of the model's source is copied: for each placement target (see :mod:`compacter.placement`)
+an :class:`AdapterSite` (a ``ModuleDict`` of named adapters) becomes a child of the target module,
+named ``compacter_adapters``, and a forward hook passes the target's output through the active
+adapter. The model root gets one :class:`CompacterState` child, ``compacter``, that owns what is
+shared: the slow PHM weights ``A`` (one :class:`~compacter.phm.PHMRule` per adapter name) and the
+per-adapter trained copies of base parameters (layer norms, task head, BitFit biases). Activating
+an adapter points those base parameters at its copies, so switching costs nothing per forward and
+disabling gives back the base model's exact outputs.
+
+Building is separate from attaching: :func:`build_adapters` makes every module and checks every
+shape before the model is touched, so bad input leaves the model unmodified.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .adapters import BottleneckAdapter
+from .config import CompacterConfig
+from .phm import PHMRule
+from .placement import is_norm, match_modules, output_features, placement_for
+
+SITE_ATTR = "compacter_adapters"
+STATE_ATTR = "compacter"
+_LAYER_INDEX = re.compile(r"(^|.*\.)\d+\..*")  # a module inside a numbered transformer block
+
+
+def _key(param_name: str) -> str:
+    return param_name.replace(".", "/")  # ParameterDict keys cannot contain dots
+
+
+def _unkey(key: str) -> str:
+    return key.replace("/", ".")
+
+
+class AdapterSite(nn.ModuleDict):
+    """The named adapters at one placement target; the hook applies the active one to the target's output."""
+
+    def __init__(self, role: str, d_model: int):
+        super().__init__()
+        self.role, self.d_model = role, d_model
+        self.active: str | None = None
+        self._state: list[CompacterState] = []  # a plain reference: the owner is not a child of every site
+        self._handle = None
+
+    def hook(self, module: nn.Module, args: tuple, output):
+        if self.active is None:
+            return output
+        rule = self._state[0].rule(self.active)
+        adapter = self[self.active]
+        if isinstance(output, tuple):  # a sub-layer that returns (hidden, extras...)
+            return (adapter(output[0], rule),) + tuple(output[1:])
+        return adapter(output, rule)
+
+    def extra_repr(self) -> str:
+        return f"role={self.role}, d_model={self.d_model}, active={self.active!r}"
+
+
+class CompacterState(nn.Module):
+    """Owner of what adapters share: the PHM rules and the trained copies of base parameters."""
+
+    def __init__(self):
+        super().__init__()
+        self.rules = nn.ModuleDict()  # adapter name -> PHMRule (shared slow weights A [n, n, n])
+        self.tuned = nn.ModuleDict()  # adapter name -> ParameterDict(base param key -> trained copy)
+        self.base = nn.ParameterDict()  # base param key -> the base model's own (frozen) parameter
+        self.configs: dict[str, CompacterConfig] = {}
+        self.active: str | None = None
+        self.base_requires_grad: dict[str, bool] = {}
+        self.missing: set[str] = set()  # base params that do not exist (BitFit biases added to bias-free layers)
+
+    def rule(self, name: str) -> torch.Tensor | None:
+        return self.rules[name].A if name in self.rules else None
+
+    def extra_repr(self) -> str:
+        return f"adapters={list(self.configs)}, active={self.active!r}"
+
+
+@dataclass
+class PendingAdapters:
+    """Adapters built for a model but not yet attached: every shape is known, nothing is changed."""
+
+    name: str
+    config: CompacterConfig
+    sites: dict[str, BottleneckAdapter] = field(default_factory=dict)  # target module name -> adapter
+    roles: dict[str, str] = field(default_factory=dict)  # target module name -> "attention" | "ffn"
+    rule: PHMRule | None = None
+    tuned: dict[str, nn.Parameter] = field(default_factory=dict)  # base param name -> trained copy
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The adapter's own tensors, keyed as in ``adapter_model.safetensors``."""
+        out = {}
+        for target, adapter in self.sites.items():
+            for pname, p in adapter.named_parameters():
+                out[f"adapters.{target}.{pname}"] = p
+        if self.rule is not None:
+            out["rule.A"] = self.rule.A
+        for pname, p in self.tuned.items():
+            out[f"tuned.{pname}"] = p
+        return out
+
+
+def build_adapters(model: nn.Module, config: CompacterConfig, name: str = "default") -> PendingAdapters:
+    """Make every module ``config`` asks for on ``model`` without changing the model."""
+    if not isinstance(config, CompacterConfig):
+        raise TypeError(f"config must be a CompacterConfig, got {type(config).__name__}")
+    state = get_state(model)
+    if state is not None and name in state.configs:
+        raise ValueError(f"an adapter named {name!r} is already on this model; choose another name or delete_adapter first")
+    if state is not None and (config.train_all or any(c.train_all for c in state.configs.values())):
+        raise ValueError("method 'full' trains the base weights in place and cannot share a model with other adapters")
+    pending = PendingAdapters(name=name, config=config)
+    modules = dict(model.named_modules())
+    if config.uses_adapters:
+        placement = placement_for(model, config.attention_modules, config.ffn_modules)
+        for role, patterns, wanted in (("attention", placement.attention, config.after_attention), ("ffn", placement.ffn, config.after_ffn)):
+            if not wanted:
+                continue
+            targets = match_modules(model, patterns)
+            if not targets:
+                raise ValueError(f"no module of {type(model).__name__} matches the {role} patterns {list(patterns)}")
+            for target in targets:
+                if target in pending.sites:
+                    raise ValueError(f"module {target} matches both the attention and the ffn patterns")
+                d_model = output_features(modules[target], target)
+                pending.sites[target] = BottleneckAdapter(config, d_model, name=target)
+                pending.roles[target] = role
+        if config.adapter_type == "phm" and config.shared_phm_rule:
+            pending.rule = PHMRule(config.phm_dim, config.phm_rule_init, config.phm_init_range, config.learn_phm)
+        _place_like_model(pending, model)
+    pending.tuned = _tuned_copies(model, config, modules)
+    return pending
+
+
+def _place_like_model(pending: PendingAdapters, model: nn.Module) -> None:
+    """Move new adapter modules to the model's device and floating dtype."""
+    ref = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if ref is None:
+        return
+    for module in list(pending.sites.values()) + ([pending.rule] if pending.rule is not None else []):
+        module.to(device=ref.device, dtype=ref.dtype)
+
+
+def _tuned_copies(model: nn.Module, config: CompacterConfig, modules: dict[str, nn.Module]) -> dict[str, nn.Parameter]:
+    """Trainable copies of the base parameters the method trains (norms, head, biases)."""
+    if config.train_all:
+        return {}
+    state = get_state(model)
+    wanted: dict[str, torch.Tensor | None] = {}
+    for mname, module in modules.items():
+        if mname == STATE_ATTR or mname.startswith(STATE_ATTR + ".") or isinstance(module, AdapterSite) or f".{SITE_ATTR}" in f".{mname}":
+            continue
+        head = config.train_head and mname.split(".")[-1] in config.head_modules
+        norm = config.train_layer_norms and is_norm(module)
+        for pname, p in module.named_parameters(recurse=False):
+            full = f"{mname}.{pname}" if mname else pname
+            if head or norm or (config.train_biases and pname == "bias"):
+                wanted[full] = _base_param(state, full, p)
+        if config.train_biases and config.add_missing_biases and isinstance(module, nn.Linear) and module.bias is None \
+                and _LAYER_INDEX.fullmatch(mname):
+            wanted[f"{mname}.bias"] = None  # no bias in the base model: a zero one is added
+    for mname, module in modules.items():  # heads are trained whole, sub-modules included
+        if config.train_head and mname.split(".")[-1] in config.head_modules:
+            for pname, p in module.named_parameters():
+                wanted.setdefault(f"{mname}.{pname}", _base_param(state, f"{mname}.{pname}", p))
+    out = {}
+    for full, base in wanted.items():
+        if base is None:
+            module = modules[full.rsplit(".", 1)[0]]
+            base = torch.zeros(module.out_features, device=module.weight.device, dtype=module.weight.dtype)
+        out[full] = nn.Parameter(base.detach().clone(), requires_grad=True)
+    return out
+
+
+def _base_param(state: CompacterState | None, full: str, current: torch.Tensor) -> torch.Tensor:
+    """The base model's own value of a parameter, even while another adapter's copy is active."""
+    if state is not None and _key(full) in state.base:
+        return state.base[_key(full)]
+    return current
+
+
+def attach_adapters(model: nn.Module, pending: PendingAdapters, activate: bool = True) -> nn.Module:
+    """Attach built adapters to ``model``, freeze the base, and (by default) activate them."""
+    state = get_state(model)
+    if state is None:
+        state = CompacterState()
+        state.base_requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+        for p in model.parameters():
+            p.requires_grad_(False)
+        model.add_module(STATE_ATTR, state)
+    modules = dict(model.named_modules())
+    for target, adapter in pending.sites.items():
+        site = getattr(modules[target], SITE_ATTR, None)
+        if site is None:
+            site = AdapterSite(pending.roles[target], adapter.d_model)
+            site._state.append(state)
+            modules[target].add_module(SITE_ATTR, site)
+            site._handle = modules[target].register_forward_hook(site.hook)
+        site[pending.name] = adapter
+    if pending.rule is not None:
+        state.rules[pending.name] = pending.rule
+    tuned = nn.ParameterDict()
+    for full, copy in pending.tuned.items():
+        owner, attr = _resolve(modules, full)
+        if _key(full) not in state.base and full not in state.missing:
+            current = owner._parameters.get(attr)
+            if current is None:
+                state.missing.add(full)
+            else:
+                state.base[_key(full)] = current
+        tuned[_key(full)] = copy
+    state.tuned[pending.name] = tuned
+    state.configs[pending.name] = pending.config
+    if pending.config.train_all:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    if activate:
+        set_active_adapter(model, pending.name)
+    return model
+
+
+def _resolve(modules: dict[str, nn.Module], full: str) -> tuple[nn.Module, str]:
+    mname, _, attr = full.rpartition(".")
+    return modules[mname], attr
+
+
+def add_adapters(model: nn.Module, config: CompacterConfig | None = None, name: str = "default") -> nn.Module:
+    """Add the adapters of ``config`` (default: Compacter++) to ``model`` as ``name``, freeze the base, activate them.
+
+    Returns the same model object. On any error the model is left unmodified.
+    """
+    config = config if config is not None else CompacterConfig()
+    return attach_adapters(model, build_adapters(model, config, name))
+
+
+def get_state(model: nn.Module) -> CompacterState | None:
+    state = getattr(model, STATE_ATTR, None)
+    return state if isinstance(state, CompacterState) else None
+
+
+def _require_state(model: nn.Module) -> CompacterState:
+    state = get_state(model)
+    if state is None:
+        raise ValueError(f"{type(model).__name__} has no adapters: call compacter.add_adapters first")
+    return state
+
+
+def iter_sites(model: nn.Module) -> Iterator[tuple[str, AdapterSite]]:
+    for mname, module in model.named_modules():
+        if isinstance(module, AdapterSite):
+            yield mname.rsplit(".", 1)[0], module
+
+
+def set_active_adapter(model: nn.Module, name: str | None) -> None:
+    """Make adapter ``name`` the one in use and the one trained; ``None`` gives the base model back."""
+    state = _require_state(model)
+    if name is not None and name not in state.configs:
+        raise ValueError(f"no adapter named {name!r}; this model has: {', '.join(state.configs) or 'none'}")
+    if name is None and any(c.train_all for c in state.configs.values()):
+        raise ValueError("method 'full' changed the base weights in place: there is no base model to go back to")
+    modules = dict(model.named_modules())
+    for _, site in iter_sites(model):
+        site.active = name if name is not None and name in site else None
+        for aname, adapter in site.items():
+            adapter.requires_grad_(aname == name)
+    for rname, rule in state.rules.items():
+        rule.A.requires_grad_(rname == name and state.configs[rname].learn_phm)
+    for aname, tuned in state.tuned.items():
+        for p in tuned.values():
+            p.requires_grad_(aname == name)
+    active_tuned = state.tuned[name] if name is not None else {}
+    for full in {_unkey(k) for t in state.tuned.values() for k in t}:
+        owner, attr = _resolve(modules, full)
+        if _key(full) in active_tuned:
+            owner._parameters[attr] = active_tuned[_key(full)]
+        else:
+            owner._parameters[attr] = state.base[_key(full)] if _key(full) in state.base else None
+    state.active = name
+
+
+def active_adapter(model: nn.Module) -> str | None:
+    state = get_state(model)
+    return state.active if state is not None else None
+
+
+def list_adapters(model: nn.Module) -> list[str]:
+    state = get_state(model)
+    return list(state.configs) if state is not None else []
+
+
+@contextlib.contextmanager
+def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block the model computes exactly what the base model computes."""
+    previous = active_adapter(model)
+    set_active_adapter(model, None)
+    try:
+        yield model
+    finally:
+        set_active_adapter(model, previous)
+
+
+def delete_adapter(model: nn.Module, name: str) -> None:
+    """Remove adapter ``name``; when none is left, the model is the base model again (hooks removed, flags restored)."""
+    state = _require_state(model)
+    if name not in state.configs:
+        raise ValueError(f"no adapter named {name!r}; this model has: {', '.join(state.configs) or 'none'}")
+    if state.configs[name].train_all:
+        raise ValueError("method 'full' changed the base weights in place and cannot be deleted")
+    if state.active == name:
+        set_active_adapter(model, None)
+    modules = dict(model.named_modules())
+    for target, site in list(iter_sites(model)):
+        if name in site:
+            del site[name]
+        if len(site) == 0:
+            site._handle.remove()
+            delattr(modules[target], SITE_ATTR)
+    if name in state.rules:
+        del state.rules[name]
+    del state.tuned[name]
+    del state.configs[name]
+    if not state.configs:
+        delattr(model, STATE_ATTR)
+        params = dict(model.named_parameters())
+        for full, requires_grad in state.base_requires_grad.items():
+            if full in params:
+                params[full].requires_grad_(requires_grad)
+
+
+def adapter_modules(model: nn.Module, name: str | None = None) -> PendingAdapters:
+    """The attached modules and tensors of adapter ``name`` (default: the active one)."""
+    state = _require_state(model)
+    name = name if name is not None else state.active
+    if name is None or name not in state.configs:
+        raise ValueError(f"no adapter named {name!r}; this model has: {', '.join(state.configs) or 'none'}")
+    out = PendingAdapters(name=name, config=state.configs[name])
+    for target, site in iter_sites(model):
+        if name in site:
+            out.sites[target] = site[name]
+            out.roles[target] = site.role
+    out.rule = state.rules[name] if name in state.rules else None
+    out.tuned = {_unkey(k): p for k, p in state.tuned[name].items()}
+    return out
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameters of the model as it computes now.
+
+    ``total`` counts the base model plus the active adapter (each tensor once); stored base
+    copies and inactive adapters are not counted. ``trainable`` counts tensors with
+    ``requires_grad``.
+    """
+    state = get_state(model)
+    seen: set[int] = set()
+    trainable = total = 0
+    for pname, p in model.named_parameters():
+        if state is not None and pname.startswith(STATE_ATTR + "."):
+            continue
+        if state is not None and f".{SITE_ATTR}." in f".{pname}":
+            after = pname.split(f"{SITE_ATTR}.", 1)[1]
+            if after.split(".", 1)[0] != state.active:
+                continue
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    if state is not None and state.active in state.rules:
+        rule = state.rules[state.active].A
+        total += rule.numel()
+        trainable += rule.numel() if rule.requires_grad else 0
+    return trainable, total
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters an optimizer should get: those with ``requires_grad``, each once."""
+    seen: set[int] = set()
+    out = []
+    for p in model.parameters():
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
