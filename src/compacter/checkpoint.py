@@ -1,0 +1,170 @@
+"""Adapter-only checkpoints: ``adapter_model.safetensors`` + ``adapter_config.json``.
+
+The JSON holds the format version, the method config, the base model's name and type, and a
+fingerprint (SHA-256 of every tensor name and shape the adapter expects). Loading checks the
+config, the file and every shape *before* the model is touched; saving writes temporary files
+and renames them into place, so a crash never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import __version__
+from .config import FORMAT_VERSION, CompacterConfig
+from .inject import PendingAdapters, adapter_modules, attach_adapters, build_adapters
+
+WEIGHTS_NAME = "adapter_model.safetensors"
+CONFIG_NAME = "adapter_config.json"
+_TOP_LEVEL = {"format_version", "library", "config", "base_model", "model_type", "fingerprint", "name"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded into this model; the model was left unchanged."""
+
+
+def fingerprint(shapes: dict[str, tuple[int, ...]]) -> str:
+    """SHA-256 over the sorted ``name:shape`` pairs of the adapter's tensors."""
+    text = "\n".join(f"{k}:{list(v)}" for k, v in sorted(shapes.items()))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _shapes(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in tensors.items()}
+
+
+def _full_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Method 'full': every parameter of the model, each tensor once."""
+    seen, out = set(), {}
+    for name, p in model.named_parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            out[f"model.{name}"] = p
+    return out
+
+
+def save_adapters(model: nn.Module, path: str | os.PathLike, name: str | None = None) -> Path:
+    """Write adapter ``name`` (default: the active one) to the folder ``path``; returns the folder."""
+    pending = adapter_modules(model, name)
+    tensors = _full_state(model) if pending.config.train_all else pending.state_dict()
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    config = getattr(model, "config", None)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "library": f"compacter {__version__}",
+        "name": pending.name,
+        "config": pending.config.to_dict(),
+        "base_model": getattr(config, "_name_or_path", None) or None,
+        "model_type": getattr(config, "model_type", None),
+        "fingerprint": fingerprint(_shapes(tensors)),
+    }
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    _atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    _atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n"))
+    return folder
+
+
+def _atomic_write(target: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_adapter_config(path: str | os.PathLike) -> tuple[CompacterConfig, dict]:
+    """Parse and validate ``adapter_config.json`` in folder ``path``; returns the config and the raw metadata."""
+    file = Path(path) / CONFIG_NAME
+    if not file.is_file():
+        raise CheckpointError(f"{file}: no adapter config here (expected {CONFIG_NAME} beside {WEIGHTS_NAME})")
+    try:
+        meta = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{file}: not valid JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{file}: expected a JSON object, got {type(meta).__name__}")
+    unknown = sorted(set(meta) - _TOP_LEVEL)
+    if unknown:
+        raise CheckpointError(f"{file}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_TOP_LEVEL))}")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{file}: format_version {version!r} is not supported (this library reads {FORMAT_VERSION})")
+    if not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"{file}: missing 'config' object")
+    try:
+        config = CompacterConfig.from_dict(meta["config"])
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{file}: {err}") from None
+    return config, meta
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    file = path / WEIGHTS_NAME
+    if not file.is_file():
+        raise CheckpointError(f"{file}: no adapter weights here")
+    try:
+        return load_file(file)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{file}: truncated or corrupt safetensors file ({err})") from None
+
+
+def _compare(file: Path, expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> None:
+    problems = [f"missing tensor {k} {list(v)}" for k, v in sorted(expected.items()) if k not in found]
+    problems += [f"unexpected tensor {k} {list(v)}" for k, v in sorted(found.items()) if k not in expected]
+    problems += [
+        f"{k}: checkpoint has shape {list(found[k])}, this model needs {list(v)}"
+        for k, v in sorted(expected.items()) if k in found and found[k] != v
+    ]
+    if problems:
+        shown = problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10 else [])
+        raise CheckpointError(f"{file}: made for other shapes than this model's:\n  - " + "\n  - ".join(shown))
+
+
+def load_adapters(model: nn.Module, path: str | os.PathLike, name: str | None = None, activate: bool = True) -> nn.Module:
+    """Load a saved adapter into ``model`` under ``name`` (default: the saved name) and activate it.
+
+    Refuses, with :class:`CheckpointError` and no change to the model, a checkpoint made for
+    other shapes, a truncated or corrupt file, and a config with unknown fields or version.
+    """
+    folder = Path(path)
+    config, meta = read_adapter_config(folder)
+    tensors = _read_weights(folder)
+    name = name or meta.get("name") or "default"
+    found = _shapes(tensors)
+    if meta.get("fingerprint") != fingerprint(found):
+        raise CheckpointError(f"{folder / CONFIG_NAME}: fingerprint does not match the weights file (mixed-up or edited checkpoint)")
+    if config.train_all:
+        _compare(folder / WEIGHTS_NAME, _shapes(_full_state(model)), found)
+        pending = build_adapters(model, config, name)
+        with torch.no_grad():
+            for full, p in model.named_parameters():
+                if f"model.{full}" in tensors:
+                    p.copy_(tensors[f"model.{full}"])
+        return attach_adapters(model, pending, activate=activate)
+    try:
+        pending = build_adapters(model, config, name)
+    except ValueError as err:
+        raise CheckpointError(f"{folder}: cannot build this adapter on {type(model).__name__}: {err}") from None
+    own = pending.state_dict()
+    _compare(folder / WEIGHTS_NAME, _shapes(own), found)
+    _copy_into(pending, tensors)
+    return attach_adapters(model, pending, activate=activate)
+
+
+def _copy_into(pending: PendingAdapters, tensors: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for key, p in pending.state_dict().items():
+            p.copy_(tensors[key].to(device=p.device, dtype=p.dtype))
