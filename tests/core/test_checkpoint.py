@@ -1,0 +1,167 @@
+"""Adapter-only checkpoints: round trip, refusals that leave the model unchanged, atomic saves."""
+
+import json
+
+import pytest
+import torch
+import transformers as T
+
+import compacter
+from compacter import CheckpointError, CompacterConfig
+from compacter.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+
+from .test_inject import _assert_unchanged, _config, _logits, _snapshot, _train
+from .tiny import ARCHS, tiny
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("method", ["compacter", "compacter++", "phm-adapter", "adapter-lowrank", "bitfit"])
+def test_save_then_load_gives_identical_outputs(arch, method, tmp_path):
+    model, batch = tiny(arch)
+    compacter.add_adapters(model, _config(method))
+    _train(model, batch, steps=2)
+    expected = _logits(model, batch)
+    compacter.save_adapters(model, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+    fresh, _ = tiny(arch)
+    compacter.load_adapters(fresh, tmp_path)
+    torch.testing.assert_close(_logits(fresh, batch), expected, rtol=0, atol=0)
+    assert compacter.count_parameters(fresh) == compacter.count_parameters(model)
+
+
+def test_checkpoint_is_adapter_only_and_describes_itself(tmp_path):
+    model, _ = tiny("t5")
+    compacter.add_adapters(model, _config("compacter++"))
+    compacter.save_adapters(model, tmp_path)
+    meta = json.loads((tmp_path / CONFIG_NAME).read_text())
+    assert meta["format_version"] == 1 and meta["model_type"] == "t5" and len(meta["fingerprint"]) == 64
+    assert CompacterConfig.from_dict(meta["config"]) == _config("compacter++")
+    trainable, total = compacter.count_parameters(model)
+    size = (tmp_path / WEIGHTS_NAME).stat().st_size
+    assert size < 4 * trainable + 20_000  # float32 adapter tensors and a header, no base weights
+
+
+def test_full_method_round_trip(tmp_path):
+    model, batch = tiny("bert")
+    compacter.add_adapters(model, CompacterConfig("full"))
+    _train(model, batch, steps=2)
+    compacter.save_adapters(model, tmp_path)
+    fresh, _ = tiny("bert")
+    compacter.load_adapters(fresh, tmp_path)
+    torch.testing.assert_close(_logits(fresh, batch), _logits(model, batch), rtol=0, atol=0)
+
+
+def test_several_named_adapters_load_side_by_side(tmp_path):
+    model, batch = tiny("bert")
+    compacter.add_adapters(model, _config("compacter"), name="a")
+    _train(model, batch)
+    compacter.save_adapters(model, tmp_path / "a")
+    compacter.add_adapters(model, _config("adapter"), name="b")
+    _train(model, batch)
+    compacter.save_adapters(model, tmp_path / "b")
+    out_b = _logits(model, batch)
+    compacter.set_active_adapter(model, "a")
+    out_a = _logits(model, batch)
+    fresh, _ = tiny("bert")
+    compacter.load_adapters(fresh, tmp_path / "a")
+    compacter.load_adapters(fresh, tmp_path / "b", name="second")
+    torch.testing.assert_close(_logits(fresh, batch), out_b, rtol=0, atol=0)
+    compacter.set_active_adapter(fresh, "a")
+    torch.testing.assert_close(_logits(fresh, batch), out_a, rtol=0, atol=0)
+
+
+def _saved(tmp_path, arch="t5", method="compacter"):
+    model, _ = tiny(arch)
+    compacter.add_adapters(model, _config(method))
+    compacter.save_adapters(model, tmp_path)
+    return tmp_path
+
+
+def _refused(path, match, arch="t5"):
+    model, _ = tiny(arch)
+    snap = _snapshot(model)
+    with pytest.raises(CheckpointError, match=match):
+        compacter.load_adapters(model, path)
+    _assert_unchanged(model, snap)
+
+
+def test_refuses_other_shapes(tmp_path):
+    _saved(tmp_path, "t5", "compacter")  # made on d_model 32
+    wider = T.T5ForConditionalGeneration(T.T5Config(d_model=64, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=2, d_kv=16,
+                                                    vocab_size=96, decoder_start_token_id=0))
+    snap = _snapshot(wider)
+    with pytest.raises(CheckpointError, match=r"other shapes(.|\n)*checkpoint has shape \[.*\], this model needs"):
+        compacter.load_adapters(wider, tmp_path)
+    _assert_unchanged(wider, snap)
+
+
+def test_refuses_a_checkpoint_for_another_architecture(tmp_path):
+    _saved(tmp_path, "bert", "compacter")
+    _refused(tmp_path, "missing tensor|unexpected tensor|cannot build", arch="t5")
+
+
+def test_refuses_truncated_weights(tmp_path):
+    _saved(tmp_path)
+    data = (tmp_path / WEIGHTS_NAME).read_bytes()
+    (tmp_path / WEIGHTS_NAME).write_bytes(data[: len(data) // 2])
+    _refused(tmp_path, "truncated or corrupt")
+
+
+def test_refuses_garbage_weights(tmp_path):
+    _saved(tmp_path)
+    (tmp_path / WEIGHTS_NAME).write_bytes(b"\x00" * 64)
+    _refused(tmp_path, "truncated or corrupt")
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda m: m.update(colour="blue"), "unknown field.*colour"),
+    (lambda m: m.update(format_version=99), "format_version 99"),
+    (lambda m: m["config"].update(phm_dims=4), "phm_dims"),
+    (lambda m: m["config"].update(phm_dim=0), "phm_dim"),
+    (lambda m: m.pop("config"), "missing 'config'"),
+    (lambda m: m.update(fingerprint="0" * 64), "fingerprint"),
+])
+def test_refuses_bad_configs(tmp_path, edit, match):
+    _saved(tmp_path)
+    meta = json.loads((tmp_path / CONFIG_NAME).read_text())
+    edit(meta)
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(meta))
+    _refused(tmp_path, match)
+
+
+def test_refuses_invalid_json_and_missing_files(tmp_path):
+    _saved(tmp_path)
+    (tmp_path / CONFIG_NAME).write_text("{not json")
+    _refused(tmp_path, "not valid JSON")
+    _refused(tmp_path / "nowhere", "no adapter config")
+
+
+def test_refuses_weights_of_another_config(tmp_path):
+    _saved(tmp_path / "a", method="compacter")
+    _saved(tmp_path / "b", method="compacter++")
+    (tmp_path / "a" / WEIGHTS_NAME).write_bytes((tmp_path / "b" / WEIGHTS_NAME).read_bytes())
+    _refused(tmp_path / "a", "fingerprint|missing tensor")
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    _saved(tmp_path)
+    good = (tmp_path / WEIGHTS_NAME).read_bytes()
+    model, _ = tiny("t5")
+    compacter.add_adapters(model, _config("compacter", bottleneck_dim=16))
+
+    def crash(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("compacter.checkpoint.save_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        compacter.save_adapters(model, tmp_path)
+    assert (tmp_path / WEIGHTS_NAME).read_bytes() == good  # the old checkpoint is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]  # no temporary file left
+
+
+def test_save_needs_adapters(tmp_path):
+    model, _ = tiny("t5")
+    with pytest.raises(ValueError, match="add_adapters"):
+        compacter.save_adapters(model, tmp_path)

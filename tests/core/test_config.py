@@ -1,0 +1,69 @@
+"""CompacterConfig: presets, overrides, validation, JSON round trip."""
+
+import dataclasses
+
+import pytest
+
+from compacter import DEFAULT_LEARNING_RATES, METHODS, CompacterConfig
+from compacter.config import PRESETS
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_preset_round_trips_through_json(method):
+    config = CompacterConfig(method)
+    assert CompacterConfig.from_json(config.to_json()) == config
+    assert config.learning_rate == DEFAULT_LEARNING_RATES[method]
+    for key, value in PRESETS[method].items():
+        assert getattr(config, key) == value
+
+
+def test_paper_defaults():
+    c = CompacterConfig("compacter")
+    assert (c.phm_dim, c.phm_rank, c.factorized_phm, c.shared_phm_rule, c.phm_init_range) == (4, 1, True, True, 1e-4)
+    assert (c.reduction_factor, c.non_linearity, c.phm_init, c.train_layer_norms) == (32, "gelu_new", "glorot-uniform", True)
+    assert c.after_attention and c.after_ffn
+    assert not CompacterConfig("compacter++").after_attention
+    p = CompacterConfig("phm-adapter")
+    assert (p.phm_dim, p.factorized_phm, p.shared_phm_rule, p.phm_init_range) == (12, False, False, 0.01)
+    assert CompacterConfig("compacter").learning_rate == 3e-3 and CompacterConfig("adapter").learning_rate == 3e-4
+
+
+def test_overrides_and_replace():
+    c = CompacterConfig("compacter", phm_dim=8, reduction_factor=16, attention_modules=["a"], ffn_modules="b")
+    assert c.phm_dim == 8 and c.attention_modules == ("a",) and c.ffn_modules == ("b",)
+    d = c.replace(phm_rank=2)
+    assert d.phm_rank == 2 and d.phm_dim == 8 and c.phm_rank == 1
+    assert c.bottleneck(768) == 48 and CompacterConfig(bottleneck_dim=10).bottleneck(768) == 10
+
+
+def test_config_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        CompacterConfig().phm_dim = 8
+
+
+def test_all_problems_are_reported_at_once():
+    with pytest.raises(ValueError) as err:
+        CompacterConfig("compacter", phm_dim=0, non_linearity="elu", phm_init="xavier", learn_phm="yes", colour=1,
+                        phm_init_range=-1.0, after_attention=False, after_ffn=False)
+    msg = str(err.value)
+    for needle in ("colour", "phm_dim", "non_linearity", "phm_init=", "learn_phm", "phm_init_range", "after_attention or after_ffn"):
+        assert needle in msg
+
+
+def test_unknown_method_lists_the_allowed_ones():
+    with pytest.raises(ValueError, match="compacter\\+\\+"):
+        CompacterConfig("lora")
+
+
+@pytest.mark.parametrize("bad", [dict(phm_dim=1), dict(bottleneck_dim=0), dict(phm_rule_init="zeros"), dict(adapter_type="mlp"),
+                                 dict(head_modules=[""]), dict(reduction_factor=2.5), dict(adapter_init_std=0)])
+def test_bad_values(bad):
+    with pytest.raises(ValueError, match=list(bad)[0]):
+        CompacterConfig("compacter", **bad)
+
+
+def test_from_dict_rejects_unknown_fields():
+    data = CompacterConfig().to_dict()
+    data["phm_dims"] = 4
+    with pytest.raises(ValueError, match="phm_dims"):
+        CompacterConfig.from_dict(data)

@@ -1,0 +1,311 @@
+"""add_adapters on every supported architecture: forward, freezing, gradients, switching, errors."""
+
+import pytest
+import torch
+import transformers as T
+
+import compacter
+from compacter import CompacterConfig
+from compacter.inject import SITE_ATTR, STATE_ATTR, iter_sites
+from compacter.placement import is_norm
+
+from .tiny import ARCHS, t5_base_config, tiny
+
+TINY = dict(reduction_factor=4)  # tiny models have d_model 32: a bottleneck of 8
+ADAPTER_METHODS = ["compacter", "compacter++", "phm-adapter", "adapter", "pfeiffer", "adapter-lowrank"]
+
+
+def _config(method, **kw):
+    kw = {**TINY, **kw}
+    if method == "phm-adapter":
+        kw.setdefault("phm_dim", 4)  # n=12 does not divide 32
+    return CompacterConfig(method, **kw)
+
+
+def _allowed(model, name, config):
+    """May parameter ``name`` be trained under ``config``? Adapters, rule, norms, head (and biases for BitFit)."""
+    if f"{SITE_ATTR}." in name or name.startswith(STATE_ATTR + "."):
+        return True
+    owner = model.get_submodule(name.rsplit(".", 1)[0])
+    parts = name.split(".")
+    return (is_norm(owner) and config.train_layer_norms) or (config.train_head and any(p in config.head_modules for p in parts[:-1])) \
+        or (config.train_biases and parts[-1] == "bias")
+
+
+def _train(model, batch, steps=3, lr=1e-2):
+    model.train()
+    opt = torch.optim.AdamW(compacter.trainable_parameters(model), lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        model(**batch).loss.backward()
+        opt.step()
+    model.eval()
+
+
+def _logits(model, batch):
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("method", ["compacter", "compacter++", "bitfit"])
+def test_train_step_touches_only_adapters_norms_and_head(arch, method):
+    model, batch = tiny(arch)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    base_out = _logits(model, batch)
+    config = _config(method)
+    compacter.add_adapters(model, config)
+    model.train()
+    model(**batch).loss.backward()
+    grads = [n for n, p in model.named_parameters() if p.grad is not None]
+    assert grads, "nothing received a gradient"
+    bad = [n for n in grads if not _allowed(model, n, config)]
+    assert not bad, f"frozen parameters got gradients: {bad[:5]}"
+    trainable, total = compacter.count_parameters(model)
+    assert trainable == sum(p.numel() for p in compacter.trainable_parameters(model)) > 0
+    _train(model, batch)
+    assert not torch.equal(_logits(model, batch), base_out)
+    with compacter.disable_adapters(model):
+        torch.testing.assert_close(_logits(model, batch), base_out, rtol=0, atol=0)
+        after = dict(model.named_parameters())
+        changed = [n for n, v in before.items() if not torch.equal(after[n], v)]
+        assert not changed, f"base weights changed: {changed[:5]}"
+    assert compacter.active_adapter(model) == "default"
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_every_adapter_method_runs_on_every_architecture(arch):
+    for method in ADAPTER_METHODS:
+        model, batch = tiny(arch)
+        compacter.add_adapters(model, _config(method))
+        out = model(**batch)
+        assert torch.isfinite(out.loss)
+        roles = {site.role for _, site in iter_sites(model)}
+        assert roles == ({"attention", "ffn"} if _config(method).after_attention else {"ffn"})
+
+
+@pytest.mark.parametrize("method,expected", [
+    ("compacter++", 104_704), ("compacter", 161_728), ("phm-adapter", 398_976),
+    ("adapter", 1_855_104), ("pfeiffer", 951_360), ("adapter-lowrank", 161_664),
+])
+def test_t5_base_trainable_counts_equal_the_paper(method, expected):
+    with torch.device("meta"):
+        model = T.T5ForConditionalGeneration(t5_base_config())
+    base_total = compacter.count_parameters(model)[1]
+    compacter.add_adapters(model, CompacterConfig(method))
+    trainable, total = compacter.count_parameters(model)
+    assert trainable == expected
+    assert total == base_total + trainable - 47_616  # the 62 layer norms are base parameters, counted once
+
+
+def test_paper_formula_for_compacter_parts():
+    with torch.device("meta"):
+        model = T.T5ForConditionalGeneration(t5_base_config())
+    compacter.add_adapters(model, CompacterConfig("compacter"))
+    L, k, d, n = 24, 24, 768, 4
+    adapters = sum(p.numel() for n_, p in model.named_parameters() if SITE_ATTR in n_ and not n_.endswith("bias"))
+    assert adapters == 4 * L * (k + d)
+    assert model.compacter.rules["default"].A.shape == (n, n, n)
+
+
+def test_shared_rule_is_one_module_in_the_tree_and_state_dict():
+    model, batch = tiny("t5")
+    compacter.add_adapters(model, _config("compacter"))
+    keys = [k for k in model.state_dict() if k.endswith(".A")]
+    assert keys == ["compacter.rules.default.A"]
+    model(**batch).loss.backward()
+    assert model.compacter.rules["default"].A.grad is not None
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(factorized_phm=False), dict(shared_phm_rule=False), dict(learn_phm=False), dict(phm_rank=2),
+    dict(phm_init="glorot-normal"), dict(phm_init="normal"), dict(phm_rule_init="uniform"), dict(phm_init_range=0.05),
+    dict(adapter_bias=False), dict(bottleneck_dim=16), dict(phm_dim=8, bottleneck_dim=16),
+    *[dict(non_linearity=a) for a in ("gelu", "relu", "silu", "swish", "tanh", "identity")],
+])
+def test_phm_options(overrides):
+    model, batch = tiny("t5")
+    config = _config("compacter", **overrides)
+    compacter.add_adapters(model, config)
+    adapter = next(site for _, site in iter_sites(model))["default"]
+    assert adapter.down.factorized is config.factorized_phm and adapter.down.rank == config.phm_rank
+    assert (adapter.down.rule is None) is config.shared_phm_rule
+    assert (adapter.down.bias is None) is (not config.adapter_bias)
+    if config.bottleneck_dim:
+        assert adapter.bottleneck == config.bottleneck_dim
+    rules = [p for n, p in model.named_parameters() if n.endswith(".A")]
+    assert rules and all(p.requires_grad is config.learn_phm for p in rules)
+    model.train()
+    model(**batch).loss.backward()
+    assert all((p.grad is not None) is config.learn_phm for p in rules)
+
+
+def test_lowrank_and_linear_options():
+    model, batch = tiny("bert")
+    compacter.add_adapters(model, _config("adapter-lowrank", lowrank_rank=3))
+    adapter = next(site for _, site in iter_sites(model))["default"]
+    assert adapter.down.u.shape == (32, 3)
+    model, batch = tiny("bert")
+    compacter.add_adapters(model, _config("adapter", adapter_init_std=0.5))
+    adapter = next(site for _, site in iter_sites(model))["default"]
+    assert 0.3 < adapter.down.weight.std().item() < 0.7
+
+
+@pytest.mark.parametrize("train_layer_norms,train_head", [(True, True), (False, True), (True, False), (False, False)])
+def test_norm_and_head_switches(train_layer_norms, train_head):
+    model, batch = tiny("distilbert")
+    config = _config("compacter++", train_layer_norms=train_layer_norms, train_head=train_head)
+    compacter.add_adapters(model, config)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("LayerNorm" in n or "layer_norm" in n for n in trainable) is train_layer_norms
+    assert any(n.startswith(("classifier.", "pre_classifier.")) for n in trainable) is train_head
+
+
+def test_custom_head_modules():
+    model, _ = tiny("bert")
+    compacter.add_adapters(model, _config("compacter++", head_modules=["pooler"]))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "bert.pooler.dense.weight" in trainable and "classifier.weight" not in trainable
+
+
+@pytest.mark.parametrize("add_missing", [True, False])
+def test_bitfit_on_bias_free_t5(add_missing):
+    model, batch = tiny("t5")
+    base = _logits(model, batch)
+    compacter.add_adapters(model, _config("bitfit", add_missing_biases=add_missing))
+    q = model.get_submodule("encoder.block.0.layer.0.SelfAttention.q")
+    assert (q.bias is not None) is add_missing
+    assert model.get_submodule("lm_head").bias is None  # the output layer stays frozen and bias-free
+    _train(model, batch)
+    with compacter.disable_adapters(model):
+        assert q.bias is None
+        torch.testing.assert_close(_logits(model, batch), base, rtol=0, atol=0)
+
+
+def test_full_fine_tuning_trains_everything_and_cannot_be_disabled():
+    model, batch = tiny("bert")
+    compacter.add_adapters(model, CompacterConfig("full"))
+    trainable, total = compacter.count_parameters(model)
+    assert trainable == total
+    with pytest.raises(ValueError, match="full"):
+        compacter.set_active_adapter(model, None)
+    with pytest.raises(ValueError, match="full"):
+        compacter.add_adapters(model, _config("compacter"), name="other")
+
+
+def test_named_adapters_switch_and_delete():
+    model, batch = tiny("t5")
+    base = _logits(model, batch)
+    compacter.add_adapters(model, _config("compacter"), name="a")
+    _train(model, batch)
+    out_a = _logits(model, batch)
+    compacter.add_adapters(model, _config("pfeiffer"), name="b")
+    assert compacter.active_adapter(model) == "b" and compacter.list_adapters(model) == ["a", "b"]
+    assert all(not p.requires_grad for n, p in model.named_parameters() if ".a." in n or n.endswith(".a.A"))
+    _train(model, batch)
+    out_b = _logits(model, batch)
+    compacter.set_active_adapter(model, "a")
+    torch.testing.assert_close(_logits(model, batch), out_a, rtol=0, atol=0)
+    compacter.set_active_adapter(model, "b")
+    torch.testing.assert_close(_logits(model, batch), out_b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="already"):
+        compacter.add_adapters(model, _config("compacter"), name="a")
+    with pytest.raises(ValueError, match="no adapter named 'c'"):
+        compacter.set_active_adapter(model, "c")
+    compacter.delete_adapter(model, "a")
+    compacter.delete_adapter(model, "b")
+    assert not hasattr(model, STATE_ATTR) and not list(iter_sites(model))
+    assert all(p.requires_grad for p in model.parameters())
+    torch.testing.assert_close(_logits(model, batch), base, rtol=0, atol=0)
+
+
+def _snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}, [type(m).__name__ for m in model.modules()], \
+        sum(len(m._forward_hooks) for m in model.modules()), [p.requires_grad for p in model.parameters()]
+
+
+def _assert_unchanged(model, snap):
+    state, types, hooks, flags = _snapshot(model)
+    assert state.keys() == snap[0].keys() and all(torch.equal(state[k], snap[0][k]) for k in state)
+    assert types == snap[1] and hooks == snap[2] and flags == snap[3]
+
+
+def test_indivisible_dimension_leaves_the_model_unmodified():
+    model, _ = tiny("t5")
+    snap = _snapshot(model)
+    with pytest.raises(ValueError) as err:
+        compacter.add_adapters(model, CompacterConfig("compacter", phm_dim=4, bottleneck_dim=6))
+    msg = str(err.value)
+    assert "SelfAttention.o" in msg and "out=6" in msg and "n=4" in msg
+    _assert_unchanged(model, snap)
+
+
+class _Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.mix = torch.nn.Linear(16, 16)
+        self.ff = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 16))
+        self.norm = torch.nn.LayerNorm(16)
+
+    def forward(self, x):
+        x = self.norm(x + self.mix(x))
+        return x + self.ff(x)
+
+
+class _Custom(torch.nn.Module):
+    """A model transformers does not know: only a user-supplied placement can serve it."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList([_Block(), _Block()])
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def test_unknown_architecture_says_how_to_name_modules_and_changes_nothing():
+    model = _Custom()
+    snap = _snapshot(model)
+    with pytest.raises(ValueError, match="attention_modules=.*ffn_modules="):
+        compacter.add_adapters(model, CompacterConfig("compacter", bottleneck_dim=4))
+    _assert_unchanged(model, snap)
+
+
+def test_user_supplied_placement_works_on_any_model():
+    torch.manual_seed(0)
+    model = _Custom()
+    x = torch.randn(3, 16)
+    base = model(x).detach()
+    config = CompacterConfig("compacter", bottleneck_dim=4, attention_modules=[r"blocks\.\d+\.mix"], ffn_modules=[r"blocks\.\d+\.ff\.2"])
+    compacter.add_adapters(model, config)
+    assert sorted(t for t, _ in iter_sites(model)) == ["blocks.0.ff.2", "blocks.0.mix", "blocks.1.ff.2", "blocks.1.mix"]
+    model(x).sum().backward()
+    assert model.blocks[0].norm.weight.grad is not None and model.blocks[0].mix.weight.grad is None
+    with compacter.disable_adapters(model):
+        torch.testing.assert_close(model(x), base, rtol=0, atol=0)
+
+
+def test_patterns_that_match_nothing_raise():
+    model, _ = tiny("bert")
+    with pytest.raises(ValueError, match="no module of BertForSequenceClassification matches the ffn patterns"):
+        compacter.add_adapters(model, _config("compacter++", ffn_modules=[r"nothing\.here"]))
+
+
+def test_adapters_follow_model_dtype_and_work_under_bf16():
+    model, batch = tiny("llama")
+    model = model.to(torch.bfloat16)
+    compacter.add_adapters(model, _config("compacter"))
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert torch.isfinite(model(**batch).loss.float())
+
+
+def test_generation_with_adapters_uses_the_adapter():
+    model, batch = tiny("t5")
+    compacter.add_adapters(model, _config("compacter++"))
+    _train(model, batch, steps=5, lr=5e-2)
+    out = model.generate(batch["input_ids"], max_new_tokens=4, do_sample=False)
+    with compacter.disable_adapters(model):
+        base = model.generate(batch["input_ids"], max_new_tokens=4, do_sample=False)
+    assert out.shape[0] == 2 and base.shape[0] == 2
