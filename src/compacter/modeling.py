@@ -1,0 +1,140 @@
+"""Three model families, one text-to-text interface: batching and prediction.
+
+- ``seq2seq`` (T5, BART): the target text is generated; the loss is on the target tokens.
+- ``encoder`` (BERT family): a classification head (or a 1-unit regression head for STS-B).
+- ``decoder`` (Llama, GPT-2): ``prompt + " " + target + eos``; the loss is on the target
+  tokens only. Predictions score every label string (``decoder_predict="score"``) or generate.
+
+A generated answer that is not a valid label is kept as is and counts as wrong in the metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .tasks import Example, Task
+
+FAMILIES = ("seq2seq", "encoder", "decoder")
+ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "camembert", "electra", "deberta", "deberta-v2", "distilbert", "albert", "mpnet"}
+DECODER_PROMPT = "{source}\nanswer:"
+
+
+def family_of(model_config) -> str:
+    """``seq2seq`` for encoder-decoders, ``encoder`` for the BERT family, ``decoder`` otherwise."""
+    if getattr(model_config, "is_encoder_decoder", False):
+        return "seq2seq"
+    return "encoder" if model_config.model_type in ENCODER_TYPES else "decoder"
+
+
+def load_model(path: str, family: str, task: Task, dtype: torch.dtype | None = None) -> nn.Module:
+    """The pretrained model of ``family`` for ``task`` (a new head for encoders)."""
+    import transformers as T
+
+    kw = {"dtype": dtype} if dtype is not None else {}
+    if family == "seq2seq":
+        return T.AutoModelForSeq2SeqLM.from_pretrained(path, **kw)
+    if family == "decoder":
+        return T.AutoModelForCausalLM.from_pretrained(path, **kw)
+    if task.num_labels is None:
+        raise ValueError(f"task {task.name!r} generates text: use a seq2seq or decoder model, not an encoder")
+    problem = "regression" if task.is_regression else "single_label_classification"
+    return T.AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels, problem_type=problem, **kw)
+
+
+def load_tokenizer(path: str, family: str):
+    import transformers as T
+
+    tokenizer = T.AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+class Batcher:
+    """Turns examples into model inputs for one family."""
+
+    def __init__(self, tokenizer, family: str, task: Task, max_source_length: int = 128, max_target_length: int = 16):
+        if family not in FAMILIES:
+            raise ValueError(f"unknown model family {family!r}; allowed: {', '.join(FAMILIES)}")
+        self.tok, self.family, self.task = tokenizer, family, task
+        self.max_source, self.max_target = max_source_length, max_target_length
+
+    def train_batch(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+        if self.family == "seq2seq":
+            enc = self._sources(examples)
+            tgt = self.tok([e.target for e in examples], max_length=self.max_target, truncation=True, padding=True, return_tensors="pt")
+            labels = tgt["input_ids"].masked_fill(tgt["attention_mask"] == 0, -100)
+            return {**enc, "labels": labels}
+        if self.family == "encoder":
+            enc = self._sources(examples)
+            dtype = torch.float32 if self.task.is_regression else torch.long
+            return {**enc, "labels": torch.tensor([e.label for e in examples], dtype=dtype)}
+        return self._decoder_batch([DECODER_PROMPT.format(source=e.source) for e in examples], [e.target for e in examples])
+
+    def _sources(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+        return dict(self.tok([e.source for e in examples], max_length=self.max_source, truncation=True, padding=True, return_tensors="pt"))
+
+    def _decoder_batch(self, prompts: Sequence[str], targets: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Right-padded ``prompt target eos``; labels are -100 except on the target and eos."""
+        rows, label_rows = [], []
+        eos = [self.tok.eos_token_id] if self.tok.eos_token_id is not None else []
+        for prompt, target in zip(prompts, targets):
+            p = self.tok(prompt, add_special_tokens=True)["input_ids"][-self.max_source:]  # keep the end: "answer:"
+            t = (self.tok(" " + target, add_special_tokens=False)["input_ids"] + eos)[: self.max_target]
+            rows.append(p + t)
+            label_rows.append([-100] * len(p) + t)
+        width = max(len(r) for r in rows)
+        pad = self.tok.pad_token_id
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+        labels = torch.tensor([r + [-100] * (width - len(r)) for r in label_rows])
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+@torch.no_grad()
+def predict_batch(model: nn.Module, batcher: Batcher, examples: Sequence[Example], decoder_predict: str = "score") -> list[str]:
+    """Predicted target strings for ``examples``."""
+    device = next(model.parameters()).device
+    task = batcher.task
+    if batcher.family == "encoder":
+        enc = {k: v.to(device) for k, v in batcher._sources(examples).items()}
+        logits = model(**enc).logits.float()  # [B, num_labels]
+        outputs = logits[:, 0].tolist() if task.is_regression else logits.argmax(-1).tolist()
+        return task.to_targets(outputs)
+    if batcher.family == "decoder" and decoder_predict == "score" and task.label_texts:
+        return _score_labels(model, batcher, examples, device)
+    return _generate(model, batcher, examples, device)
+
+
+def _generate(model: nn.Module, batcher: Batcher, examples: Sequence[Example], device) -> list[str]:
+    tok = batcher.tok
+    if batcher.family == "seq2seq":
+        enc = {k: v.to(device) for k, v in batcher._sources(examples).items()}
+        out = model.generate(**enc, max_new_tokens=batcher.max_target, do_sample=False)
+    else:
+        side, tok.padding_side = tok.padding_side, "left"
+        try:
+            prompts = [DECODER_PROMPT.format(source=e.source) for e in examples]
+            enc = tok(prompts, max_length=batcher.max_source, truncation=True, padding=True, return_tensors="pt").to(device)
+        finally:
+            tok.padding_side = side
+        out = model.generate(**enc, max_new_tokens=batcher.max_target, do_sample=False, pad_token_id=tok.pad_token_id)
+        out = out[:, enc["input_ids"].shape[1]:]  # only the new tokens
+    return [text.strip() for text in tok.batch_decode(out, skip_special_tokens=True)]
+
+
+def _score_labels(model: nn.Module, batcher: Batcher, examples: Sequence[Example], device) -> list[str]:
+    """Pick, for each example, the label string with the highest log-likelihood after the prompt."""
+    labels = list(batcher.task.label_texts)
+    prompts = [DECODER_PROMPT.format(source=e.source) for e in examples for _ in labels]
+    batch = batcher._decoder_batch(prompts, labels * len(examples))
+    batch = {k: v.to(device) for k, v in batch.items()}
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()  # [B*C, T, V]
+    targets = batch["labels"][:, 1:]  # [B*C, T-1]: token t is predicted at position t-1
+    logp = torch.log_softmax(logits[:, :-1], dim=-1)
+    picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (targets != -100)
+    scores = picked.sum(-1).view(len(examples), len(labels))  # [B, C]
+    return [labels[i] for i in scores.argmax(-1).tolist()]

