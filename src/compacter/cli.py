@@ -1,0 +1,212 @@
+"""The ``compacter`` command: train, evaluate, predict, params, report.
+
+Each subcommand is a typed function; the flags of ``train`` are the fields of
+:class:`~compacter.training.TrainConfig` (``--batch-size`` is ``batch_size``), with their help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+from .config import METHODS
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _key_values(items: list[str] | None) -> dict[str, Any]:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"error: --adapter expects KEY=VALUE, got {item!r}")
+        out[key.replace("-", "_")] = _parse_value(value)
+    return out
+
+
+def _add_train_flags(parser: argparse.ArgumentParser) -> None:
+    from .training import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    parser.add_argument("--config", help="a run's config.json: repeat that run (flags given here override it)")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        hint = hints[f.name]
+        if f.name == "adapter":
+            parser.add_argument(flag, action="append", metavar="KEY=VALUE", help=help_text, default=None)
+        elif hint is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"{help_text} (default: {f.default})")
+        elif typing.get_origin(hint) in (list, typing.Union, getattr(__import__("types"), "UnionType", None)) and "list" in str(hint):
+            parser.add_argument(flag, nargs="+", default=None, help=help_text)
+        else:
+            base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
+            parser.add_argument(flag, type=base, default=None, help=f"{help_text} (default: {f.default})",
+                                choices=METHODS if f.name == "method" else None)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import TrainConfig, train
+
+    data: dict[str, Any] = {}
+    if args.config:
+        data = json.loads(Path(args.config).read_text())
+    for f in dataclasses.fields(TrainConfig):
+        value = getattr(args, f.name)
+        if value is None:
+            continue
+        data[f.name] = {**data.get("adapter", {}), **_key_values(value)} if f.name == "adapter" else value
+    train(TrainConfig.from_dict(data))
+    return 0
+
+
+def _load_adapted(adapter_dir: str, model: str | None, task_name: str | None):
+    """Base model + saved adapter, ready to predict; the model and task default to the run's."""
+    from . import load_adapters, read_adapter_config
+    from .modeling import Batcher, family_of, load_model, load_tokenizer
+    from .tasks import get_task
+
+    config, meta = read_adapter_config(adapter_dir)
+    run_config = _run_config(adapter_dir)
+    model_path = model or run_config.get("model") or meta.get("base_model")
+    if not model_path:
+        raise SystemExit("error: the adapter does not name its base model: pass --model")
+    task = get_task(task_name or run_config.get("task") or _missing("--task"))
+    import transformers as T
+
+    family = family_of(T.AutoConfig.from_pretrained(model_path))
+    net = load_model(model_path, family, task)
+    load_adapters(net, adapter_dir)
+    batcher = Batcher(load_tokenizer(model_path, family), family, task,
+                      run_config.get("max_source_length", 128), run_config.get("max_target_length", 16))
+    return net.eval(), batcher, task, run_config
+
+
+def _run_config(adapter_dir: str) -> dict:
+    path = Path(adapter_dir).parent / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _missing(flag: str):
+    raise SystemExit(f"error: {flag} is required (the adapter folder is not inside a run directory)")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .training import evaluate
+    from .tasks import paper_splits
+
+    net, batcher, task, run_config = _load_adapted(args.adapter, args.model, args.task)
+    data_dir = args.data_dir or run_config.get("data_dir")
+    examples = paper_splits(task, data_dir, seed=run_config.get("split_seed", 42))[args.split]
+    metrics = evaluate(net, batcher, examples, batch_size=args.batch_size, decoder_predict=run_config.get("decoder_predict", "score"))
+    print(json.dumps({"task": task.name, "split": args.split, **metrics}, indent=2))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .modeling import predict_batch
+    from .tasks import Example
+    from .tasks.base import join_fields
+    from .tasks.data import file_rows
+
+    net, batcher, task, run_config = _load_adapted(args.adapter, args.model, args.task)
+    rows: list[dict] = []
+    for text in args.text or []:
+        parsed = _parse_value(text)
+        rows.append(parsed if isinstance(parsed, dict) else {task.input_fields[0]: text})
+    if args.file:
+        rows += [row for _, row in file_rows(task, args.file)]
+    if not rows:
+        raise SystemExit("error: give --text (repeatable) or --file")
+    missing = [(i, f) for i, r in enumerate(rows) for f in task.input_fields if f not in r]
+    if missing:
+        raise SystemExit(f"error: input {missing[0][0]} lacks field {missing[0][1]!r}; {task.name} needs {list(task.input_fields)}")
+    examples = [Example(source=join_fields({f: str(r[f]) for f in task.input_fields}), target="", label=None) for r in rows]
+    predictions = []
+    for start in range(0, len(examples), args.batch_size):
+        predictions += predict_batch(net, batcher, examples[start:start + args.batch_size], run_config.get("decoder_predict", "score"))
+    for row, pred in zip(rows, predictions):
+        name = task.label_names[int(pred)] if task.label_texts and pred in task.label_texts else pred
+        print(json.dumps({"input": row, "prediction": pred, "label": name}))
+    return 0
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    from .params import params_table
+
+    print(params_table(args.model, args.methods, args.adapter and _key_values(args.adapter)))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import report_main
+
+    print(report_main(args.runs, args.out, args.plot))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="compacter", description="Parameter-efficient fine-tuning with Compacter adapters.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    train = sub.add_parser("train", help="fine-tune adapters on a task (no flags: the offline demo)",
+                           description="Fine-tune a pretrained model's adapters on a task. With no flags: Compacter++ on the "
+                           "bundled MiniLM encoder and the bundled demo task, offline, in a few minutes on a CPU.")
+    _add_train_flags(train)
+    train.set_defaults(func=cmd_train)
+    for name, func, help_text in (("evaluate", cmd_evaluate, "score a saved adapter on a task split"),
+                                  ("predict", cmd_predict, "labels for texts or a file with a saved adapter")):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("adapter", help="adapter folder (e.g. runs/demo-compacter++-seed42/best)")
+        p.add_argument("--model", help="base model (default: the one the run used)")
+        p.add_argument("--task", help="task (default: the one the run used)")
+        p.add_argument("--batch-size", type=int, default=64, help="examples per batch (default: 64)")
+        p.set_defaults(func=func)
+        if name == "evaluate":
+            p.add_argument("--split", choices=("validation", "test"), default="test", help="which split (default: test)")
+            p.add_argument("--data-dir", help="benchmark files folder (default: the run's, else the HF hub)")
+        else:
+            p.add_argument("--text", action="append", help="an input: plain text for the first field, or a JSON object of fields")
+            p.add_argument("--file", help="a .jsonl/.csv/.tsv file with the task's input columns")
+    params = sub.add_parser("params", help="trainable / total parameters of methods on a model (config only, no weights)",
+                            description="Count trainable and total parameters of each method on a model built from its config "
+                            "(no weights are loaded).")
+    params.add_argument("--model", required=True, help="a model folder or hub name (its config.json is enough), or t5-base-shapes")
+    params.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, metavar="METHOD",
+                        help=f"methods to count (default: all of {', '.join(METHODS)})")
+    params.add_argument("--adapter", action="append", metavar="KEY=VALUE", help="CompacterConfig overrides for every method")
+    params.set_defaults(func=cmd_params)
+    report = sub.add_parser("report", help="run directories -> markdown table and score-vs-parameters plot",
+                            description="Summarise run directories (their results.json) as a markdown table and a plot of score "
+                            "against %% trained parameters (the paper's Figure 1).")
+    report.add_argument("runs", nargs="+", help="run directories, or folders holding several")
+    report.add_argument("--out", help="write the markdown table here")
+    report.add_argument("--plot", help="write the plot here (PNG)")
+    report.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except (ValueError, ImportError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
