@@ -1,0 +1,135 @@
+"""End-to-end training on tiny models of each family: files, selection, resume, divergence, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import compacter.training as training
+from compacter.checkpoint import WEIGHTS_NAME
+from compacter.cli import main
+from compacter.training import TrainConfig, TrainingDiverged, epoch_batches, train
+
+FAST = dict(task="demo", batch_size=8, max_steps=6, eval_every=3, max_eval_samples=16, progress=False, method="compacter++",
+            adapter={"reduction_factor": 4}, learning_rate=1e-2)
+
+
+def _cfg(model_dirs, family, tmp_path, **kw):
+    return TrainConfig(**{**FAST, "model": model_dirs[family], "output_dir": str(tmp_path / f"run-{family}"), **kw})
+
+
+@pytest.mark.parametrize("family", ["seq2seq", "encoder", "decoder"])
+def test_train_writes_a_complete_run_directory(model_dirs, family, tmp_path):
+    cfg = _cfg(model_dirs, family, tmp_path)
+    results = train(cfg, log=lambda *a: None)
+    run = tmp_path / f"run-{family}"
+    for name in ("config.json", "metrics.jsonl", "results.json", f"best/{WEIGHTS_NAME}", "last/train_state.safetensors"):
+        assert (run / name).exists(), name
+    evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [3, 6]
+    assert results["steps"] == 6 and results["best_step"] in (3, 6)
+    assert results["best_step"] == max(evals, key=lambda e: e["score"])["step"]
+    assert set(results["test"]) >= {"accuracy", "score"} and 0 <= results["test"]["score"] <= 100
+    assert TrainConfig.from_dict(json.loads((run / "config.json").read_text())) == cfg
+    # evaluate and predict through the CLI, from the saved adapter alone
+    assert main(["evaluate", str(run / "best"), "--split", "validation"]) == 0
+    assert main(["predict", str(run / "best"), "--text", "The soup was great.", "--text", '{"sentence": "Awful service."}']) == 0
+
+
+def test_evaluate_matches_the_training_runs_numbers(model_dirs, tmp_path, capsys):
+    results = train(_cfg(model_dirs, "encoder", tmp_path), log=lambda *a: None)
+    capsys.readouterr()
+    main(["evaluate", str(tmp_path / "run-encoder" / "best"), "--split", "test"])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["score"] == pytest.approx(results["test"]["score"])
+
+
+def _adapter(run):
+    return load_file(run / "best" / WEIGHTS_NAME), load_file(run / "last" / WEIGHTS_NAME)
+
+
+@pytest.mark.parametrize("family", ["encoder", "seq2seq"])
+def test_resume_after_a_crash_ends_like_an_uninterrupted_run(model_dirs, family, tmp_path, monkeypatch):
+    full = _cfg(model_dirs, family, tmp_path / "a", eval_every=2, max_steps=6, eval_before=False)
+    train(full, log=lambda *a: None)
+    crashed = _cfg(model_dirs, family, tmp_path / "b", eval_every=2, max_steps=6, eval_before=False)
+    real = training._evaluate_and_checkpoint
+    calls = []
+
+    def crash_after_second_checkpoint(*args, **kw):
+        out = real(*args, **kw)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return out
+
+    monkeypatch.setattr(training, "_evaluate_and_checkpoint", crash_after_second_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        train(crashed, log=lambda *a: None)
+    monkeypatch.setattr(training, "_evaluate_and_checkpoint", real)
+    assert json.loads((tmp_path / "b" / f"run-{family}" / "last" / "train_state.json").read_text())["progress"]["step"] == 4
+    logs = []
+    train(crashed, log=logs.append)
+    assert any("resumed" in line and "step 4" in line for line in logs)
+    for a, b in zip(_adapter(tmp_path / "a" / f"run-{family}"), _adapter(tmp_path / "b" / f"run-{family}")):
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(model_dirs, tmp_path, monkeypatch):
+    real_load = training.load_model
+
+    def poisoned(*args, **kw):
+        model = real_load(*args, **kw)
+        forward, calls = model.forward, []
+
+        def nan_forward(*a, **k):
+            out = forward(*a, **k)
+            calls.append(1)
+            if len(calls) == 5 and model.training:
+                out.loss = out.loss * float("nan")
+            return out
+
+        model.forward = nan_forward
+        return model
+
+    monkeypatch.setattr(training, "load_model", poisoned)
+    cfg = _cfg(model_dirs, "encoder", tmp_path, eval_every=2, eval_before=False)
+    with pytest.raises(TrainingDiverged, match="loss is nan at step 3 .*last good checkpoint"):
+        train(cfg, log=lambda *a: None)
+    state = json.loads((tmp_path / "run-encoder" / "last" / "train_state.json").read_text())
+    assert state["progress"]["step"] == 2  # calls: train, train, eval (step 2 saved), train, train -> nan
+    saved = load_file(tmp_path / "run-encoder" / "last" / WEIGHTS_NAME)
+    assert all(torch.isfinite(t).all() for t in saved.values())
+
+
+def test_epoch_batches_shard_one_global_order():
+    single = epoch_batches(40, 3, seed=7, batch_size=8, rank=0, world=1)
+    r0 = epoch_batches(40, 3, seed=7, batch_size=4, rank=0, world=2)
+    r1 = epoch_batches(40, 3, seed=7, batch_size=4, rank=1, world=2)
+    assert [sorted(a + b) for a, b in zip(r0, r1)] == [sorted(s) for s in single]
+    assert epoch_batches(40, 4, seed=7, batch_size=8, rank=0, world=1) != single
+    with pytest.raises(ValueError, match="smaller than one global batch"):
+        epoch_batches(5, 0, seed=0, batch_size=8, rank=0, world=1)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(method="lora"), "--method"), (dict(mixed_precision="fp8"), "--mixed-precision"), (dict(batch_size=0), "--batch-size"),
+    (dict(decoder_predict="beam"), "--decoder-predict"), (dict(test_file="x.csv"), "need --train-file"),
+])
+def test_bad_training_options(bad, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**bad)
+
+
+def test_custom_csv_task(model_dirs, tmp_path):
+    rows = ["text,label"] + [f'"The soup was {w}.",{lab}' for w, lab in [("great", "pos"), ("awful", "neg")] * 12]
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    cfg = _cfg(model_dirs, "encoder", tmp_path, task="soup", train_file=str(tmp_path / "train.csv"), text_columns=["text"],
+               label_names=["neg", "pos"], max_steps=2, eval_every=1)
+    results = train(cfg, log=lambda *a: None)
+    assert results["task"] == "soup" and "accuracy" in results["test"]
