@@ -1,0 +1,456 @@
+"""Tables and plots from finished training runs (backs `compacter report`).
+
+Each run directory holds the `results.json` the training loop writes::
+
+    {"task": "rte", "method": "compacter++", "model": "t5-base", "seed": 42,
+     "percent_trainable": 0.047, "test": {"score": 70.1, ...}, "train_seconds": 312.5,
+     "peak_memory_bytes": null | int, "config": {"train_samples": null | int, ...}, ...}
+
+Usage::
+
+    from compacter.report import load_runs, results_table, report_main
+    runs = load_runs(["runs/"])              # run dirs, or folders searched recursively
+    print(results_table(runs))               # one markdown table per model (Table 1 of the paper)
+    report_main(["runs/"], out="table.md", plot="fig1.png")
+
+Decisions:
+- A cell is the mean over seeds of the test `metric` (0-100); with several runs it reads
+  "mean ± std (n=k)", std being the sample standard deviation (ddof=1).
+- "average" is the mean of the row's task cells (the tasks that row has, starred when that
+  is fewer than the table's); "train time" is
+  the mean wall time per run, "peak memory" the largest peak over the row's runs.
+- Runs with different `config["train_samples"]` never share a table: the main table splits
+  by training-set size, and `low_resource_table` compares sizes (Figure 4 of the paper).
+- matplotlib is imported only when a plot is asked for (`pip install compacter[plot]`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from .tasks import TASK_NAMES
+
+RESULTS_FILE = "results.json"
+#: Row order of the paper's tables; methods not listed come after, alphabetically.
+METHOD_ORDER = ("full", "adapter", "pfeiffer", "adapter-lowrank", "phm-adapter", "bitfit", "compacter", "compacter++")
+MISSING = "—"
+_GIB = 1024 ** 3
+
+
+@dataclass(frozen=True)
+class Run:
+    """One finished training run, as read from its `results.json`."""
+
+    path: Path
+    task: str
+    method: str
+    model: str
+    seed: int | None
+    percent_trainable: float
+    test: dict[str, float]
+    train_seconds: float | None = None
+    peak_memory_bytes: int | None = None
+    train_samples: int | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def score(self, metric: str = "score") -> float | None:
+        """The test `metric` of this run, or None when the run has no such value."""
+        value = self.test.get(metric)
+        return None if value is None else float(value)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def find_results(path: str | Path) -> list[Path]:
+    """The `results.json` files of a run dir, a results file itself, or a folder of runs (recursive)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if (path / RESULTS_FILE).is_file():
+        return [path / RESULTS_FILE]
+    found = sorted(path.rglob(RESULTS_FILE)) if path.is_dir() else []
+    if not found:
+        raise ValueError(f"{path / RESULTS_FILE}: not found (and no run directory below {path} has one)")
+    return found
+
+
+def _require(data: dict[str, Any], key: str, kind: type | tuple[type, ...], file: Path) -> Any:
+    """`data[key]`, checked to be of `kind`; a ValueError naming `file` otherwise."""
+    if key not in data:
+        raise ValueError(f"{file}: missing key {key!r}")
+    value = data[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ValueError(f"{file}: {key!r} has type {type(value).__name__}, expected {kind}")
+    return value
+
+
+def _percent_trainable(data: dict[str, Any], file: Path) -> float:
+    """`percent_trainable`, or 100 · trainable / total when only the counts are given."""
+    if data.get("percent_trainable") is not None:
+        return float(_require(data, "percent_trainable", (int, float), file))
+    trainable = _require(data, "trainable_params", int, file)
+    total = _require(data, "total_params", int, file)
+    if total <= 0:
+        raise ValueError(f"{file}: 'total_params' must be positive, got {total}")
+    return 100.0 * trainable / total
+
+
+def _parse_run(data: Any, file: Path) -> Run:
+    """Validate the decoded `results.json` of `file` and build its `Run`."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{file}: expected a JSON object, got {type(data).__name__}")
+    test = data.get("test") or {}
+    if not isinstance(test, dict):
+        raise ValueError(f"{file}: 'test' must be an object of metrics, got {type(test).__name__}")
+    config = data.get("config") or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{file}: 'config' must be an object, got {type(config).__name__}")
+    samples = config.get("train_samples")
+    if samples is not None and (not isinstance(samples, int) or isinstance(samples, bool)):
+        raise ValueError(f"{file}: config 'train_samples' must be an integer or null, got {samples!r}")
+    return Run(
+        path=file.parent,
+        task=_require(data, "task", str, file),
+        method=_require(data, "method", str, file),
+        model=_require(data, "model", str, file),
+        seed=data.get("seed"),
+        percent_trainable=_percent_trainable(data, file),
+        test={k: v for k, v in test.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+        train_seconds=data.get("train_seconds"),
+        peak_memory_bytes=data.get("peak_memory_bytes"),
+        train_samples=samples,
+        raw=data,
+    )
+
+
+def load_run(file: str | Path) -> Run:
+    """Read one `results.json`; a ValueError naming the file if it is missing or invalid."""
+    file = Path(file)
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{file}: not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{file}: cannot read results: {error}") from error
+    return _parse_run(data, file)
+
+
+def load_runs(paths: Iterable[str | Path]) -> list[Run]:
+    """All runs under `paths` (run dirs or folders of runs), each results file read once."""
+    files = {file.resolve(): None for path in paths for file in find_results(path)}
+    return [load_run(file) for file in files]
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A metric over seeds: its mean, sample std (0 for one run) and number of runs."""
+
+    mean: float
+    std: float
+    n: int
+
+    def __str__(self) -> str:
+        if self.n == 1:
+            return f"{self.mean:.1f}"
+        return f"{self.mean:.1f} ± {self.std:.1f} (n={self.n})"
+
+
+def summarize(values: Sequence[float]) -> Cell:
+    """Mean, sample standard deviation (ddof=1) and count of `values` (not empty)."""
+    if not values:
+        raise ValueError("summarize needs at least one value")
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return Cell(statistics.fmean(values), std, len(values))
+
+
+@dataclass(frozen=True)
+class Row:
+    """One (model, method) row: a cell per task and the row's cost columns."""
+
+    model: str
+    method: str
+    cells: dict[str, Cell]
+    percent_trainable: float
+    train_seconds: float | None
+    peak_memory_bytes: int | None
+
+    @property
+    def average(self) -> float | None:
+        """Mean of the task cells' means (the tasks present in this row)."""
+        return statistics.fmean(c.mean for c in self.cells.values()) if self.cells else None
+
+
+def method_key(method: str) -> tuple[int, str]:
+    """Sort key putting methods in the paper's row order, unknown ones last (alphabetically)."""
+    rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    return rank, method
+
+
+def task_key(task: str) -> tuple[int, str]:
+    """Sort key putting tasks in the registry's order (GLUE, then SuperGLUE), unknown ones last."""
+    rank = TASK_NAMES.index(task) if task in TASK_NAMES else len(TASK_NAMES)
+    return rank, task
+
+
+def _mean_or_none(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def _row(model: str, method: str, runs: list[Run], metric: str) -> Row:
+    """Aggregate the runs of one (model, method) into a `Row`."""
+    by_task: dict[str, list[float]] = defaultdict(list)
+    for run in runs:
+        value = run.score(metric)
+        if value is not None:
+            by_task[run.task].append(value)
+    memory = [r.peak_memory_bytes for r in runs if r.peak_memory_bytes is not None]
+    return Row(
+        model=model,
+        method=method,
+        cells={task: summarize(v) for task, v in sorted(by_task.items(), key=lambda kv: task_key(kv[0]))},
+        percent_trainable=statistics.fmean(r.percent_trainable for r in runs),
+        train_seconds=_mean_or_none([r.train_seconds for r in runs if r.train_seconds is not None]),
+        peak_memory_bytes=max(memory) if memory else None,
+    )
+
+
+def aggregate(runs: Sequence[Run], metric: str = "score") -> list[Row]:
+    """One `Row` per (model, method), rows of a model in the paper's method order."""
+    groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[run.model, run.method].append(run)
+    keys = sorted(groups, key=lambda k: (k[0], method_key(k[1])))
+    return [_row(model, method, groups[model, method], metric) for model, method in keys]
+
+
+def _check_metric(runs: Sequence[Run], metric: str) -> None:
+    """A ValueError when no run reports `metric` on its test split."""
+    if runs and all(run.score(metric) is None for run in runs):
+        raise ValueError(f"no run has test metric {metric!r}; e.g. {runs[0].path} has {sorted(runs[0].test)}")
+
+
+# ----------------------------------------------------------------------------- markdown
+
+
+def _format_percent(value: float) -> str:
+    """Percent of trained parameters with three significant digits (0.047, 0.287, 100)."""
+    return f"{value:.3g}"
+
+
+def _format_seconds(seconds: float | None) -> str:
+    """Seconds as "45s", "5.2m" or "1.3h"; "—" when unknown."""
+    if seconds is None:
+        return MISSING
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    return f"{seconds / 60:.1f}m" if seconds < 3600 else f"{seconds / 3600:.1f}h"
+
+
+def _format_memory(peak_bytes: int | None) -> str:
+    return MISSING if peak_bytes is None else f"{peak_bytes / _GIB:.2f}"
+
+
+def _format_average(row: Row, tasks: Sequence[str]) -> str:
+    """The row's average, starred when the row lacks some of the table's tasks."""
+    if row.average is None:
+        return MISSING
+    return f"{row.average:.1f}" + ("" if len(row.cells) == len(tasks) else "*")
+
+
+def _markdown_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A markdown table: the header, its separator (numbers right-aligned) and `rows`."""
+    separator = ["---"] + ["---:"] * (len(header) - 1)
+    return "\n".join(_markdown_row(r) for r in [header, separator, *rows])
+
+
+def _model_table(rows: Sequence[Row]) -> str:
+    """The markdown table of one model's rows."""
+    tasks = sorted({t for row in rows for t in row.cells}, key=task_key)
+    header = ["method", *tasks, "% trained params", "average", "train time (mean/run)", "peak memory (GiB, max)"]
+    body = [
+        [
+            row.method,
+            *(str(row.cells[t]) if t in row.cells else MISSING for t in tasks),
+            _format_percent(row.percent_trainable),
+            _format_average(row, tasks),
+            _format_seconds(row.train_seconds),
+            _format_memory(row.peak_memory_bytes),
+        ]
+        for row in rows
+    ]
+    return _markdown(header, body)
+
+
+def _samples_label(samples: int | None) -> str:
+    return "all" if samples is None else str(samples)
+
+
+def _size_key(samples: int | None) -> float:
+    """Training-set sizes ascending, the full training set ("all", None) last."""
+    return math.inf if samples is None else samples
+
+
+def results_table(runs: Sequence[Run], metric: str = "score") -> str:
+    """Markdown tables of test `metric`: one per model (and per training-set size when several)."""
+    _check_metric(runs, metric)
+    sizes = sorted({run.train_samples for run in runs}, key=_size_key)
+    sections = []
+    for model in sorted({run.model for run in runs}):
+        for samples in sizes:
+            subset = [r for r in runs if r.model == model and r.train_samples == samples]
+            if not subset:
+                continue
+            title = f"### {model}" + ("" if len(sizes) == 1 else f" — {_samples_label(samples)} training samples")
+            sections.append(f"{title}\n\nTest {metric} (0-100).\n\n{_model_table(aggregate(subset, metric))}")
+    note = ("Cells: mean over seeds; with several runs, mean ± sample std (n = runs). "
+            "\\* average over only the tasks that row has.")
+    return "\n\n".join(sections + [note]) + "\n"
+
+
+# ----------------------------------------------------------------------------- low-resource
+
+
+def low_resource_scores(runs: Sequence[Run], metric: str = "score") -> dict[tuple[str, str], dict[int | None, float]]:
+    """{(model, method): {train_samples: mean over tasks of the per-task mean over seeds}}."""
+    groups: dict[tuple[str, str, int | None], list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[run.model, run.method, run.train_samples].append(run)
+    scores: dict[tuple[str, str], dict[int | None, float]] = defaultdict(dict)
+    for (model, method, samples), subset in groups.items():
+        average = _row(model, method, subset, metric).average
+        if average is not None:
+            scores[model, method][samples] = average
+    return dict(scores)
+
+
+def low_resource_table(runs: Sequence[Run], metric: str = "score") -> str:
+    """Markdown: per model, one row per method, one column per training-set size (Figure 4)."""
+    _check_metric(runs, metric)
+    scores = low_resource_scores(runs, metric)
+    sizes = sorted({run.train_samples for run in runs}, key=_size_key)
+    sections = []
+    for model in sorted({model for model, _ in scores}):
+        methods = sorted((m for mo, m in scores if mo == model), key=method_key)
+        header = ["method", *(_samples_label(s) for s in sizes)]
+        body = [
+            [m, *(f"{scores[model, m][s]:.1f}" if s in scores[model, m] else MISSING for s in sizes)]
+            for m in methods
+        ]
+        sections.append(f"### {model}\n\nTest {metric} (0-100) by training samples per task, "
+                        f"averaged over tasks.\n\n{_markdown(header, body)}")
+    return "\n\n".join(sections) + "\n"
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend; a clear ImportError when matplotlib is missing."""
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise ImportError("plots need matplotlib: pip install 'compacter[plot]' (or matplotlib)") from error
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _model_label(model: str) -> str:
+    """A short legend label: the last component of a path or hub name."""
+    return Path(model.rstrip("/")).name or model
+
+
+def _save(plt: Any, fig: Any, path: str | Path) -> None:
+    """Write `fig` to `path` (parent folders created) and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def results_plot(runs: Sequence[Run], path: str | Path, metric: str = "score") -> None:
+    """Average test `metric` vs % trained parameters (log x), a labelled point per method (Figure 1)."""
+    _check_metric(runs, metric)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    rows = [row for row in aggregate(runs, metric) if row.average is not None]
+    for model in sorted({row.model for row in rows}):
+        points = [row for row in rows if row.model == model]
+        ax.scatter([r.percent_trainable for r in points], [r.average for r in points], label=_model_label(model))
+        for r in points:
+            ax.annotate(r.method, (r.percent_trainable, r.average), textcoords="offset points",
+                        xytext=(4, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("% trained parameters (log scale)")
+    ax.set_ylabel(f"average test {metric}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(title="model")
+    _save(plt, fig, path)
+
+
+def low_resource_plot(runs: Sequence[Run], path: str | Path, metric: str = "score") -> None:
+    """Average test `metric` vs training samples per task, a line per (model, method) (Figure 4).
+
+    Runs on the full training set (`train_samples` null) have no x value and are left out.
+    """
+    _check_metric(runs, metric)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    scores = low_resource_scores(runs, metric)
+    several_models = len({model for model, _ in scores}) > 1
+    for model, method in sorted(scores, key=lambda k: (k[0], method_key(k[1]))):
+        points = sorted((s, v) for s, v in scores[model, method].items() if s is not None)
+        if points:
+            label = f"{method} ({_model_label(model)})" if several_models else method
+            ax.plot(*zip(*points), marker="o", label=label)
+    sizes = sorted({run.train_samples for run in runs if run.train_samples is not None})
+    ax.set_xscale("log")
+    ax.set_xticks(sizes, [str(s) for s in sizes])
+    ax.set_xlabel("training samples per task")
+    ax.set_ylabel(f"average test {metric}")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    _save(plt, fig, path)
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def _write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def report_main(run_dirs: list[str], out: str | None = None, plot: str | None = None, metric: str = "score") -> str:
+    """`compacter report`: the markdown for `run_dirs`, written to `out` and plotted to `plot` if given.
+
+    When the runs use several training-set sizes, the low-resource table is appended.
+    """
+    if not run_dirs:
+        raise ValueError("report needs at least one run directory")
+    runs = load_runs(run_dirs)
+    markdown = results_table(runs, metric)
+    if len({run.train_samples for run in runs}) > 1:
+        markdown += "\n## Low-resource\n\n" + low_resource_table(runs, metric)
+    if out is not None:
+        _write_text(out, markdown)
+    if plot is not None:
+        results_plot(runs, plot, metric)
+    return markdown

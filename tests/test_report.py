@@ -1,0 +1,205 @@
+"""compacter.report: loading results.json, markdown tables, sorting, plots, errors."""
+
+import importlib.util
+import json
+import statistics
+
+import pytest
+
+from compacter.report import (
+    METHOD_ORDER,
+    load_runs,
+    low_resource_plot,
+    low_resource_table,
+    report_main,
+    results_plot,
+    results_table,
+    summarize,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+needs_matplotlib = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="matplotlib missing")
+
+
+def write_run(root, name, *, task="rte", method="compacter++", model="t5-base", seed=42, score=70.0,
+              percent=0.047, seconds=100.0, memory=None, train_samples=None, **extra):
+    """A fake run directory `root/name` with a results.json; returns the directory."""
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    results = {
+        "task": task, "method": method, "model": model, "seed": seed,
+        "trainable_params": 100, "total_params": 1000, "percent_trainable": percent,
+        "validation": {"score": score}, "test": {"accuracy": score, "score": score},
+        "best_step": 10, "train_seconds": seconds, "peak_memory_bytes": memory, "adapter_bytes": 512,
+        "config": {"train_samples": train_samples},
+    }
+    results.update(extra)
+    (run_dir / "results.json").write_text(json.dumps(results))
+    return run_dir
+
+
+def table_rows(markdown):
+    """{first cell: [cells]} for every body row of the markdown tables."""
+    rows = {}
+    for line in markdown.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] not in ("method", "---"):
+            rows[cells[0]] = cells
+    return rows
+
+
+def header(markdown):
+    line = next(line for line in markdown.splitlines() if line.startswith("| method"))
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def test_load_runs_accepts_run_dirs_and_folders_of_runs(tmp_path):
+    single = write_run(tmp_path, "single")
+    write_run(tmp_path / "sweep", "a/rte", seed=1)
+    write_run(tmp_path / "sweep", "b/cola", task="cola", seed=2)
+    runs = load_runs([single, tmp_path / "sweep", single / "results.json"])
+    assert sorted((r.task, r.seed) for r in runs) == [("cola", 2), ("rte", 1), ("rte", 42)]  # single read once
+
+
+def test_percent_trainable_falls_back_to_counts(tmp_path):
+    run_dir = write_run(tmp_path, "r", percent=None, trainable_params=47, total_params=100_000)
+    assert load_runs([run_dir])[0].percent_trainable == pytest.approx(0.047)
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "not found"),
+    ("{not json", "cannot read results"),
+    ("[1, 2]", "expected a JSON object"),
+    (json.dumps({"method": "bitfit", "model": "m", "percent_trainable": 1.0}), "missing key 'task'"),
+    (json.dumps({"task": 3, "method": "bitfit", "model": "m", "percent_trainable": 1.0}), "'task' has type int"),
+    (json.dumps({"task": "rte", "method": "bitfit", "model": "m"}), "missing key 'trainable_params'"),
+    (json.dumps({"task": "rte", "method": "bitfit", "model": "m", "percent_trainable": 1,
+                 "config": {"train_samples": "many"}}), "train_samples"),
+])
+def test_bad_results_json_names_the_file(tmp_path, content, message):
+    run_dir = tmp_path / "broken-run"
+    run_dir.mkdir()
+    if content is not None:
+        (run_dir / "results.json").write_text(content)
+    with pytest.raises(ValueError, match=message) as info:
+        load_runs([run_dir])
+    assert str(run_dir / "results.json") in str(info.value)
+
+
+def test_bad_file_inside_a_folder_of_runs_is_named(tmp_path):
+    write_run(tmp_path, "good")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "results.json").write_text("")
+    with pytest.raises(ValueError, match="bad.results.json"):
+        load_runs([tmp_path])
+
+
+def test_mean_std_and_seed_count(tmp_path):
+    for seed, score in [(1, 70.0), (2, 72.0), (3, 77.0)]:
+        write_run(tmp_path, f"rte-{seed}", seed=seed, score=score, seconds=seed * 60.0)
+    write_run(tmp_path, "cola", task="cola", score=50.0)
+    markdown = results_table(load_runs([tmp_path]))
+    row = table_rows(markdown)["compacter++"]
+    assert header(markdown) == ["method", "cola", "rte", "% trained params", "average",
+                                "train time (mean/run)", "peak memory (GiB, max)"]
+    std = statistics.stdev([70.0, 72.0, 77.0])
+    assert row[1] == "50.0"
+    assert row[2] == f"73.0 ± {std:.1f} (n=3)" == "73.0 ± 3.6 (n=3)"
+    assert row[3] == "0.047"
+    assert row[4] == f"{(50.0 + 73.0) / 2:.1f}"
+    assert row[5] == "1.9m"  # mean of 60, 120, 180 and 100 seconds
+    assert row[6] == "—"
+    assert summarize([1.0]).std == 0.0 and str(summarize([1.0, 3.0])) == "2.0 ± 1.4 (n=2)"
+
+
+def test_rows_follow_the_paper_order_and_missing_cells_are_dashes(tmp_path):
+    methods = ["compacter++", "my-method", "bitfit", "full", "compacter", "adapter", "phm-adapter",
+               "adapter-lowrank", "pfeiffer", "another"]
+    for method in methods:
+        write_run(tmp_path, method, method=method, memory=3 * 1024 ** 3)
+    write_run(tmp_path, "full-cola", method="full", task="cola", score=60.0)
+    markdown = results_table(load_runs([tmp_path]))
+    rows = table_rows(markdown)
+    assert list(rows) == [*METHOD_ORDER, "another", "my-method"]
+    assert rows["full"][1:3] == ["60.0", "70.0"] and rows["bitfit"][1] == "—"
+    assert rows["bitfit"][4] == "70.0*" and rows["full"][4] == "65.0"  # starred: over fewer tasks
+    assert rows["bitfit"][-1] == "3.00"
+
+
+def test_one_table_per_model(tmp_path):
+    write_run(tmp_path, "base", model="google/t5-base", score=80.0)
+    write_run(tmp_path, "small", model="/models/t5-small", score=60.0, method="adapter")
+    markdown = results_table(load_runs([tmp_path]))
+    assert "### /models/t5-small" in markdown and "### google/t5-base" in markdown
+    small, base = markdown.split("### google/t5-base")
+    assert "adapter" in table_rows(small) and "compacter++" not in table_rows(small)
+    assert list(table_rows(base)) == ["compacter++"]
+
+
+def test_metric_choice_and_unknown_metric(tmp_path):
+    write_run(tmp_path, "r", score=70.0)
+    runs = load_runs([tmp_path])
+    assert "Test accuracy" in results_table(runs, metric="accuracy")
+    with pytest.raises(ValueError, match="no run has test metric 'f1'"):
+        results_table(runs, metric="f1")
+
+
+def low_resource_runs(root):
+    for samples, base in [(100, 50.0), (1000, 60.0), (None, 70.0)]:
+        for method, bonus in [("compacter++", 2.0), ("full", 0.0)]:
+            for task, delta in [("rte", 0.0), ("cola", 10.0)]:
+                write_run(root, f"{method}-{task}-{samples}", method=method, task=task,
+                          score=base + bonus + delta, train_samples=samples)
+    return load_runs([root])
+
+
+def test_low_resource_table_groups_by_training_samples(tmp_path):
+    markdown = low_resource_table(low_resource_runs(tmp_path))
+    assert header(markdown) == ["method", "100", "1000", "all"]
+    rows = table_rows(markdown)
+    assert list(rows) == ["full", "compacter++"]
+    assert rows["compacter++"][1:] == ["57.0", "67.0", "77.0"]  # mean over rte and cola
+    assert rows["full"][1:] == ["55.0", "65.0", "75.0"]
+
+
+def test_main_table_splits_training_set_sizes(tmp_path):
+    low_resource_runs(tmp_path)
+    markdown = report_main([str(tmp_path)], out=None, plot=None)
+    assert "### t5-base — 100 training samples" in markdown and "### t5-base — all training samples" in markdown
+    assert "## Low-resource" in markdown
+
+
+def test_report_main_writes_markdown(tmp_path):
+    write_run(tmp_path / "runs", "r")
+    out = tmp_path / "out" / "table.md"
+    markdown = report_main([str(tmp_path / "runs")], out=str(out), plot=None)
+    assert out.read_text() == markdown and "| compacter++ |" in markdown
+    with pytest.raises(ValueError, match="at least one run"):
+        report_main([], out=None, plot=None)
+
+
+@needs_matplotlib
+def test_plots_are_png_files(tmp_path):
+    runs = low_resource_runs(tmp_path / "runs")
+    write_run(tmp_path / "runs", "other-model", model="org/t5-large", method="bitfit", percent=0.1)
+    report_main([str(tmp_path / "runs")], out=None, plot=str(tmp_path / "figs" / "fig1.png"))
+    low_resource_plot(runs, tmp_path / "fig4.png")
+    results_plot(runs, tmp_path / "fig1-accuracy.png", metric="accuracy")
+    for name in ["figs/fig1.png", "fig4.png", "fig1-accuracy.png"]:
+        assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_missing_matplotlib_gives_a_clear_error(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.split(".")[0] == "matplotlib":
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    write_run(tmp_path, "r")
+    with pytest.raises(ImportError, match="pip install"):
+        results_plot(load_runs([tmp_path]), tmp_path / "fig.png")
