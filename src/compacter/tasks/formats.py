@@ -1,0 +1,152 @@
+"""Formatters for the tasks whose rows are not plain `"<field>: <text>"` (PAPER.md §4).
+
+Each accepts both the benchmark's release layout (SuperGLUE jsonl) and the Hugging Face
+hub layout of the same row.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+from .base import DataError, Example, Task, join_fields, text_field
+
+# --- WSC ---------------------------------------------------------------------------------
+
+
+def _span_words(span: str) -> list[str]:
+    """The span's words, cleaned as HF's `wsc.fixed` does (newlines, trailing period)."""
+    return span.replace("\n", " ").strip().rstrip(".").split()
+
+
+def _matches_at(words: list[re.Match], i: int, span: list[str]) -> bool:
+    """Do the text's words from i on spell `span` (case-insensitive; the last word may carry trailing punctuation)?"""
+    if i + len(span) > len(words):
+        return False
+    found = [w.group().casefold() for w in words[i : i + len(span)]]
+    wanted = [w.casefold() for w in span]
+    last, rest = found[-1], found[-1][len(wanted[-1]) :]
+    # "him" matches "him," but not "himself"
+    return found[:-1] == wanted[:-1] and last.startswith(wanted[-1]) and not rest[:1].isalnum()
+
+
+def locate_span(text: str, span: str, index: int) -> tuple[int, int]:
+    """Character range of `span` starting at word `index` of `text`.
+
+    Like the released code (T5's regex) the span is looked up at its word index; like HF's
+    `wsc.fixed` the match ignores the case of the text and a trailing period or newline in
+    the span. If the index is off, the occurrence with the nearest word index is taken.
+    """
+    words = list(re.finditer(r"\S+", text))
+    span_words = _span_words(span)
+    if not span_words:
+        raise DataError(f"empty WSC span {span!r}")
+    starts = [i for i in range(len(words)) if _matches_at(words, i, span_words)]
+    if not starts:
+        raise DataError(f"WSC span {span!r} (word {index}) not found in text {text!r}")
+    i = min(starts, key=lambda s: (abs(s - index), s))
+    last = words[i + len(span_words) - 1]
+    return words[i].start(), last.start() + len(span_words[-1])
+
+
+def mark_spans(text: str, spans: list[tuple[int, int, str]]) -> str:
+    """Put `mark` around each (start, end) range: `"a * noun * b # it # c"`."""
+    for start, end, mark in sorted(spans, reverse=True):
+        text = f"{text[:start]}{mark} {text[start:end]} {mark}{text[end:]}"
+    return text
+
+
+def format_wsc(task: Task, raw: Mapping[str, Any]) -> list[Example]:
+    """WSC: `text: ...` with ` * ` around the noun (span1) and ` # ` around the pronoun (span2)."""
+    spans = raw["target"] if isinstance(raw.get("target"), Mapping) else raw
+    text = text_field(raw, "text")
+    noun = locate_span(text, spans["span1_text"], int(spans["span1_index"]))
+    pronoun = locate_span(text, spans["span2_text"], int(spans["span2_index"]))
+    fields = {"text": mark_spans(text, [(*noun, "*"), (*pronoun, "#")])}
+    label = task.parse_label(raw[task.label_field])
+    return [Example(join_fields(fields), str(label), label, fields=fields)]
+
+
+# --- MultiRC -------------------------------------------------------------------------------
+
+
+def remove_markup(text: str) -> str:
+    """Drop MultiRC's HTML: `<br>` becomes a space, `<b>`/`</b>` disappear."""
+    return re.sub(r"<(/)?b>", "", re.sub(r"<br>", " ", text))
+
+
+def _multirc_example(task: Task, question: str, answer: str, paragraph: str, label: Any, group: str) -> Example:
+    fields = {
+        "question": remove_markup(question),
+        "answer": remove_markup(answer),
+        "paragraph": remove_markup(paragraph),
+    }
+    index = task.parse_label(label)
+    return Example(join_fields(fields), str(index), index, group=group, fields=fields)
+
+
+def format_multirc(task: Task, raw: Mapping[str, Any]) -> list[Example]:
+    """MultiRC: one example per answer, grouped by question (group = "paragraph-question").
+
+    Release layout: one row per passage with nested questions and answers. Hub layout:
+    one row per answer with `idx = {paragraph, question, answer}`.
+    """
+    if not isinstance(raw.get("passage"), Mapping):  # hub layout
+        idx = raw["idx"]
+        group = f"{idx['paragraph']}-{idx['question']}"
+        return [_multirc_example(task, raw["question"], raw["answer"], raw["paragraph"], raw["label"], group)]
+    paragraph = raw["passage"]["text"]
+    return [
+        _multirc_example(task, q["question"], a["text"], paragraph, a["label"], f"{raw['idx']}-{q['idx']}")
+        for q in raw["passage"]["questions"]
+        for a in q["answers"]
+    ]
+
+
+# --- ReCoRD --------------------------------------------------------------------------------
+
+
+def clean_highlights(passage: str) -> str:
+    """Join ReCoRD's `@highlight` lines into the passage as the released code does."""
+    passage = re.sub(r"(\.|\?|\!|\"|\')\n@highlight\n", r"\1 ", passage)
+    return re.sub(r"\n@highlight\n", ". ", passage)
+
+
+def _unique(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def _record_entities(passage: Mapping[str, Any]) -> list[str]:
+    """Entity strings of a release-layout passage, by position, duplicates removed."""
+    text = passage["text"]
+    spans = sorted(passage["entities"], key=lambda e: (e["start"], e["end"]))
+    return _unique([text[e["start"] : e["end"] + 1] for e in spans])
+
+
+def _record_queries(raw: Mapping[str, Any]) -> tuple[str, list[str], list[tuple[str, list[str], str]]]:
+    """(passage, entities, [(query, answers, group)]) for either layout."""
+    if isinstance(raw.get("passage"), Mapping):  # release layout: one passage, many queries
+        queries = [
+            (qa["query"], [a["text"] for a in qa.get("answers", [])], f"{raw['idx']}-{qa['idx']}")
+            for qa in raw["qas"]
+        ]
+        return raw["passage"]["text"], _record_entities(raw["passage"]), queries
+    idx = raw["idx"]
+    group = f"{idx['passage']}-{idx['query']}"
+    return raw["passage"], _unique(list(raw["entities"])), [(raw["query"], list(raw["answers"]), group)]
+
+
+def format_record(task: Task, raw: Mapping[str, Any]) -> list[Example]:
+    """ReCoRD: `query: .. entities: a, b passage: ..`, one example per (unique) answer.
+
+    A query without answers (hidden test labels) gives one example with target "".
+    """
+    passage, entities, queries = _record_queries(raw)
+    fields_base = {"entities": ", ".join(entities), "passage": clean_highlights(passage)}
+    examples = []
+    for query, answers, group in queries:
+        answers = sorted(set(answers))
+        fields = {"query": query, **fields_base}
+        for target in answers or [""]:
+            examples.append(Example(join_fields(fields), target, target, group, tuple(answers), fields))
+    return examples

@@ -1,0 +1,140 @@
+"""The paper's train / validation / test protocol (PAPER.md §4); test labels of GLUE and
+SuperGLUE are hidden, so test sets are carved out of the official splits:
+
+- "half"  (under 10k training examples): the official validation set, shuffled with `seed`,
+  is cut in half: first half validation, second half test; train is the official train.
+- "carve" (SST-2, QNLI, QQP, ReCoRD): 1,000 shuffled training examples become validation,
+  the rest train; the official validation set is the test set.
+- "mnli": validation-mismatched is validation, validation-matched is test.
+- "given" (demo, custom data with a test file): the files' own splits.
+
+Shuffling is numpy's `default_rng(seed).permutation`, so the partition is reproducible but
+not the one of the released code (torch.randperm). Examples sharing a `group` (a MultiRC
+question, a ReCoRD query) move together: sizes count groups, not examples, for those tasks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .base import Example, Task
+from .data import load_split, locate_file
+from .registry import get_task
+
+VALIDATION_FROM_TRAIN = 1000
+SMALL_TRAIN_LIMIT = 10_000
+_HALF = ("cola", "mrpc", "stsb", "rte", "wnli", "boolq", "cb", "copa", "wic", "wsc", "multirc", "superglue-rte")
+_CARVE = ("sst2", "qnli", "qqp", "record")
+PROTOCOLS: dict[str, str] = {
+    **dict.fromkeys(_HALF, "half"), **dict.fromkeys(_CARVE, "carve"), "mnli": "mnli", "demo": "given",
+}
+_SOURCES = {  # protocol -> (train, validation, test) official split names
+    "half": ("train", "validation", "validation"),
+    "carve": ("train", "train", "validation"),
+    "mnli": ("train", "validation_mismatched", "validation_matched"),
+    "given": ("train", "validation", "test"),
+}
+
+Units = list[list[Example]]
+
+
+def group_units(examples: Sequence[Example]) -> Units:
+    """Examples as units that are never split: one per group, or one per ungrouped example."""
+    units: dict = {}
+    for i, example in enumerate(examples):
+        key = ("group", example.group) if example.group is not None else ("row", i)
+        units.setdefault(key, []).append(example)
+    return list(units.values())
+
+
+def _flat(units: Units) -> list[Example]:
+    return [example for unit in units for example in unit]
+
+
+def _shuffled(units: Units, rng: np.random.Generator) -> Units:
+    return [units[i] for i in rng.permutation(len(units))]
+
+
+def split_half(examples: Sequence[Example], seed: int = 42) -> tuple[list[Example], list[Example]]:
+    """Shuffle (by group) and cut in half: (first half, second half); the first is smaller if odd."""
+    units = _shuffled(group_units(examples), np.random.default_rng(seed))
+    cut = len(units) // 2
+    return _flat(units[:cut]), _flat(units[cut:])
+
+
+def carve(examples: Sequence[Example], size: int, seed: int = 42) -> tuple[list[Example], list[Example]]:
+    """Shuffle (by group) and take `size` units out: (rest, carved)."""
+    units = _shuffled(group_units(examples), np.random.default_rng(seed))
+    if size >= len(units):
+        raise ValueError(f"cannot carve {size} examples out of {len(units)}")
+    return _flat(units[size:]), _flat(units[:size])
+
+
+def subsample(examples: Sequence[Example], size: int, seed: int = 0) -> list[Example]:
+    """`size` units (groups) drawn without replacement, from a stream separate from the split seed."""
+    units = group_units(examples)
+    if not 0 < size <= len(units):
+        raise ValueError(f"train_samples={size}, but the training split has {len(units)} examples")
+    return _flat(_shuffled(units, np.random.default_rng([seed, 1]))[:size])
+
+
+def protocol_for(task: Task, data_dir: str | Path | None = None) -> str:
+    """The split protocol of a task; custom data: "given" with a test file, else by train size."""
+    if task.name in PROTOCOLS:
+        return PROTOCOLS[task.name]
+    if data_dir is None:
+        raise ValueError(f"custom task {task.name!r} needs data_dir (or use apply_protocol on loaded splits)")
+    try:
+        locate_file(task, "test", data_dir)
+    except FileNotFoundError:
+        return "auto"
+    return "given"
+
+
+def apply_protocol(
+    protocol: str,
+    official: dict[str, list[Example]],
+    seed: int = 42,
+    train_samples: int | None = None,
+    sample_seed: int | None = None,
+) -> dict[str, list[Example]]:
+    """train/validation/test from official splits (keys as in `_SOURCES`); "auto" picks
+    "half" or "carve" by training-set size, for custom data without a test file."""
+    if protocol == "auto":
+        protocol = "half" if len(group_units(official["train"])) < SMALL_TRAIN_LIMIT else "carve"
+    if protocol == "half":
+        validation, test = split_half(official["validation"], seed)
+        splits = {"train": list(official["train"]), "validation": validation, "test": test}
+    elif protocol == "carve":
+        train, validation = carve(official["train"], VALIDATION_FROM_TRAIN, seed)
+        splits = {"train": train, "validation": validation, "test": list(official["validation"])}
+    elif protocol in _SOURCES:
+        names = ("train", "validation", "test")
+        splits = {name: list(official[source]) for name, source in zip(names, _SOURCES[protocol])}
+    else:
+        raise ValueError(f"unknown split protocol {protocol!r}; choose one of {[*_SOURCES, 'auto']}")
+    if train_samples is not None:
+        splits["train"] = subsample(splits["train"], train_samples, seed if sample_seed is None else sample_seed)
+    return splits
+
+
+def paper_splits(
+    task: str | Task,
+    data_dir: str | Path | None = None,
+    seed: int = 42,
+    train_samples: int | None = None,
+    sample_seed: int | None = None,
+) -> dict[str, list[Example]]:
+    """{"train", "validation", "test"} examples of `task` under the paper's protocol.
+
+    `train_samples=N` keeps N training examples (low-resource runs), drawn with their own
+    generator seeded by `sample_seed` (default: `seed`), so validation and test stay fixed.
+    """
+    task = get_task(task)
+    protocol = protocol_for(task, data_dir)
+    names = set(_SOURCES["half" if protocol == "auto" else protocol])
+    official = {name: load_split(task, name, data_dir) for name in sorted(names)}
+    return apply_protocol(protocol, official, seed, train_samples, sample_seed)

@@ -1,0 +1,102 @@
+"""Task names, aliases, task properties and custom tasks."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from compacter.tasks import GLUE_TASKS, SUPERGLUE_TASKS, TASK_NAMES, Task, custom_task, get_task
+
+EXPECTED_NAMES = {
+    "cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli",
+    "boolq", "cb", "copa", "multirc", "record", "superglue-rte", "wic", "wsc", "demo",
+}
+
+
+def test_task_names():
+    assert set(TASK_NAMES) == EXPECTED_NAMES
+    assert len(GLUE_TASKS) == 9 and len(SUPERGLUE_TASKS) == 8
+
+
+@pytest.mark.parametrize("alias, name", [
+    ("RTE", "rte"), ("glue-rte", "rte"), ("GLUE_RTE", "rte"), ("sst-2", "sst2"), ("SST2", "sst2"),
+    ("STS-B", "stsb"), ("glue-sts-b", "stsb"), ("superglue-rte", "superglue-rte"), ("SuperGLUE-RTE", "superglue-rte"),
+    ("super_glue-rte", "superglue-rte"), ("superglue-boolq", "boolq"), ("superglue-wsc.fixed", "wsc"),
+    ("wsc.fixed", "wsc"), ("superglue-cb", "cb"), (" MultiRC ", "multirc"), ("superglue-record", "record"),
+    ("Demo", "demo"),
+])
+def test_aliases(alias, name):
+    assert get_task(alias).name == name
+
+
+def test_unknown_task_lists_the_allowed_names():
+    with pytest.raises(ValueError, match="unknown task 'glue-foo'.*cola.*superglue-rte.*demo"):
+        get_task("glue-foo")
+
+
+def test_get_task_passes_tasks_through():
+    task = get_task("cb")
+    assert get_task(task) is task
+
+
+@pytest.mark.parametrize("name, kind, num_labels, label_texts", [
+    ("cola", "classification", 2, ("0", "1")),
+    ("mnli", "classification", 3, ("0", "1", "2")),
+    ("cb", "classification", 3, ("0", "1", "2")),
+    ("stsb", "regression", 1, None),
+    ("record", "generation", None, None),
+])
+def test_task_shapes(name, kind, num_labels, label_texts):
+    task = get_task(name)
+    assert (task.kind, task.num_labels, task.label_texts) == (kind, num_labels, label_texts)
+    assert task.is_regression == (kind == "regression")
+
+
+def test_every_task_has_a_hub_source_or_is_the_demo():
+    for name in TASK_NAMES:
+        task = get_task(name)
+        assert (task.hub is None) == (name == "demo"), name
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(kind="ranking"), "kind must be one of"),
+    (dict(kind="classification"), "needs label_names"),
+    (dict(kind="regression", metric_names=["bleu"]), "unknown metrics"),
+    (dict(kind="regression", text_columns="text"), "text_columns"),
+])
+def test_custom_task_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        custom_task("mine", **kwargs)
+
+
+def test_custom_task_collects_every_problem():
+    with pytest.raises(ValueError, match="kind must be.*unknown metrics"):
+        custom_task("mine", kind="x", metric_names=["bleu"])
+
+
+@pytest.mark.parametrize("kind, label_names, raw_label, target, label", [
+    ("classification", ["neg", "pos"], "pos", "1", 1),
+    ("classification", ["neg", "pos"], 0, "0", 0),
+    ("classification", [0, 1], "1", "1", 1),
+    ("regression", None, "3.75", "3.75", 3.75),
+    ("generation", None, "Paris", "Paris", "Paris"),
+])
+def test_custom_task_formats(kind, label_names, raw_label, target, label):
+    task = custom_task("mine", kind, text_columns=["title", "body"], label_column="y", label_names=label_names)
+    [example] = task.format({"title": "T", "body": "B", "y": raw_label})
+    assert (example.source, example.target, example.label) == ("title: T body: B", target, label)
+    assert task.benchmark == "custom"
+
+
+def test_task_validates_itself():
+    with pytest.raises(ValueError, match="benchmark must be one of.*metric_names is empty"):
+        Task("x", "kaggle", ("a",), (), label_names=("0", "1"))
+
+
+def test_tasks_package_is_torch_free():
+    package = Path(get_task.__code__.co_filename).parent
+    pattern = re.compile(r"^\s*(import|from)\s+(torch|transformers|datasets)\b", re.M)
+    for path in package.rglob("*.py"):
+        matches = pattern.findall(path.read_text())
+        allowed = [m for m in matches if m[1] == "datasets"] if path.name == "data.py" else []
+        assert matches == allowed, f"{path.name} imports {matches}"
