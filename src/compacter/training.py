@@ -38,6 +38,7 @@ from .tasks import Example, Task, custom_task, get_task, load_files, paper_split
 from .tasks.splits import apply_protocol
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
 def _f(default, help: str, **kw):
@@ -79,6 +80,7 @@ class TrainConfig:
     seed: int = _f(42, "seed for the data order, the adapter initialisation and the subsampling")
     split_seed: int = _f(42, "seed of the paper's validation/test split (keep 42 to compare with the paper)")
     mixed_precision: str = _f("no", "no, bf16 or fp16 (autocast through Accelerate)")
+    dtype: str = _f("float32", "dtype of the loaded weights: float32, bfloat16, float16, float64 (exactness checks)")
     compile: bool = _f(False, "torch.compile the model for training")
     decoder_predict: str = _f("score", "decoder-only models: 'score' each label string, or 'generate'")
     resume: bool = _f(True, "continue from <output_dir>/last when it exists")
@@ -93,6 +95,8 @@ class TrainConfig:
             problems.append(f"--method {self.method!r} is not one of {', '.join(METHODS)}")
         if self.mixed_precision not in MIXED_PRECISION:
             problems.append(f"--mixed-precision {self.mixed_precision!r} is not one of {', '.join(MIXED_PRECISION)}")
+        if self.dtype not in DTYPES:
+            problems.append(f"--dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if self.decoder_predict not in ("score", "generate"):
             problems.append(f"--decoder-predict {self.decoder_predict!r} is not one of score, generate")
         for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size", "max_source_length", "max_target_length"):
@@ -300,7 +304,9 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
+    # cpu=True where no GPU is visible: Accelerate then runs torchrun's processes as DDP over gloo.
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
+                              cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
     say = log if main else (lambda *a, **k: None)
     # --- setup
@@ -312,7 +318,7 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     family = family_of(T.AutoConfig.from_pretrained(model_path))
     tokenizer = load_tokenizer(model_path, family)
     set_seed(cfg.seed)
-    model = load_model(model_path, family, task)
+    model = load_model(model_path, family, task, DTYPES[cfg.dtype])
     adapter_config = cfg.adapter_config()
     add_adapters(model, adapter_config)
     trainable, total = count_parameters(model)

@@ -1,0 +1,69 @@
+"""Two CPU processes (DDP over gloo) end where one process with the same global batch ends;
+the library's adapters also train unchanged under the transformers Trainer."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import compacter
+from compacter.checkpoint import WEIGHTS_NAME
+from compacter.training import TrainConfig, train
+
+from .test_training import FAST
+
+
+def test_two_process_ddp_matches_one_process(model_dirs, tmp_path):
+    common = {**FAST, "model": model_dirs["encoder"], "max_steps": 4, "eval_every": 2, "eval_before": False}
+    train(TrainConfig(**{**common, "batch_size": 8, "output_dir": str(tmp_path / "one")}), log=lambda *a: None)
+    cfg = json.dumps({**common, "batch_size": 4, "output_dir": str(tmp_path / "two")})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    worker = Path(__file__).with_name("ddp_worker.py")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+                           str(worker), cfg], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, "\n".join(l for l in proc.stderr.splitlines() if "Error" in l or "error" in l or "File" in l)[-4000:]
+    one, two = (load_file(tmp_path / name / "last" / WEIGHTS_NAME) for name in ("one", "two"))
+    assert one.keys() == two.keys()
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5)
+    base = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert base["steps"] == 4
+    evals_one = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    evals_two = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["score"] for e in evals_one] == [e["score"] for e in evals_two]
+
+
+def test_adapters_train_unchanged_under_the_transformers_trainer(model_dirs, tmp_path):
+    import transformers as T
+
+    from compacter.modeling import Batcher
+    from compacter.tasks import get_task, load_split
+
+    task = get_task("demo")
+    model = T.AutoModelForSequenceClassification.from_pretrained(model_dirs["encoder"], num_labels=2)
+    tokenizer = T.AutoTokenizer.from_pretrained(model_dirs["encoder"])
+    base = {n: p.detach().clone() for n, p in model.named_parameters()}
+    compacter.add_adapters(model, compacter.CompacterConfig("compacter++", reduction_factor=4))
+    batcher = Batcher(tokenizer, "encoder", task)
+    examples = load_split("demo", "train")[:32]
+    args = T.TrainingArguments(output_dir=str(tmp_path / "trainer"), per_device_train_batch_size=8, max_steps=3, learning_rate=1e-2,
+                               report_to=[], save_strategy="no", use_cpu=True, logging_steps=1, disable_tqdm=True)
+    trainer = T.Trainer(model=model, args=args, train_dataset=examples, data_collator=batcher.train_batch)
+    trainer.train()
+    assert trainer.state.global_step == 3
+    with compacter.disable_adapters(model):
+        for n, p in model.named_parameters():
+            if n in base:
+                assert torch.equal(p, base[n]), n
+    pending = compacter.inject.adapter_modules(model)
+    fresh = compacter.CompacterConfig("compacter++", reduction_factor=4)
+    assert pending.config == fresh
+    compacter.save_adapters(model, tmp_path / "adapter")
+    assert (tmp_path / "adapter" / WEIGHTS_NAME).exists()
