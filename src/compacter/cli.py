@@ -41,7 +41,7 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="a run's config.json: repeat that run (flags given here override it)")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata.get("help", "")
+        help_text = f.metadata.get("help", "").replace("%", "%%")
         hint = hints[f.name]
         if f.name == "adapter":
             parser.add_argument(flag, action="append", metavar="KEY=VALUE", help=help_text, default=None)

@@ -1,0 +1,61 @@
+"""The compacter command: help for every subcommand, params from a config alone, errors."""
+
+import json
+
+import pytest
+import transformers as T
+
+from compacter.cli import build_parser, main
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "params", "report"])
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert command in out and "usage" in out
+
+
+def test_train_help_explains_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--batch-size", "--learning-rate", "--train-samples", "--mixed-precision", "--early-stopping", "--compile",
+                 "--resume", "--eval-every", "--data-dir", "--adapter"):
+        assert flag in out
+
+
+def test_params_from_t5_base_shapes(capsys):
+    assert main(["params", "--model", "t5-base-shapes", "--methods", "compacter++", "compacter"]) == 0
+    out = capsys.readouterr().out
+    assert "| compacter++ | 104,704 |" in out and "| compacter | 161,728 |" in out
+
+
+def test_params_from_a_config_folder(tmp_path, capsys):
+    T.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128).save_pretrained(tmp_path)
+    assert main(["params", "--model", str(tmp_path), "--methods", "pfeiffer", "--adapter", "reduction_factor=4"]) == 0
+    out = capsys.readouterr().out
+    # 2 layers x (64*16*2 + 16 + 64) + 2 layers x 2 norms x 128 + embeddings norm 128 + head (64*2+2)
+    assert f"| pfeiffer | {2 * (64 * 16 * 2 + 16 + 64) + 5 * 128 + 130:,} |" in out
+
+
+def test_bad_input_gets_an_error_not_a_traceback(capsys):
+    assert main(["train", "--task", "nosuchtask", "--model", "x", "--no-progress"]) == 2
+    assert "nosuchtask" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--method", "lora"])
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 2
+    assert "train" in capsys.readouterr().out
+
+
+def test_parser_flags_map_to_train_config():
+    from compacter.training import TrainConfig
+    import dataclasses
+
+    args = build_parser().parse_args(["train", "--batch-size", "8", "--text-columns", "a", "b", "--no-resume", "--adapter", "phm_dim=8"])
+    assert args.batch_size == 8 and args.text_columns == ["a", "b"] and args.resume is False and args.adapter == ["phm_dim=8"]
+    assert {f.name for f in dataclasses.fields(TrainConfig)} <= set(vars(args))
