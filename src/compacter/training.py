@@ -302,8 +302,14 @@ def _dir_bytes(folder: Path) -> int:
 def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     """Run the whole recipe: setup, (resume,) train with evaluation, select the best, test, save."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import set_seed
 
+    # Accelerate keeps its settings in process-wide singletons; a second run in the same process
+    # (a sweep, a notebook) may use other precision or accumulation settings. The process group
+    # (PartialState) is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
     # cpu=True where no GPU is visible: Accelerate then runs torchrun's processes as DDP over gloo.
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
                               cpu=not torch.cuda.is_available())

@@ -133,3 +133,33 @@ def test_custom_csv_task(model_dirs, tmp_path):
                label_names=["neg", "pos"], max_steps=2, eval_every=1)
     results = train(cfg, log=lambda *a: None)
     assert results["task"] == "soup" and "accuracy" in results["test"]
+
+
+def test_bf16_autocast_runs(model_dirs, tmp_path):
+    results = train(_cfg(model_dirs, "encoder", tmp_path, mixed_precision="bf16", max_steps=2, eval_every=2), log=lambda *a: None)
+    assert results["steps"] == 2 and 0 <= results["test"]["score"] <= 100
+
+
+def test_gradient_accumulation_matches_the_larger_batch(model_dirs, tmp_path):
+    common = dict(max_steps=2, eval_every=2, eval_before=False)
+    train(_cfg(model_dirs, "encoder", tmp_path / "big", batch_size=8, **common), log=lambda *a: None)
+    train(_cfg(model_dirs, "encoder", tmp_path / "acc", batch_size=4, grad_accum=2, **common), log=lambda *a: None)
+    big, acc = (load_file(tmp_path / name / "run-encoder" / "last" / WEIGHTS_NAME) for name in ("big", "acc"))
+    for key in big:
+        torch.testing.assert_close(acc[key], big[key], rtol=1e-4, atol=1e-5)
+
+
+def test_early_stopping_ends_the_run(model_dirs, tmp_path):
+    logs = []
+    results = train(_cfg(model_dirs, "encoder", tmp_path, learning_rate=1e-12, max_steps=12, eval_every=2, early_stopping=2,
+                         eval_before=False), log=logs.append)
+    assert results["steps"] == 6  # evals at 2 (best), 4 and 6 (no improvement twice) -> stop
+    assert results["best_step"] == 2
+
+
+def test_report_command_on_run_directories(model_dirs, tmp_path, capsys):
+    train(_cfg(model_dirs, "encoder", tmp_path, max_steps=2, eval_every=2), log=lambda *a: None)
+    capsys.readouterr()
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "table.md")]) == 0
+    table = (tmp_path / "table.md").read_text()
+    assert "compacter++" in table and "demo" in table.lower()

@@ -1,0 +1,58 @@
+"""Quality sweep: methods x tasks x seeds with `compacter train`, then one markdown table.
+
+Each run is an ordinary run directory (config.json, results.json, best/), so any row can be
+repeated with `compacter train --config <run>/config.json`. Runs that already have a
+results.json are skipped, so an interrupted sweep resumes where it stopped.
+
+Example (the CPU sweep in docs/RESULTS.md):
+    .venv/bin/python benchmarks/glue_sweep.py --data-dir ../shared/data --tasks cb copa mrpc rte stsb \
+        --methods full adapter pfeiffer adapter-lowrank phm-adapter bitfit compacter compacter++ \
+        --train-samples 500 --epochs 3 --out runs/sweep
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from compacter.config import METHODS
+from compacter.report import report_main
+from compacter.training import TrainConfig, train
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="model folder or hub name (default: the bundled MiniLM encoder)")
+    p.add_argument("--data-dir", default=None, help="benchmark files (default: the HF hub)")
+    p.add_argument("--tasks", nargs="+", default=["cola", "sst2", "mrpc", "stsb", "rte", "cb", "copa", "wsc"])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--seeds", nargs="+", type=int, default=[42])
+    p.add_argument("--train-samples", type=int, default=None, help="subsample each training set (CPU budgets)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-eval-samples", type=int, default=None)
+    p.add_argument("--lr-scale", type=float, default=1.0, help="multiply each method's paper learning rate")
+    p.add_argument("--out", default="runs/sweep")
+    args = p.parse_args()
+    out = Path(args.out)
+    for seed in args.seeds:
+        for task in args.tasks:
+            for method in args.methods:
+                run = out / f"{task}-{method}-seed{seed}"
+                if (run / "results.json").exists():
+                    continue
+                cfg = TrainConfig(model=args.model, task=task, method=method, data_dir=args.data_dir, seed=seed,
+                                  epochs=args.epochs, batch_size=args.batch_size, train_samples=args.train_samples,
+                                  max_eval_samples=args.max_eval_samples, output_dir=str(run), progress=False, eval_before=False)
+                cfg.learning_rate = cfg.lr * args.lr_scale
+                start = time.perf_counter()
+                results = train(cfg, log=lambda *a: None)
+                print(json.dumps({"task": task, "method": method, "seed": seed, "test": results["test"]["score"],
+                                  "seconds": round(time.perf_counter() - start, 1)}), flush=True)
+    print(report_main([str(out)], str(out / "table.md"), str(out / "figure1.png")))
+
+
+if __name__ == "__main__":
+    main()
