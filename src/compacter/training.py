@@ -343,7 +343,9 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(500, total_steps // 10)
     params = trainable_parameters(model)
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused AdamW: one kernel for all (many, tiny) adapter tensors instead of a loop over them
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     scheduler = _scheduler(optimizer, warmup, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
