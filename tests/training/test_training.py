@@ -163,3 +163,22 @@ def test_report_command_on_run_directories(model_dirs, tmp_path, capsys):
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "table.md")]) == 0
     table = (tmp_path / "table.md").read_text()
     assert "compacter++" in table and "demo" in table.lower()
+
+
+def test_decoder_can_predict_by_generation(model_dirs, tmp_path):
+    import transformers as T
+
+    from compacter.modeling import Batcher, load_tokenizer, predict_batch
+    from compacter.tasks import get_task, load_split
+
+    task, examples = get_task("demo"), load_split("demo", "test")[:4]
+    model = T.AutoModelForCausalLM.from_pretrained(model_dirs["decoder"]).eval()
+    batcher = Batcher(load_tokenizer(model_dirs["decoder"], "decoder"), "decoder", task, max_target_length=3)
+    generated = predict_batch(model, batcher, examples, decoder_predict="generate")
+    scored = predict_batch(model, batcher, examples, decoder_predict="score")
+    assert len(generated) == 4 and all(isinstance(g, str) for g in generated)
+    assert set(scored) <= {"0", "1"}
+    wrong = task.compute_metrics(["not a label"] * 4, examples)
+    assert wrong["accuracy"] == 0.0  # a generated answer that is not a label counts as wrong
+    results = train(_cfg(model_dirs, "decoder", tmp_path, decoder_predict="generate", max_steps=2, eval_every=2), log=lambda *a: None)
+    assert results["config"]["decoder_predict"] == "generate"
