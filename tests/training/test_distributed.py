@@ -67,3 +67,24 @@ def test_adapters_train_unchanged_under_the_transformers_trainer(model_dirs, tmp
     assert pending.config == fresh
     compacter.save_adapters(model, tmp_path / "adapter")
     assert (tmp_path / "adapter" / WEIGHTS_NAME).exists()
+
+
+def test_adapters_train_unchanged_under_seq2seq_trainer(model_dirs, tmp_path):
+    import transformers as T
+
+    from compacter.modeling import Batcher
+    from compacter.tasks import get_task, load_split
+
+    model = T.AutoModelForSeq2SeqLM.from_pretrained(model_dirs["seq2seq"])
+    tokenizer = T.AutoTokenizer.from_pretrained(model_dirs["seq2seq"])
+    base = {n: p.detach().clone() for n, p in model.named_parameters()}
+    compacter.add_adapters(model, compacter.CompacterConfig("compacter", reduction_factor=4))
+    rule_before = model.compacter.rules["default"].A.detach().clone()
+    batcher = Batcher(tokenizer, "seq2seq", get_task("demo"))
+    args = T.Seq2SeqTrainingArguments(output_dir=str(tmp_path / "s2s"), per_device_train_batch_size=8, max_steps=2, learning_rate=1e-2,
+                                      report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True)
+    trainer = T.Seq2SeqTrainer(model=model, args=args, train_dataset=load_split("demo", "train")[:16], data_collator=batcher.train_batch)
+    trainer.train()
+    assert not torch.equal(model.compacter.rules["default"].A, rule_before)  # the shared rule was trained
+    with compacter.disable_adapters(model):
+        assert all(torch.equal(p, base[n]) for n, p in model.named_parameters() if n in base)
