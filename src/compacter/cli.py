@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import METHODS
+from .peers import PEER_METHODS
 
 
 def _parse_value(text: str) -> Any:
@@ -52,7 +53,7 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         else:
             base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
             parser.add_argument(flag, type=base, default=None, help=f"{help_text} (default: {f.default})",
-                                choices=METHODS if f.name == "method" else None)
+                                choices=METHODS + PEER_METHODS if f.name == "method" else None)
 
 
 #: The offline demo (no --task, no --config): settings that train the bundled task in a few CPU minutes.

@@ -34,6 +34,7 @@ from . import checkpoint as ckpt
 from .config import DEFAULT_LEARNING_RATES, METHODS, CompacterConfig
 from .inject import add_adapters, count_parameters, trainable_parameters
 from .modeling import FAMILIES, Batcher, family_of, load_model, load_tokenizer, predict_batch
+from .peers import PEER_LEARNING_RATES, PEER_METHODS, PEER_WEIGHTS, add_peer, read_peer, save_peer, trained_tensors
 from .tasks import Example, Task, custom_task, get_task, load_files, paper_splits
 from .tasks.splits import apply_protocol
 
@@ -51,8 +52,9 @@ class TrainConfig:
 
     model: str | None = _f(None, "pretrained model: a local folder or a hub name (default: the bundled MiniLM encoder)")
     task: str = _f("demo", "task name (GLUE, SuperGLUE, 'demo') or a name for your own files with --train-file")
-    method: str = _f("compacter++", f"method: {', '.join(METHODS)}")
-    adapter: dict[str, Any] = _f(None, "CompacterConfig overrides as KEY=VALUE (repeatable), e.g. phm_dim=8 reduction_factor=16")
+    method: str = _f("compacter++", f"method: {', '.join(METHODS + PEER_METHODS)} (peft-lora: the PEFT peer, for comparisons)")
+    adapter: dict[str, Any] = _f(None, "CompacterConfig overrides as KEY=VALUE (repeatable), e.g. phm_dim=8 reduction_factor=16; "
+                                 "for peft-lora, LoraConfig fields (r=16)")
     data_dir: str | None = _f(None, "folder with the benchmark files (glue/<Task>/*.tsv, superglue/<Task>/*.jsonl); default: the HF hub")
     train_file: str | None = _f(None, "your own training file (.csv, .tsv, .jsonl)")
     validation_file: str | None = _f(None, "your own validation file")
@@ -91,8 +93,8 @@ class TrainConfig:
         if self.adapter is None:
             self.adapter = {}
         problems = []
-        if self.method not in METHODS:
-            problems.append(f"--method {self.method!r} is not one of {', '.join(METHODS)}")
+        if self.method not in METHODS + PEER_METHODS:
+            problems.append(f"--method {self.method!r} is not one of {', '.join(METHODS + PEER_METHODS)}")
         if self.mixed_precision not in MIXED_PRECISION:
             problems.append(f"--mixed-precision {self.mixed_precision!r} is not one of {', '.join(MIXED_PRECISION)}")
         if self.dtype not in DTYPES:
@@ -114,8 +116,14 @@ class TrainConfig:
         return CompacterConfig(self.method, **self.adapter)
 
     @property
+    def is_peer(self) -> bool:
+        return self.method in PEER_METHODS
+
+    @property
     def lr(self) -> float:
-        return self.learning_rate if self.learning_rate is not None else DEFAULT_LEARNING_RATES[self.method]
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return PEER_LEARNING_RATES[self.method] if self.is_peer else DEFAULT_LEARNING_RATES[self.method]
 
     def run_dir(self) -> Path:
         return Path(self.output_dir or f"runs/{self.task}-{self.method}-seed{self.seed}")
@@ -208,12 +216,33 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+def save_trained(model, folder: Path) -> None:
+    """The run's trained tensors: our adapter checkpoint, or a peer's tensors."""
+    method = getattr(model, "_compacter_peer", None)
+    if method is not None:
+        save_peer(model, folder, method)
+    else:
+        ckpt.save_adapters(model, folder)
+
+
+def trained_state(model) -> dict[str, torch.Tensor]:
+    """Name -> tensor of what the run trains, keyed as in the saved file."""
+    if getattr(model, "_compacter_peer", None) is not None:
+        return trained_tensors(model)
+    own = ckpt.adapter_modules(model)
+    return ckpt._full_state(model) if own.config.train_all else own.state_dict()
+
+
+def read_trained(model, folder: Path) -> dict[str, torch.Tensor]:
+    return read_peer(folder) if getattr(model, "_compacter_peer", None) is not None else ckpt._read_weights(folder)
+
+
 def save_train_state(folder: Path, model, optimizer, scheduler, progress: dict) -> None:
     """Adapter + optimizer/scheduler/RNG state in safetensors and JSON (no pickle), written atomically."""
     tmp = folder.with_name(folder.name + ".tmp")
     if tmp.exists():
         _rmtree(tmp)
-    ckpt.save_adapters(model, tmp)
+    save_trained(model, tmp)
     tensors, meta = _flatten_optimizer(optimizer.state_dict())
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
@@ -296,7 +325,8 @@ def _tensorboard(folder: Path):
 
 
 def _dir_bytes(folder: Path) -> int:
-    return (folder / ckpt.WEIGHTS_NAME).stat().st_size
+    file = folder / ckpt.WEIGHTS_NAME
+    return (file if file.exists() else folder / PEER_WEIGHTS).stat().st_size
 
 
 def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
@@ -325,8 +355,11 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     tokenizer = load_tokenizer(model_path, family)
     set_seed(cfg.seed)
     model = load_model(model_path, family, task, DTYPES[cfg.dtype])
-    adapter_config = cfg.adapter_config()
-    add_adapters(model, adapter_config)
+    if cfg.is_peer:
+        model = add_peer(model, cfg.method, family, cfg.adapter)
+        model._compacter_peer = cfg.method
+    else:
+        add_adapters(model, cfg.adapter_config())
     trainable, total = count_parameters(model)
     batcher = Batcher(tokenizer, family, task, cfg.max_source_length, cfg.max_target_length)
     run = cfg.run_dir()
@@ -425,8 +458,8 @@ def _progress_bar(cfg: TrainConfig, total: int, initial: int, main: bool):
 
 def _resume(folder: Path, model, optimizer, scheduler) -> dict:
     with torch.no_grad():
-        saved = ckpt._read_weights(folder)
-        own = ckpt.adapter_modules(model).state_dict() if not ckpt.adapter_modules(model).config.train_all else ckpt._full_state(model)
+        saved = read_trained(model, folder)
+        own = trained_state(model)
         missing = set(own) ^ set(saved)
         if missing:
             raise ckpt.CheckpointError(f"{folder}: resume checkpoint does not match this run's adapter ({sorted(missing)[:3]} ...)")
@@ -452,7 +485,7 @@ def _evaluate_and_checkpoint(cfg, run, model, batcher, validation, accelerator, 
                 writer.add_scalar(f"validation/{k}", v, progress["step"])
         if improved:
             tmp = run / "best.tmp"
-            ckpt.save_adapters(model, tmp)
+            save_trained(model, tmp)
             if (run / "best").exists():
                 _rmtree(run / "best")
             os.replace(tmp, run / "best")
@@ -466,9 +499,8 @@ def _finish(cfg, run, model, batcher, splits, accelerator, task, model_path, tra
     """Load the best adapter, test it, write results.json and print the summary."""
     best = run / "best"
     if best.exists():
-        own = ckpt.adapter_modules(model)
-        saved = ckpt._read_weights(best)
-        tensors = ckpt._full_state(model) if own.config.train_all else own.state_dict()
+        saved = read_trained(model, best)
+        tensors = trained_state(model)
         with torch.no_grad():
             for key, p in tensors.items():
                 p.copy_(saved[key].to(p.dtype))

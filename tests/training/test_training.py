@@ -182,3 +182,13 @@ def test_decoder_can_predict_by_generation(model_dirs, tmp_path):
     assert wrong["accuracy"] == 0.0  # a generated answer that is not a label counts as wrong
     results = train(_cfg(model_dirs, "decoder", tmp_path, decoder_predict="generate", max_steps=2, eval_every=2), log=lambda *a: None)
     assert results["config"]["decoder_predict"] == "generate"
+
+
+@pytest.mark.parametrize("family", ["encoder", "seq2seq"])
+def test_peft_lora_peer_runs_through_the_same_pipeline(model_dirs, family, tmp_path):
+    pytest.importorskip("peft")
+    results = train(_cfg(model_dirs, family, tmp_path, method="peft-lora", adapter={"r": 4}, max_steps=4, eval_every=2), log=lambda *a: None)
+    run = tmp_path / f"run-{family}"
+    saved = load_file(run / "best" / "peer_model.safetensors")
+    assert any("lora_A" in k for k in saved) and results["trainable_params"] == sum(t.numel() for t in saved.values())
+    assert results["adapter_bytes"] > 0 and results["steps"] == 4
