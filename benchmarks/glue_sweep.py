@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from compacter.config import METHODS
+from compacter.peers import PEER_METHODS
 from compacter.report import report_main
 from compacter.tasks import load_split
 from compacter.training import TrainConfig, train
@@ -28,7 +29,7 @@ def main() -> None:
     p.add_argument("--model", default=None, help="model folder or hub name (default: the bundled MiniLM encoder)")
     p.add_argument("--data-dir", default=None, help="benchmark files (default: the HF hub)")
     p.add_argument("--tasks", nargs="+", default=["cola", "sst2", "mrpc", "stsb", "rte", "cb", "copa", "wsc"])
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS + PEER_METHODS)
     p.add_argument("--seeds", nargs="+", type=int, default=[42])
     p.add_argument("--train-samples", type=int, default=None, help="subsample each training set (CPU budgets)")
     p.add_argument("--epochs", type=int, default=20)
