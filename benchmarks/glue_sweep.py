@@ -36,9 +36,13 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-eval-samples", type=int, default=None)
     p.add_argument("--lr-scale", type=float, default=1.0, help="multiply each method's paper learning rate")
+    p.add_argument("--adapter", nargs="*", default=[], metavar="KEY=VALUE", help="CompacterConfig overrides for our methods")
+    p.add_argument("--max-steps", type=int, default=None, help="cap optimizer steps per run (CPU budgets)")
     p.add_argument("--out", default="runs/sweep")
     args = p.parse_args()
     out = Path(args.out)
+    overrides = {k: json.loads(v) if v[:1].isdigit() or v in ("true", "false") else v
+                 for k, _, v in (item.partition("=") for item in args.adapter)}
     for seed in args.seeds:
         for task in args.tasks:
             size = len(load_split(task, "train", args.data_dir)) if args.train_samples else None
@@ -49,7 +53,8 @@ def main() -> None:
                     continue
                 cfg = TrainConfig(model=args.model, task=task, method=method, data_dir=args.data_dir, seed=seed,
                                   epochs=args.epochs, batch_size=args.batch_size, train_samples=samples,
-                                  max_eval_samples=args.max_eval_samples, output_dir=str(run), progress=False, eval_before=False)
+                                  max_eval_samples=args.max_eval_samples, output_dir=str(run), progress=False, eval_before=False,
+                                  max_steps=args.max_steps, adapter=overrides if method in METHODS else {})
                 cfg.learning_rate = cfg.lr * args.lr_scale
                 start = time.perf_counter()
                 results = train(cfg, log=lambda *a: None)
