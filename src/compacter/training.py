@@ -216,10 +216,15 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+def _peer_of(model) -> str | None:
+    """The peer method a model was wrapped with (``peft-lora``), or None for ours."""
+    return getattr(model, "_compacter_peer", None)
+
+
 def save_trained(model, folder: Path) -> None:
     """The run's trained tensors: our adapter checkpoint, or a peer's tensors."""
-    method = getattr(model, "_compacter_peer", None)
-    if method is not None:
+    method = _peer_of(model)
+    if method:
         save_peer(model, folder, method)
     else:
         ckpt.save_adapters(model, folder)
@@ -227,14 +232,22 @@ def save_trained(model, folder: Path) -> None:
 
 def trained_state(model) -> dict[str, torch.Tensor]:
     """Name -> tensor of what the run trains, keyed as in the saved file."""
-    if getattr(model, "_compacter_peer", None) is not None:
+    if _peer_of(model) is not None:
         return trained_tensors(model)
     own = ckpt.adapter_modules(model)
     return ckpt._full_state(model) if own.config.train_all else own.state_dict()
 
 
-def read_trained(model, folder: Path) -> dict[str, torch.Tensor]:
-    return read_peer(folder) if getattr(model, "_compacter_peer", None) is not None else ckpt._read_weights(folder)
+def restore_trained(model, folder: Path) -> None:
+    """Copy the trained tensors saved in ``folder`` (best/ or last/) back into the model."""
+    saved = read_peer(folder) if _peer_of(model) is not None else ckpt._read_weights(folder)
+    own = trained_state(model)
+    mismatch = set(own) ^ set(saved)
+    if mismatch:
+        raise ckpt.CheckpointError(f"{folder}: checkpoint does not match this run's trained tensors ({sorted(mismatch)[:3]} ...)")
+    with torch.no_grad():
+        for key, p in own.items():
+            p.copy_(saved[key].to(p.dtype))
 
 
 def save_train_state(folder: Path, model, optimizer, scheduler, progress: dict) -> None:
@@ -251,6 +264,11 @@ def save_train_state(folder: Path, model, optimizer, scheduler, progress: dict) 
     meta["progress"] = progress
     save_file(tensors, tmp / "train_state.safetensors")
     (tmp / "train_state.json").write_text(json.dumps(meta, indent=1))
+    _swap_in(tmp, folder)
+
+
+def _swap_in(tmp: Path, folder: Path) -> None:
+    """Put the finished folder ``tmp`` in place of ``folder``; the old one is removed only afterwards."""
     old = folder.with_name(folder.name + ".old")
     if folder.exists():
         os.replace(folder, old)
@@ -457,14 +475,7 @@ def _progress_bar(cfg: TrainConfig, total: int, initial: int, main: bool):
 
 
 def _resume(folder: Path, model, optimizer, scheduler) -> dict:
-    with torch.no_grad():
-        saved = read_trained(model, folder)
-        own = trained_state(model)
-        missing = set(own) ^ set(saved)
-        if missing:
-            raise ckpt.CheckpointError(f"{folder}: resume checkpoint does not match this run's adapter ({sorted(missing)[:3]} ...)")
-        for key, p in own.items():
-            p.copy_(saved[key])
+    restore_trained(model, folder)
     return load_train_state(folder, optimizer, scheduler)
 
 
@@ -485,10 +496,10 @@ def _evaluate_and_checkpoint(cfg, run, model, batcher, validation, accelerator, 
                 writer.add_scalar(f"validation/{k}", v, progress["step"])
         if improved:
             tmp = run / "best.tmp"
+            if tmp.exists():
+                _rmtree(tmp)
             save_trained(model, tmp)
-            if (run / "best").exists():
-                _rmtree(run / "best")
-            os.replace(tmp, run / "best")
+            _swap_in(tmp, run / "best")
         save_train_state(run / "last", model, optimizer, scheduler, progress)
     accelerator.wait_for_everyone()
     say(f"step {progress['step']} (epoch {progress['epoch']}): validation {_fmt(metrics)}{'  *best*' if improved else ''}")
@@ -499,11 +510,7 @@ def _finish(cfg, run, model, batcher, splits, accelerator, task, model_path, tra
     """Load the best adapter, test it, write results.json and print the summary."""
     best = run / "best"
     if best.exists():
-        saved = read_trained(model, best)
-        tensors = trained_state(model)
-        with torch.no_grad():
-            for key, p in tensors.items():
-                p.copy_(saved[key].to(p.dtype))
+        restore_trained(model, best)
     validation = evaluate(model, batcher, splits["validation"], accelerator, cfg.eval_batch_size, cfg.decoder_predict)
     test = evaluate(model, batcher, splits["test"], accelerator, cfg.eval_batch_size, cfg.decoder_predict)
     peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
