@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import typing
 from pathlib import Path
@@ -62,7 +63,7 @@ DEMO_DEFAULTS = {"epochs": 10, "batch_size": 16, "learning_rate": 1e-2}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training import TrainConfig, train
+    from .training import TrainConfig, end_distributed, train
 
     data: dict[str, Any] = {}
     if args.config:
@@ -74,7 +75,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         if value is None:
             continue
         data[f.name] = {**data.get("adapter", {}), **_key_values(value)} if f.name == "adapter" else value
-    train(TrainConfig.from_dict(data))
+    try:
+        train(TrainConfig.from_dict(data))
+    finally:
+        gloo = end_distributed()
+    if gloo:  # see end_distributed: skip the interpreter shutdown that can abort gloo processes
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

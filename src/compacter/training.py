@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from . import checkpoint as ckpt
 from .config import DEFAULT_LEARNING_RATES, METHODS, CompacterConfig
 from .inject import add_adapters, count_parameters, trainable_parameters
-from .modeling import FAMILIES, Batcher, family_of, load_model, load_tokenizer, predict_batch
+from .modeling import Batcher, family_of, load_model, load_tokenizer, predict_batch
 from .peers import PEER_LEARNING_RATES, PEER_METHODS, PEER_WEIGHTS, add_peer, read_peer, save_peer, trained_tensors
 from .tasks import Example, Task, custom_task, get_task, load_files, paper_splits
 from .tasks.splits import apply_protocol
@@ -347,6 +346,25 @@ def _dir_bytes(folder: Path) -> int:
     return (file if file.exists() else folder / PEER_WEIGHTS).stat().st_size
 
 
+def end_distributed() -> bool:
+    """Tear down the process group that Accelerate set up under ``torchrun`` / ``accelerate launch``.
+
+    Call it once, when the script is done training (``compacter train`` does). ``train`` itself keeps
+    the group, so that several runs can share one process (a sweep, a notebook). Returns True when the
+    group was gloo's (CPU): PyTorch's gloo worker threads can still hold the last collective's tensors
+    when the interpreter shuts down, and releasing them then aborts the process ("terminate called
+    without an active exception", pytorch/pytorch#179291); ``compacter train`` therefore ends such
+    processes with ``os._exit`` once everything is written and flushed."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    gloo = dist.get_backend() == "gloo"
+    dist.barrier()
+    dist.destroy_process_group()
+    return gloo
+
+
 def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     """Run the whole recipe: setup, (resume,) train with evaluation, select the best, test, save."""
     from accelerate import Accelerator
@@ -415,6 +433,22 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     bar = _progress_bar(cfg, total_steps, progress["step"], main)
     start = time.perf_counter()
     model.train()
+    try:
+        _train_loop(cfg, run, model, forward, raw_model, batcher, splits, validation, accelerator, optimizer, scheduler,
+                    params, total_steps, progress, writer, bar, say)
+    finally:
+        if bar:
+            bar.close()
+        if writer:
+            writer.close()
+    train_seconds = time.perf_counter() - start
+    return _finish(cfg, run, raw_model, batcher, splits, accelerator, task, model_path, trainable, total, before, progress,
+                   train_seconds, say)
+
+
+def _train_loop(cfg, run, model, forward, raw_model, batcher, splits, validation, accelerator, optimizer, scheduler,
+                params, total_steps, progress, writer, bar, say) -> None:
+    """Optimizer steps until ``total_steps`` or early stopping, evaluating and checkpointing on the way."""
     done = progress["step"] >= total_steps
     while not done:
         batches = epoch_batches(len(splits["train"]), progress["epoch"], cfg.seed, cfg.batch_size,
@@ -455,11 +489,6 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
                 progress["epoch"], progress["batch"] = progress["epoch"] + 1, 0
             if done:
                 break
-    train_seconds = time.perf_counter() - start
-    if bar:
-        bar.close()
-    return _finish(cfg, run, raw_model, batcher, splits, accelerator, task, model_path, trainable, total, before, progress,
-                   train_seconds, say)
 
 
 def _fmt(metrics: dict[str, float]) -> str:
@@ -523,6 +552,10 @@ def _finish(cfg, run, model, batcher, splits, accelerator, task, model_path, tra
     }
     if accelerator.is_main_process:
         (run / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    # Every process returns only once results.json exists. It also keeps a process from reaching
+    # interpreter shutdown while gloo's worker thread still releases the last gather's tensors
+    # (that race aborts the process: "terminate called without an active exception").
+    accelerator.wait_for_everyone()
     before_txt = f"{before['score']:.2f} -> " if before else ""
     size = f"{results['adapter_bytes'] / 1024:.1f} KiB" if results["adapter_bytes"] else "-"
     say(f"\nresult on {task.name} test: score {before_txt}{test['score']:.2f}  ({_fmt(test)})\n"

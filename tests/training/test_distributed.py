@@ -20,15 +20,26 @@ from compacter.training import TrainConfig, train
 from .test_training import FAST
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_two_process_ddp_matches_one_process(model_dirs, tmp_path):
+    """`torchrun --nproc_per_node 2 -m compacter train` (the documented multi-process command, CPU/gloo
+    here) ends with the adapter one process gets from the same global batch, and exits cleanly."""
     common = {**FAST, "model": model_dirs["encoder"], "max_steps": 4, "eval_every": 2, "eval_before": False}
     train(TrainConfig(**{**common, "batch_size": 8, "output_dir": str(tmp_path / "one")}), log=lambda *a: None)
-    cfg = json.dumps({**common, "batch_size": 4, "output_dir": str(tmp_path / "two")})
+    cfg = tmp_path / "two.json"
+    cfg.write_text(json.dumps({**common, "batch_size": 4, "output_dir": str(tmp_path / "two")}))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    worker = Path(__file__).with_name("ddp_worker.py")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-                           str(worker), cfg], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, "\n".join(l for l in proc.stderr.splitlines() if "Error" in l or "error" in l or "File" in l)[-4000:]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                           "--master_port", str(_free_port()), "-m", "compacter", "train", "--config", str(cfg)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-6000:]
     one, two = (load_file(tmp_path / name / "last" / WEIGHTS_NAME) for name in ("one", "two"))
     assert one.keys() == two.keys()
     for key in one:
