@@ -1,4 +1,5 @@
-"""Peer methods for comparisons in the same training pipeline: PEFT LoRA (today's standard baseline).
+"""Peer methods for comparisons in the same training pipeline: PEFT LoRA (today's standard baseline)
+and AdapterHub ``adapters``' Compacter and Compacter++ (the peer implementation of our method).
 
 A peer run uses the same data, loop, selection and test as ours; its trained tensors are saved as
 ``peer_model.safetensors`` (plus ``peer_config.json``) instead of an adapter checkpoint. The CLI's
@@ -14,22 +15,51 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-PEER_METHODS = ("peft-lora",)
-PEER_LEARNING_RATES = {"peft-lora": 3e-4}
+PEER_METHODS = ("peft-lora", "ah-compacter++", "ah-compacter")
+PEER_LEARNING_RATES = {"peft-lora": 3e-4, "ah-compacter++": 3e-3, "ah-compacter": 3e-3}
 PEER_WEIGHTS = "peer_model.safetensors"
 _TASK_TYPES = {"seq2seq": "SEQ_2_SEQ_LM", "encoder": "SEQ_CLS", "decoder": "CAUSAL_LM"}
 
 
 def add_peer(model: nn.Module, method: str, family: str, options: dict) -> nn.Module:
-    """Wrap ``model`` with the peer method; ``options`` override the LoRA defaults (r=8, alpha=16)."""
-    if method != "peft-lora":
-        raise ValueError(f"unknown peer method {method!r}; allowed: {', '.join(PEER_METHODS)}")
+    """Wrap ``model`` with the peer method; ``options`` override the peer's own defaults
+    (LoRA: r=8, alpha=16; AdapterHub: its ``CompacterPlusPlusConfig`` / ``CompacterConfig``)."""
+    if method == "peft-lora":
+        return _add_peft_lora(model, family, options)
+    if method in ("ah-compacter++", "ah-compacter"):
+        return _add_adapterhub(model, method, family, options)
+    raise ValueError(f"unknown peer method {method!r}; allowed: {', '.join(PEER_METHODS)}")
+
+
+def _add_peft_lora(model: nn.Module, family: str, options: dict) -> nn.Module:
     try:
         import peft
     except ImportError:
         raise ImportError("--method peft-lora needs PEFT: pip install 'compacter[bench]'") from None
     config = peft.LoraConfig(**{"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "task_type": _TASK_TYPES[family], **options})
     return peft.get_peft_model(model, config)
+
+
+def _add_adapterhub(model: nn.Module, method: str, family: str, options: dict) -> nn.Module:
+    """AdapterHub's own Compacter(++) as its users run it: ``adapters.init``, ``add_adapter``,
+    ``train_adapter`` (which freezes everything else, layer norms included). An encoder's new task
+    head is trained too, as ours is; AdapterHub's own flex heads would be."""
+    try:
+        import adapters
+    except ImportError:
+        raise ImportError(f"--method {method} needs AdapterHub's `adapters`, which pins transformers 4.x: run it in "
+                          "its own environment (docs/RESULTS.md says how)") from None
+    config_class = adapters.CompacterPlusPlusConfig if method == "ah-compacter++" else adapters.CompacterConfig
+    adapters.init(model)
+    model.add_adapter("peer", config=config_class(**options))
+    model.train_adapter("peer")
+    if family == "encoder":
+        body = getattr(model, model.base_model_prefix)
+        in_body = {id(p) for p in body.parameters()}
+        for p in model.parameters():
+            if id(p) not in in_body:
+                p.requires_grad_(True)
+    return model
 
 
 def trained_tensors(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -51,7 +51,7 @@ class TrainConfig:
 
     model: str | None = _f(None, "pretrained model: a local folder or a hub name (default: the bundled MiniLM encoder)")
     task: str = _f("demo", "task name (GLUE, SuperGLUE, 'demo') or a name for your own files with --train-file")
-    method: str = _f("compacter++", f"method: {', '.join(METHODS + PEER_METHODS)} (peft-lora: the PEFT peer, for comparisons)")
+    method: str = _f("compacter++", f"method: {', '.join(METHODS + PEER_METHODS)} (peft-lora, ah-*: PEFT and AdapterHub peers, for comparisons)")
     adapter: dict[str, Any] = _f(None, "CompacterConfig overrides as KEY=VALUE (repeatable), e.g. phm_dim=8 reduction_factor=16; "
                                  "for peft-lora, LoraConfig fields (r=16)")
     data_dir: str | None = _f(None, "folder with the benchmark files (glue/<Task>/*.tsv, superglue/<Task>/*.jsonl); default: the HF hub")

@@ -192,3 +192,30 @@ def test_peft_lora_peer_runs_through_the_same_pipeline(model_dirs, family, tmp_p
     saved = load_file(run / "best" / "peer_model.safetensors")
     assert any("lora_A" in k for k in saved) and results["trainable_params"] == sum(t.numel() for t in saved.values())
     assert results["adapter_bytes"] > 0 and results["steps"] == 4
+
+
+def test_adapterhub_peer_without_adapters_installed_says_how(model_dirs, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_adapters(name, *args, **kwargs):
+        if name == "adapters":
+            raise ImportError("No module named 'adapters'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_adapters)
+    with pytest.raises(ImportError, match="ah-compacter\\+\\+ needs AdapterHub's `adapters`.*own environment"):
+        train(_cfg(model_dirs, "encoder", tmp_path, method="ah-compacter++", adapter={}), log=lambda *a: None)
+
+
+@pytest.mark.parametrize("method", ["ah-compacter++", "ah-compacter"])
+def test_adapterhub_peer_runs_through_the_same_pipeline(model_dirs, method, tmp_path):
+    """Runs where AdapterHub's `adapters` is installed (its own venv: it pins transformers 4.x)."""
+    adapters = pytest.importorskip("adapters")
+    results = train(_cfg(model_dirs, "encoder", tmp_path, method=method, adapter={"reduction_factor": 4}, max_steps=4, eval_every=2),
+                    log=lambda *a: None)
+    saved = load_file(tmp_path / "run-encoder" / "best" / "peer_model.safetensors")
+    assert any("phm_rule" in k for k in saved) and any("classifier" in k for k in saved), sorted(saved)
+    assert results["trainable_params"] == sum(t.numel() for t in saved.values()) and results["steps"] == 4
+    assert adapters.__version__
