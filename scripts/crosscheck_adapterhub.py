@@ -340,7 +340,6 @@ def phase_compare(dump_dir: str, tol32: float, tol64: float) -> dict:
     import compacter
     import safetensors.torch
     import transformers
-    from compacter.phm import kronecker_sum
 
     tensors = safetensors.torch.load_file(os.path.join(dump_dir, DUMP_TENSORS))
     with open(os.path.join(dump_dir, DUMP_META)) as f:

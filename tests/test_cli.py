@@ -1,6 +1,5 @@
 """The compacter command: help for every subcommand, params from a config alone, errors."""
 
-import json
 
 import pytest
 import transformers as T
