@@ -51,5 +51,5 @@ class BottleneckAdapter(nn.Module):
         self.act = _ACTIVATIONS[config.non_linearity]()
         self.up = make_projection(config, k, d_model, f"{name}.up")  # [..., k] -> [..., d]
 
-    def forward(self, x: torch.Tensor, rule: torch.Tensor | None = None) -> torch.Tensor:
-        return self.up(self.act(self.down(x, rule)), rule) + x
+    def forward(self, x: torch.Tensor, rule: torch.Tensor | None = None, bank: list[torch.Tensor] | None = None) -> torch.Tensor:
+        return self.up(self.act(self.down(x, rule, bank)), rule, bank) + x

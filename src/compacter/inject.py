@@ -25,7 +25,7 @@ from torch import nn
 
 from .adapters import BottleneckAdapter
 from .config import CompacterConfig
-from .phm import PHMRule
+from .phm import PHMLinear, PHMRule, batched_weights
 from .placement import is_norm, match_modules, output_features, placement_for
 
 SITE_ATTR = "compacter_adapters"
@@ -54,18 +54,27 @@ class AdapterSite(nn.ModuleDict):
     def hook(self, module: nn.Module, args: tuple, output):
         if self.active is None:
             return output
-        rule = self._state[0].rule(self.active)
+        state = self._state[0]
+        rule, bank = state.rule(self.active), state.weight_bank()
         adapter = self[self.active]
         if isinstance(output, tuple):  # a sub-layer that returns (hidden, extras...)
-            return (adapter(output[0], rule),) + tuple(output[1:])
-        return adapter(output, rule)
+            return (adapter(output[0], rule, bank),) + tuple(output[1:])
+        return adapter(output, rule, bank)
 
     def extra_repr(self) -> str:
         return f"role={self.role}, d_model={self.d_model}, active={self.active!r}"
 
 
 class CompacterState(nn.Module):
-    """Owner of what adapters share: the PHM rules and the trained copies of base parameters."""
+    """Owner of what adapters share: the PHM rules and the trained copies of base parameters.
+
+    While the model trains, it also builds all PHM layers' weights ``W`` once per forward pass of
+    the model, in one batched product (:func:`~compacter.phm.batched_weights`), instead of layer by
+    layer: the first adapter called in a forward pass of the model root builds this "bank", the
+    root's forward hook drops it. Layers called outside a forward pass of the root, without
+    gradients (the per-layer eval cache serves them), or under activation checkpointing (which
+    replays layers after the root's forward has ended) build their own ``W``.
+    """
 
     def __init__(self):
         super().__init__()
@@ -76,9 +85,33 @@ class CompacterState(nn.Module):
         self.active: str | None = None
         self.base_requires_grad: dict[str, bool] = {}
         self.missing: set[str] = set()  # base params that do not exist (BitFit biases added to bias-free layers)
+        self._banked: dict[str, list[PHMLinear]] = {}  # adapter name -> its PHM layers, in bank order
+        self._bank: list[torch.Tensor] | None = None  # their W during one forward pass of the model
+        self._in_forward = False  # between the root's forward pre-hook and the first adapter call
+        self._checkpointing: list[nn.Module] = []  # modules with a transformers `gradient_checkpointing` flag
+        self._hooks: list = []
 
     def rule(self, name: str) -> torch.Tensor | None:
         return self.rules[name].A if name in self.rules else None
+
+    def weight_bank(self) -> list[torch.Tensor] | None:
+        """The active adapter's W for this forward pass of the model, built on first use."""
+        if self._bank is None and self._in_forward:
+            self._in_forward = False  # build (or decline) once per forward pass
+            layers = self._banked.get(self.active) if self.active is not None else None
+            if layers and torch.is_grad_enabled() and not any(m.gradient_checkpointing for m in self._checkpointing):
+                device = layers[0]._fast_params()[0].device.type
+                dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+                self._bank = batched_weights(layers, self.rule(self.active), dtype)
+        return self._bank
+
+    def start_forward(self, module: nn.Module, args: tuple) -> None:
+        """Forward pre-hook of the model root."""
+        self._bank, self._in_forward = None, True
+
+    def end_forward(self, module: nn.Module, args: tuple, output) -> None:
+        """Forward hook of the model root: the bank's W live on only in the autograd graph."""
+        self._bank, self._in_forward = None, False
 
     def extra_repr(self) -> str:
         return f"adapters={list(self.configs)}, active={self.active!r}"
@@ -196,6 +229,9 @@ def attach_adapters(model: nn.Module, pending: PendingAdapters, activate: bool =
         for p in model.parameters():
             p.requires_grad_(False)
         model.add_module(STATE_ATTR, state)
+        state._checkpointing = [m for m in model.modules() if isinstance(getattr(m, "gradient_checkpointing", None), bool)]
+        state._hooks = [model.register_forward_pre_hook(state.start_forward),
+                        model.register_forward_hook(state.end_forward, always_call=True)]
     modules = dict(model.named_modules())
     for target, adapter in pending.sites.items():
         site = getattr(modules[target], SITE_ATTR, None)
@@ -207,6 +243,11 @@ def attach_adapters(model: nn.Module, pending: PendingAdapters, activate: bool =
         site[pending.name] = adapter
     if pending.rule is not None:
         state.rules[pending.name] = pending.rule
+    if pending.config.adapter_type == "phm":
+        banked = [proj for adapter in pending.sites.values() for proj in (adapter.down, adapter.up) if isinstance(proj, PHMLinear)]
+        for i, layer in enumerate(banked):
+            layer._bank_index = i
+        state._banked[pending.name] = banked
     tuned = nn.ParameterDict()
     for full, copy in pending.tuned.items():
         owner, attr = _resolve(modules, full)
@@ -325,9 +366,12 @@ def delete_adapter(model: nn.Module, name: str) -> None:
             delattr(modules[target], SITE_ATTR)
     if name in state.rules:
         del state.rules[name]
+    state._banked.pop(name, None)
     del state.tuned[name]
     del state.configs[name]
     if not state.configs:
+        for handle in state._hooks:
+            handle.remove()
         delattr(model, STATE_ATTR)
         params = dict(model.named_parameters())
         for full, requires_grad in state.base_requires_grad.items():

@@ -27,13 +27,14 @@ RULE_INITS = ("normal", "uniform")
 def kronecker_sum(rule: torch.Tensor, fast: torch.Tensor) -> torch.Tensor:
     """Return ``Σ_i rule[i] ⊗ fast[i]`` without a Python loop over ``i``.
 
-    rule: [n, n, n] (i, a, b); fast: [..., n, p, q] (leading dims batch several layers).
-    Returns [..., n*p, n*q] with ``W[a*p + x, b*q + y] = Σ_i rule[i, a, b] * fast[i, x, y]``.
+    rule: [..., n, n, n] (i, a, b); fast: [..., n, p, q] (leading dims batch several layers; a rule
+    without them is shared by all). Returns [..., n*p, n*q] with
+    ``W[a*p + x, b*q + y] = Σ_i rule[i, a, b] * fast[i, x, y]``.
     One matmul contracts ``i`` (cheaper than an einsum's generic path for these tiny shapes).
     """
     n, p, q = fast.shape[-3:]
     lead = fast.shape[:-3]
-    rule_ab_i = rule.permute(1, 2, 0).reshape(n * n, n)  # [(a b), i]
+    rule_ab_i = rule.movedim(-3, -1).reshape(*rule.shape[:-3], n * n, n)  # [..., (a b), i]
     w = rule_ab_i @ fast.reshape(*lead, n, p * q)  # [..., (a b), (x y)]
     w = w.view(*lead, n, n, p, q).transpose(-3, -2)  # [..., a, x, b, y]
     return w.reshape(*lead, n * p, n * q)  # [..., k, d]
@@ -119,6 +120,7 @@ class PHMLinear(nn.Module):
         self.rule = PHMRule(n, rule_init, rule_init_range, learn_rule) if own_rule else None
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         self._cache: tuple[tuple, torch.Tensor] | None = None
+        self._bank_index: int | None = None  # position in a shared-rule weight bank (see batched_weights)
 
     def fast_weight(self) -> torch.Tensor:
         """The fast weights ``B`` as [n, p, q]."""
@@ -153,8 +155,9 @@ class PHMLinear(nn.Module):
     def _fast_params(self) -> tuple[torch.Tensor, ...]:
         return (self.s, self.t) if self.factorized else (self.B,)
 
-    def forward(self, x: torch.Tensor, rule: torch.Tensor | None = None) -> torch.Tensor:
-        w = self._cached_weight(rule)  # [k, d]
+    def forward(self, x: torch.Tensor, rule: torch.Tensor | None = None, bank: list[torch.Tensor] | None = None) -> torch.Tensor:
+        # bank: every layer's W, built at once for this forward pass by batched_weights
+        w = bank[self._bank_index] if bank is not None and self._bank_index is not None else self._cached_weight(rule)  # [k, d]
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         if w.dtype != dtype:
             w = w.to(dtype)
@@ -171,6 +174,43 @@ class PHMLinear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, n={self.phm_dim}, {kind}, {own}, bias={self.bias is not None}"
 
 
+def batched_weights(layers: list[PHMLinear], rule: torch.Tensor | None, dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+    """``W`` of every layer in ``layers``, in their order; ``rule``: the shared ``A`` of the layers
+    that have no rule of their own.
+
+    Layers of one shape are built together: their fast weights (and own rules) are stacked and
+    contracted in one batched product, so a step costs a few kernels instead of a few per layer
+    (T5-base Compacter: 96 PHM layers, 2 shapes). ``dtype``: cast the stacked weights once (the
+    autocast dtype) instead of once per layer.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for i, layer in enumerate(layers):
+        ref = layer._fast_params()[0]
+        key = (layer.factorized, layer.rule is not None, layer.in_features, layer.out_features, layer.rank, ref.dtype, ref.device)
+        groups.setdefault(key, []).append(i)
+    out: list[torch.Tensor] = [None] * len(layers)  # type: ignore[list-item]  # every slot is filled below
+    device = layers[0]._fast_params()[0].device.type if layers else "cpu"
+    with torch.autocast(device_type=device, enabled=False):
+        for (factorized, own_rule, *_), members in groups.items():
+            group = [layers[i] for i in members]
+            if factorized:  # B = s t: [L, n, p, r] @ [L, n, r, q]
+                fast = torch.matmul(torch.stack([m.s for m in group]), torch.stack([m.t for m in group]))
+            else:
+                fast = torch.stack([m.B for m in group])  # [L, n, p, q]
+            if own_rule:
+                rules = torch.stack([m.rule.A for m in group])  # [L, n, n, n]
+            elif rule is None:
+                raise ValueError("batched_weights: these PHM layers share a rule; pass it")
+            else:
+                rules = rule
+            w = kronecker_sum(rules, fast)  # [L, k, d]
+            if dtype is not None and w.dtype != dtype:
+                w = w.to(dtype)
+            for i, wi in zip(members, w.unbind(0)):
+                out[i] = wi
+    return out
+
+
 class LowRankLinear(nn.Module):
     """``y = x (u vᵀ) + b``: the Adapter-LowRank projection, ``u`` [k, r], ``v`` [r, d]."""
 
@@ -183,7 +223,7 @@ class LowRankLinear(nn.Module):
         init_fast_weight(self.v, init, fan_in=rank, fan_out=out_features)
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
-    def forward(self, x: torch.Tensor, rule: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rule: torch.Tensor | None = None, bank: list[torch.Tensor] | None = None) -> torch.Tensor:
         y = (x @ self.u.to(x.dtype)) @ self.v.to(x.dtype)  # [..., k] -> [..., r] -> [..., d]
         return y + self.bias.to(x.dtype) if self.bias is not None else y
 
@@ -200,7 +240,7 @@ class PlainLinear(nn.Linear):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
-    def forward(self, x: torch.Tensor, rule: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rule: torch.Tensor | None = None, bank: list[torch.Tensor] | None = None) -> torch.Tensor:
         return nn.functional.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
 
