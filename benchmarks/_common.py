@@ -82,7 +82,7 @@ def make_batch(size: str, batch: int, src_len: int, tgt_len: int, device: torch.
 OURS = ("compacter++", "compacter")
 #: opt-in with --methods. "<method>-noln": the same adapters without training the layer norms (the
 #: AdapterHub default, so the like-for-like comparison with the ah-* rows).
-EXTRA_OURS = ("compacter++-noln", "compacter-noln", "ln-only", "pfeiffer", "adapter", "adapter-lowrank", "phm-adapter", "bitfit")
+EXTRA_OURS = ("compacter++-nobank", "compacter-nobank", "compacter++-noln", "compacter-noln", "ln-only", "pfeiffer", "adapter", "adapter-lowrank", "phm-adapter", "bitfit")
 PEERS = ("peft-lora", "ah-compacter++", "ah-compacter")
 DEFAULT_METHODS = ("floor",) + OURS + ("full",) + PEERS
 ALL_METHODS = DEFAULT_METHODS + EXTRA_OURS
@@ -91,6 +91,8 @@ DESCRIPTIONS = {
     "floor": "frozen model, fwd+bwd to the input embeddings, no weight grads, no optimizer",
     "compacter++": "compacter: CompacterConfig('compacter++') (LPHM n=4 r=1 after FFN, + layer norms)",
     "compacter": "compacter: CompacterConfig('compacter') (LPHM after attention and FFN, + layer norms)",
+    "compacter++-nobank": "compacter++ with each PHM layer building its own W (the weight bank switched off)",
+    "compacter-nobank": "compacter with each PHM layer building its own W (the weight bank switched off)",
     "compacter++-noln": "compacter: CompacterConfig('compacter++', train_layer_norms=False)",
     "compacter-noln": "compacter: CompacterConfig('compacter', train_layer_norms=False)",
     "ln-only": "compacter: layer norms trained, no adapter (compacter++ minus its adapters)",
@@ -152,8 +154,10 @@ def prepare_model(method: str, size: str, device: torch.device, seed: int = 0):
     elif method.endswith("-noln"):
         config = compacter.CompacterConfig(method[: -len("-noln")], train_layer_norms=False)
     else:
-        config = compacter.CompacterConfig(method)
+        config = compacter.CompacterConfig(method.removesuffix("-nobank"))
     model = compacter.add_adapters(model, config)
+    if method.endswith("-nobank"):  # what the batched build of all W buys (inject.CompacterState)
+        compacter.inject.get_state(model)._banked.clear()
     model.train()
     return model, compacter.trainable_parameters(model)
 

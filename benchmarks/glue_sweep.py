@@ -1,8 +1,10 @@
 """Quality sweep: methods x tasks x seeds with `compacter train`, then one markdown table.
 
 Each run is an ordinary run directory (config.json, results.json, best/), so any row can be
-repeated with `compacter train --config <run>/config.json`. Runs that already have a
-results.json are skipped, so an interrupted sweep resumes where it stopped.
+repeated with `compacter train --config <run>/config.json`. Each run is its own
+`python -m compacter train` process (its log in <run>.log), so the peak memory a run reports
+is its own. Runs that already have a results.json are skipped, so an interrupted sweep resumes
+where it stopped.
 
 Example (the CPU sweep in docs/RESULTS.md):
     .venv/bin/python benchmarks/glue_sweep.py --data-dir ../shared/data --tasks cb copa mrpc rte stsb \
@@ -14,6 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +26,7 @@ from compacter.config import METHODS
 from compacter.peers import PEER_METHODS
 from compacter.report import report_main
 from compacter.tasks import load_split
-from compacter.training import TrainConfig, train
+from compacter.training import TrainConfig
 
 
 def main() -> None:
@@ -56,10 +61,19 @@ def main() -> None:
                                   max_eval_samples=args.max_eval_samples, output_dir=str(run), progress=False, eval_before=False,
                                   max_steps=args.max_steps, adapter=overrides if method in METHODS else {})
                 cfg.learning_rate = cfg.lr * args.lr_scale
+                run.parent.mkdir(parents=True, exist_ok=True)
+                config_file = run.with_name(run.name + ".json")
+                config_file.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
                 start = time.perf_counter()
-                results = train(cfg, log=lambda *a: None)
+                with open(run.with_name(run.name + ".log"), "w") as log:
+                    code = subprocess.call([sys.executable, "-m", "compacter", "train", "--config", str(config_file)],
+                                           stdout=log, stderr=subprocess.STDOUT, env=os.environ)
+                if code != 0:
+                    raise SystemExit(f"run {run} failed (exit {code}); its output is in {run}.log")
+                results = json.loads((run / "results.json").read_text())
                 print(json.dumps({"task": task, "method": method, "seed": seed, "test": results["test"]["score"],
-                                  "seconds": round(time.perf_counter() - start, 1)}), flush=True)
+                                  "seconds": round(time.perf_counter() - start, 1),
+                                  "peak_rss_gib": round((results.get("peak_rss_bytes") or 0) / 2**30, 2)}), flush=True)
     print(report_main([str(out)], str(out / "table.md"), str(out / "figure1.png")))
 
 

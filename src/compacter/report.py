@@ -4,7 +4,7 @@ Each run directory holds the `results.json` the training loop writes::
 
     {"task": "rte", "method": "compacter++", "model": "t5-base", "seed": 42,
      "percent_trainable": 0.047, "test": {"score": 70.1, ...}, "train_seconds": 312.5,
-     "peak_memory_bytes": null | int, "config": {"train_samples": null | int, ...}, ...}
+     "peak_memory_bytes": null | int, "peak_rss_bytes": null | int, "config": {"train_samples": null | int, ...}, ...}
 
 Usage::
 
@@ -18,7 +18,8 @@ Decisions:
   "mean ± std (n=k)", std being the sample standard deviation (ddof=1).
 - "average" is the mean of the row's task cells (the tasks that row has, starred when that
   is fewer than the table's); "train time" is
-  the mean wall time per run, "peak memory" the largest peak over the row's runs.
+  the mean wall time per run, "peak memory" the largest peak over the row's runs (CUDA
+  memory allocated on a GPU; on a CPU the process's peak resident set, `peak_rss_bytes`).
 - Runs with different `config["train_samples"]` never share a table: the main table splits
   by training-set size, and `low_resource_table` compares sizes (Figure 4 of the paper).
 - matplotlib is imported only when a plot is asked for (`pip install compacter[plot]`).
@@ -124,7 +125,8 @@ def _parse_run(data: Any, file: Path) -> Run:
         percent_trainable=_percent_trainable(data, file),
         test={k: v for k, v in test.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
         train_seconds=data.get("train_seconds"),
-        peak_memory_bytes=data.get("peak_memory_bytes"),
+        # GPU runs: the peak of allocated CUDA memory; CPU runs: the process's peak resident set
+        peak_memory_bytes=data.get("peak_memory_bytes") if data.get("peak_memory_bytes") is not None else data.get("peak_rss_bytes"),
         train_samples=samples,
         raw=data,
     )

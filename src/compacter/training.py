@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -491,6 +492,16 @@ def _train_loop(cfg, run, model, forward, raw_model, batcher, splits, validation
                 break
 
 
+def _peak_rss() -> int | None:
+    """This process's peak resident memory so far, in bytes (None where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux KiB
+
+
 def _fmt(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
 
@@ -547,7 +558,7 @@ def _finish(cfg, run, model, batcher, splits, accelerator, task, model_path, tra
         "task": task.name, "method": cfg.method, "model": model_path, "seed": cfg.seed,
         "trainable_params": trainable, "total_params": total, "percent_trainable": 100 * trainable / total,
         "validation": validation, "test": test, "before": before, "best_step": progress["best_step"],
-        "steps": progress["step"], "train_seconds": seconds, "peak_memory_bytes": peak,
+        "steps": progress["step"], "train_seconds": seconds, "peak_memory_bytes": peak, "peak_rss_bytes": _peak_rss(),
         "adapter_bytes": _dir_bytes(best) if best.exists() else None, "config": cfg.to_dict(),
     }
     if accelerator.is_main_process:

@@ -1,0 +1,28 @@
+"""benchmarks/glue_sweep.py: one process per run, resumable, a table at the end."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SWEEP = Path(__file__).resolve().parents[2] / "benchmarks" / "glue_sweep.py"
+
+
+def test_sweep_runs_each_run_in_its_own_process_and_resumes(model_dirs, tmp_path):
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, str(SWEEP), "--model", model_dirs["encoder"], "--tasks", "demo", "--methods", "compacter++", "bitfit",
+           "--epochs", "1", "--max-steps", "2", "--batch-size", "4", "--max-eval-samples", "8", "--adapter", "reduction_factor=4",
+           "--out", str(out)]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    lines = [json.loads(x) for x in first.stdout.splitlines() if x.startswith("{")]
+    assert [(x["task"], x["method"]) for x in lines] == [("demo", "compacter++"), ("demo", "bitfit")]
+    for method in ("compacter++", "bitfit"):
+        results = json.loads((out / f"demo-{method}-seed42" / "results.json").read_text())
+        assert results["steps"] == 2 and results["peak_rss_bytes"] > 0
+        assert results["config"]["adapter"] == {"reduction_factor": 4}
+        assert (out / f"demo-{method}-seed42.log").exists()
+    table = (out / "table.md").read_text()
+    assert "compacter++" in table and "bitfit" in table
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # finished runs are skipped
+    assert again.returncode == 0 and not [x for x in again.stdout.splitlines() if x.startswith("{")]
