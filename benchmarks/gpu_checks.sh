@@ -1,0 +1,39 @@
+#!/bin/bash
+# All of issue 4's GPU measurements in one prepared command (a device lease is ~15 minutes):
+#
+#   device run:  bash benchmarks/gpu_checks.sh        (writes JSON + logs under $OUT)
+#   dry run here: OUT=/tmp/gpu-dry DEVICE=cpu SIZE=tiny LARGE=tiny bash benchmarks/gpu_checks.sh
+#
+# Uses the machine's own python3 (torch, transformers 5, accelerate, peft are in that image) with
+# this tree's src/ on the path. AdapterHub rows run only when wheels for adapters and its
+# transformers 4.x are carried in .whl/ (see docs/BENCHMARKS.md); otherwise they are skipped.
+# Each step has its own time limit (at most 9 minutes in all, inside one 10-minute device command).
+set -u
+OUT=${OUT:-/tmp/gpu-checks}
+DEVICE=${DEVICE:-cuda}
+SIZE=${SIZE:-base}
+LARGE=${LARGE:-large}
+PY=${PY:-python3}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+ROWS=floor,compacter++,compacter,compacter++-nobank,compacter-nobank,full,peft-lora,compacter++-noln
+AH=()
+if [ -d .whl ] && ls .whl/adapters-*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/ah-site .whl/*.whl \
+    && printf '#!/bin/bash\nPYTHONPATH=/tmp/ah-site:%s exec %s "$@"\n' "$PWD/src" "$(command -v $PY)" > /tmp/ah-python \
+    && chmod +x /tmp/ah-python && AH=(--adapters-python /tmp/ah-python) && ROWS=$ROWS,ah-compacter++,ah-compacter
+fi
+step() {  # step NAME SECONDS COMMAND...
+  local name=$1 limit=$2; shift 2
+  echo "=== $name ($(date +%T))"
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  echo "    exit $? ($(date +%T))"; tail -n 14 "$OUT/$name.log"
+}
+(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; $PY -c "import torch, transformers; print(torch.__version__, transformers.__version__)") > "$OUT/env.txt" 2>&1
+step train-$SIZE-bf16 120 $PY benchmarks/train_step.py --device $DEVICE --size $SIZE --dtype bf16 --methods $ROWS "${AH[@]}" --json "$OUT/train-$SIZE-bf16.json"
+step train-$SIZE-fp32 90 $PY benchmarks/train_step.py --device $DEVICE --size $SIZE --dtype fp32 --methods $ROWS "${AH[@]}" --json "$OUT/train-$SIZE-fp32.json"
+step train-$SIZE-bf16-compile 150 $PY benchmarks/train_step.py --device $DEVICE --size $SIZE --dtype bf16 --compile --methods floor,compacter++,compacter --json "$OUT/train-$SIZE-bf16-compile.json"
+step train-$LARGE-bf16 90 $PY benchmarks/train_step.py --device $DEVICE --size $LARGE --dtype bf16 --batch 32 --methods floor,compacter++,compacter,full,peft-lora "${AH[@]}" --json "$OUT/train-$LARGE-bf16.json"
+step infer-$SIZE-bf16 45 $PY benchmarks/inference.py --device $DEVICE --size $SIZE --dtype bf16 --json "$OUT/infer-$SIZE-bf16.json"
+step profile-$SIZE-bf16 45 $PY benchmarks/profile_step.py --device $DEVICE --size $SIZE --dtype bf16 --steps 10 --row-limit 25 --no-micro
+ls -la "$OUT"
