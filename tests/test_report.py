@@ -203,3 +203,23 @@ def test_missing_matplotlib_gives_a_clear_error(tmp_path, monkeypatch):
     write_run(tmp_path, "r")
     with pytest.raises(ImportError, match="pip install"):
         results_plot(load_runs([tmp_path]), tmp_path / "fig.png")
+
+
+def test_whole_small_sets_join_the_subsampled_budget_table(tmp_path):
+    write_run(tmp_path, "mrpc", task="mrpc", score=70.0, train_samples=500, train_examples=500)
+    write_run(tmp_path, "cb", task="cb", score=60.0, train_samples=None, train_examples=250)
+    write_run(tmp_path, "copa", task="copa", score=50.0, train_samples=None, train_examples=400)
+    markdown = results_table(load_runs([tmp_path]))
+    assert markdown.count("### ") == 1, markdown
+    assert "500 training samples (smaller training sets whole: cb 250, copa 400)" in markdown
+    assert table_rows(markdown)["compacter++"][1:4] == ["70.0", "60.0", "50.0"]  # GLUE, then SuperGLUE
+
+
+def test_whole_sets_larger_than_the_budget_keep_their_own_table(tmp_path):
+    write_run(tmp_path, "mrpc", task="mrpc", train_samples=500, train_examples=500)
+    write_run(tmp_path, "cb", task="cb", train_samples=None, train_examples=250)
+    write_run(tmp_path, "rte-all", task="rte", train_samples=None, train_examples=2490)
+    write_run(tmp_path, "old", task="copa", train_samples=None)  # no train_examples: never merged
+    markdown = results_table(load_runs([tmp_path]))
+    assert "— 500 training samples" in markdown and "— all training samples" in markdown
+    assert "smaller training sets whole" not in markdown

@@ -58,6 +58,7 @@ class Run:
     train_seconds: float | None = None
     peak_memory_bytes: int | None = None
     train_samples: int | None = None
+    train_examples: int | None = None  # how many training examples the run used (newer results files)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def score(self, metric: str = "score") -> float | None:
@@ -128,6 +129,7 @@ def _parse_run(data: Any, file: Path) -> Run:
         # GPU runs: the peak of allocated CUDA memory; CPU runs: the process's peak resident set
         peak_memory_bytes=data.get("peak_memory_bytes") if data.get("peak_memory_bytes") is not None else data.get("peak_rss_bytes"),
         train_samples=samples,
+        train_examples=data.get("train_examples") if isinstance(data.get("train_examples"), int) else None,
         raw=data,
     )
 
@@ -306,17 +308,37 @@ def _size_key(samples: int | None) -> float:
     return math.inf if samples is None else samples
 
 
+def _budgets(runs: Sequence[Run]) -> dict[Path, int | None]:
+    """Each run's training-set budget: its `train_samples`, except that a model's runs on whole
+    training sets join its one subsampled budget when every such set is no larger than it (a sweep
+    with `--train-samples 500` uses CB's 250 examples whole: that is what a 500 budget gives)."""
+    budget: dict[Path, int | None] = {run.path: run.train_samples for run in runs}
+    for model in {run.model for run in runs}:
+        mine = [run for run in runs if run.model == model]
+        sizes = {run.train_samples for run in mine if run.train_samples is not None}
+        whole = [run for run in mine if run.train_samples is None]
+        if len(sizes) == 1 and whole and all(r.train_examples is not None and r.train_examples <= min(sizes) for r in whole):
+            for run in whole:
+                budget[run.path] = min(sizes)
+    return budget
+
+
 def results_table(runs: Sequence[Run], metric: str = "score") -> str:
     """Markdown tables of test `metric`: one per model (and per training-set size when several)."""
     _check_metric(runs, metric)
-    sizes = sorted({run.train_samples for run in runs}, key=_size_key)
+    budget = _budgets(runs)
+    sizes = sorted(set(budget.values()), key=_size_key)
     sections = []
     for model in sorted({run.model for run in runs}):
         for samples in sizes:
-            subset = [r for r in runs if r.model == model and r.train_samples == samples]
+            subset = [r for r in runs if r.model == model and budget[r.path] == samples]
             if not subset:
                 continue
-            title = f"### {model}" + ("" if len(sizes) == 1 else f" — {_samples_label(samples)} training samples")
+            title = f"### {model}" + ("" if len(sizes) == 1 and samples is None else f" — {_samples_label(samples)} training samples")
+            whole = sorted({(r.task, r.train_examples) for r in subset if r.train_samples is None and samples is not None},
+                           key=lambda t: task_key(t[0]))
+            if whole:
+                title += " (smaller training sets whole: " + ", ".join(f"{t} {n}" for t, n in whole) + ")"
             sections.append(f"{title}\n\nTest {metric} (0-100).\n\n{_model_table(aggregate(subset, metric))}")
     note = ("Cells: mean over seeds; with several runs, mean ± sample std (n = runs). "
             "\\* average over only the tasks that row has.")

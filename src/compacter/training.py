@@ -558,7 +558,7 @@ def _finish(cfg, run, model, batcher, splits, accelerator, task, model_path, tra
         "task": task.name, "method": cfg.method, "model": model_path, "seed": cfg.seed,
         "trainable_params": trainable, "total_params": total, "percent_trainable": 100 * trainable / total,
         "validation": validation, "test": test, "before": before, "best_step": progress["best_step"],
-        "steps": progress["step"], "train_seconds": seconds, "peak_memory_bytes": peak, "peak_rss_bytes": _peak_rss(),
+        "steps": progress["step"], "train_examples": len(splits["train"]), "train_seconds": seconds, "peak_memory_bytes": peak, "peak_rss_bytes": _peak_rss(),
         "adapter_bytes": _dir_bytes(best) if best.exists() else None, "config": cfg.to_dict(),
     }
     if accelerator.is_main_process:
