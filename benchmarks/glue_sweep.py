@@ -41,7 +41,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-eval-samples", type=int, default=None)
     p.add_argument("--lr-scale", type=float, default=1.0, help="multiply each method's paper learning rate")
-    p.add_argument("--adapter", nargs="*", default=[], metavar="KEY=VALUE", help="CompacterConfig overrides for our methods")
+    p.add_argument("--adapter", nargs="*", default=[], metavar="KEY=VALUE", help="CompacterConfig overrides for our methods (and AdapterHub's, which share names such as reduction_factor)")
     p.add_argument("--max-steps", type=int, default=None, help="cap optimizer steps per run (CPU budgets)")
     p.add_argument("--out", default="runs/sweep")
     args = p.parse_args()
@@ -59,7 +59,7 @@ def main() -> None:
                 cfg = TrainConfig(model=args.model, task=task, method=method, data_dir=args.data_dir, seed=seed,
                                   epochs=args.epochs, batch_size=args.batch_size, train_samples=samples,
                                   max_eval_samples=args.max_eval_samples, output_dir=str(run), progress=False, eval_before=False,
-                                  max_steps=args.max_steps, adapter=overrides if method in METHODS else {})
+                                  max_steps=args.max_steps, adapter=overrides if method in METHODS or method.startswith("ah-") else {})
                 cfg.learning_rate = cfg.lr * args.lr_scale
                 run.parent.mkdir(parents=True, exist_ok=True)
                 config_file = run.with_name(run.name + ".json")
