@@ -74,7 +74,10 @@ def main() -> None:
                 print(json.dumps({"task": task, "method": method, "seed": seed, "test": results["test"]["score"],
                                   "seconds": round(time.perf_counter() - start, 1),
                                   "peak_rss_gib": round((results.get("peak_rss_bytes") or 0) / 2**30, 2)}), flush=True)
-    print(report_main([str(out)], str(out / "table.md"), str(out / "figure1.png")))
+    import importlib.util
+
+    plot = str(out / "figure1.png") if importlib.util.find_spec("matplotlib") else None  # optional (compacter[plot])
+    print(report_main([str(out)], str(out / "table.md"), plot))
 
 
 if __name__ == "__main__":
