@@ -213,6 +213,7 @@ def test_whole_small_sets_join_the_subsampled_budget_table(tmp_path):
     assert markdown.count("### ") == 1, markdown
     assert "500 training samples (smaller training sets whole: cb 250, copa 400)" in markdown
     assert table_rows(markdown)["compacter++"][1:4] == ["70.0", "60.0", "50.0"]  # GLUE, then SuperGLUE
+    assert "Low-resource" not in report_main([str(tmp_path)])
 
 
 def test_whole_sets_larger_than_the_budget_keep_their_own_table(tmp_path):

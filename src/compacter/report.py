@@ -465,13 +465,13 @@ def _write_text(path: str | Path, text: str) -> None:
 def report_main(run_dirs: list[str], out: str | None = None, plot: str | None = None, metric: str = "score") -> str:
     """`compacter report`: the markdown for `run_dirs`, written to `out` and plotted to `plot` if given.
 
-    When the runs use several training-set sizes, the low-resource table is appended.
+    When the runs use several training-set budgets, the low-resource table is appended.
     """
     if not run_dirs:
         raise ValueError("report needs at least one run directory")
     runs = load_runs(run_dirs)
     markdown = results_table(runs, metric)
-    if len({run.train_samples for run in runs}) > 1:
+    if len(set(_budgets(runs).values())) > 1:
         markdown += "\n## Low-resource\n\n" + low_resource_table(runs, metric)
     if out is not None:
         _write_text(out, markdown)
