@@ -224,3 +224,12 @@ def test_whole_sets_larger_than_the_budget_keep_their_own_table(tmp_path):
     markdown = results_table(load_runs([tmp_path]))
     assert "— 500 training samples" in markdown and "— all training samples" in markdown
     assert "smaller training sets whole" not in markdown
+
+
+def test_low_resource_places_one_tasks_whole_set_at_its_size(tmp_path):
+    for n, score in ((100, 60.0), (1000, 70.0)):
+        write_run(tmp_path, f"n{n}", task="mrpc", score=score, train_samples=n, train_examples=n)
+    write_run(tmp_path, "all", task="mrpc", score=80.0, train_samples=None, train_examples=3668)
+    markdown = low_resource_table(load_runs([tmp_path]))
+    assert header(markdown)[1:] == ["100", "1000", "3668"]
+    assert table_rows(markdown)["compacter++"][1:] == ["60.0", "70.0", "80.0"]

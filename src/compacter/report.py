@@ -348,11 +348,26 @@ def results_table(runs: Sequence[Run], metric: str = "score") -> str:
 # ----------------------------------------------------------------------------- low-resource
 
 
+def _low_resource_sizes(runs: Sequence[Run]) -> dict[Path, int | None]:
+    """Each run's x in the low-resource view: its `train_samples`; a whole-set run counts as its
+    `train_examples` when its model's whole-set runs all used the same number (one task: MRPC's
+    whole set is 3,668), else as "all" (None)."""
+    size: dict[Path, int | None] = {run.path: run.train_samples for run in runs}
+    for model in {run.model for run in runs}:
+        whole = [run for run in runs if run.model == model and run.train_samples is None]
+        counts = {run.train_examples for run in whole}
+        if len(counts) == 1 and None not in counts:
+            for run in whole:
+                size[run.path] = run.train_examples
+    return size
+
+
 def low_resource_scores(runs: Sequence[Run], metric: str = "score") -> dict[tuple[str, str], dict[int | None, float]]:
-    """{(model, method): {train_samples: mean over tasks of the per-task mean over seeds}}."""
+    """{(model, method): {training examples: mean over tasks of the per-task mean over seeds}}."""
+    size = _low_resource_sizes(runs)
     groups: dict[tuple[str, str, int | None], list[Run]] = defaultdict(list)
     for run in runs:
-        groups[run.model, run.method, run.train_samples].append(run)
+        groups[run.model, run.method, size[run.path]].append(run)
     scores: dict[tuple[str, str], dict[int | None, float]] = defaultdict(dict)
     for (model, method, samples), subset in groups.items():
         average = _row(model, method, subset, metric).average
@@ -365,7 +380,7 @@ def low_resource_table(runs: Sequence[Run], metric: str = "score") -> str:
     """Markdown: per model, one row per method, one column per training-set size (Figure 4)."""
     _check_metric(runs, metric)
     scores = low_resource_scores(runs, metric)
-    sizes = sorted({run.train_samples for run in runs}, key=_size_key)
+    sizes = sorted(set(_low_resource_sizes(runs).values()), key=_size_key)
     sections = []
     for model in sorted({model for model, _ in scores}):
         methods = sorted((m for mo, m in scores if mo == model), key=method_key)
@@ -431,7 +446,7 @@ def results_plot(runs: Sequence[Run], path: str | Path, metric: str = "score") -
 def low_resource_plot(runs: Sequence[Run], path: str | Path, metric: str = "score") -> None:
     """Average test `metric` vs training samples per task, a line per (model, method) (Figure 4).
 
-    Runs on the full training set (`train_samples` null) have no x value and are left out.
+    Runs on whole training sets of several sizes ("all") have no x value and are left out.
     """
     _check_metric(runs, metric)
     plt = _pyplot()
@@ -443,7 +458,7 @@ def low_resource_plot(runs: Sequence[Run], path: str | Path, metric: str = "scor
         if points:
             label = f"{method} ({_model_label(model)})" if several_models else method
             ax.plot(*zip(*points), marker="o", label=label)
-    sizes = sorted({run.train_samples for run in runs if run.train_samples is not None})
+    sizes = sorted({s for s in _low_resource_sizes(runs).values() if s is not None})
     ax.set_xscale("log")
     ax.set_xticks(sizes, [str(s) for s in sizes])
     ax.set_xlabel("training samples per task")
