@@ -15,6 +15,7 @@ Example (the CPU sweep in docs/RESULTS.md):
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -22,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from compacter.cli import _key_values
 from compacter.config import METHODS
 from compacter.peers import PEER_METHODS
 from compacter.report import report_main
@@ -46,8 +48,7 @@ def main() -> None:
     p.add_argument("--out", default="runs/sweep")
     args = p.parse_args()
     out = Path(args.out)
-    overrides = {k: json.loads(v) if v[:1].isdigit() or v in ("true", "false") else v
-                 for k, _, v in (item.partition("=") for item in args.adapter)}
+    overrides = _key_values(args.adapter)  # the same KEY=VALUE parsing as `compacter train --adapter`
     for seed in args.seeds:
         for task in args.tasks:
             size = len(load_split(task, "train", args.data_dir)) if args.train_samples else None
@@ -74,8 +75,6 @@ def main() -> None:
                 print(json.dumps({"task": task, "method": method, "seed": seed, "test": results["test"]["score"],
                                   "seconds": round(time.perf_counter() - start, 1),
                                   "peak_rss_gib": round((results.get("peak_rss_bytes") or 0) / 2**30, 2)}), flush=True)
-    import importlib.util
-
     plot = str(out / "figure1.png") if importlib.util.find_spec("matplotlib") else None  # optional (compacter[plot])
     print(report_main([str(out)], str(out / "table.md"), plot))
 

@@ -120,7 +120,7 @@ class PHMLinear(nn.Module):
         self.rule = PHMRule(n, rule_init, rule_init_range, learn_rule) if own_rule else None
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         self._cache: tuple[tuple, torch.Tensor] | None = None
-        self._bank_index: int | None = None  # position in a shared-rule weight bank (see batched_weights)
+        self._bank_index: int | None = None  # position in its adapter's weight bank (see batched_weights)
 
     def fast_weight(self) -> torch.Tensor:
         """The fast weights ``B`` as [n, p, q]."""

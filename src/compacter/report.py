@@ -21,7 +21,9 @@ Decisions:
   the mean wall time per run, "peak memory" the largest peak over the row's runs (CUDA
   memory allocated on a GPU; on a CPU the process's peak resident set, `peak_rss_bytes`).
 - Runs with different `config["train_samples"]` never share a table: the main table splits
-  by training-set size, and `low_resource_table` compares sizes (Figure 4 of the paper).
+  by training-set size, and `low_resource_table` compares sizes (Figure 4 of the paper). One
+  exception: runs on whole training sets no larger than a model's only subsampled budget join
+  that budget's table (a `--train-samples 500` sweep uses CB's 250 examples whole).
 - matplotlib is imported only when a plot is asked for (`pip install compacter[plot]`).
 """
 
