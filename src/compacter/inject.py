@@ -100,9 +100,7 @@ class CompacterState(nn.Module):
             self._in_forward = False  # build (or decline) once per forward pass
             layers = self._banked.get(self.active) if self.active is not None else None
             if layers and torch.is_grad_enabled() and not any(m.gradient_checkpointing for m in self._checkpointing):
-                device = layers[0]._fast_params()[0].device.type
-                dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
-                self._bank = batched_weights(layers, self.rule(self.active), dtype)
+                self._bank = batched_weights(layers, self.rule(self.active))  # in autocast's dtype where it is on
         return self._bank
 
     def start_forward(self, module: nn.Module, args: tuple) -> None:

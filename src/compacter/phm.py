@@ -180,8 +180,9 @@ def batched_weights(layers: list[PHMLinear], rule: torch.Tensor | None, dtype: t
 
     Layers of one shape are built together: their fast weights (and own rules) are stacked and
     contracted in one batched product, so a step costs a few kernels instead of a few per layer
-    (T5-base Compacter: 96 PHM layers, 2 shapes). ``dtype``: cast the stacked weights once (the
-    autocast dtype) instead of once per layer.
+    (T5-base Compacter: 96 PHM layers, 2 shapes). ``dtype``: the dtype of the returned W, cast once
+    per group instead of once per layer; default: autocast's dtype where autocast is on for the
+    layers' device, else the layers' own.
     """
     groups: dict[tuple, list[int]] = {}
     for i, layer in enumerate(layers):
@@ -190,6 +191,8 @@ def batched_weights(layers: list[PHMLinear], rule: torch.Tensor | None, dtype: t
         groups.setdefault(key, []).append(i)
     out: list[torch.Tensor] = [None] * len(layers)  # type: ignore[list-item]  # every slot is filled below
     device = layers[0]._fast_params()[0].device.type if layers else "cpu"
+    if dtype is None and torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
     with torch.autocast(device_type=device, enabled=False):
         for (factorized, own_rule, *_), members in groups.items():
             group = [layers[i] for i in members]

@@ -325,10 +325,11 @@ def _budgets(runs: Sequence[Run]) -> dict[Path, int | None]:
     return budget
 
 
-def results_table(runs: Sequence[Run], metric: str = "score") -> str:
-    """Markdown tables of test `metric`: one per model (and per training-set size when several)."""
+def results_table(runs: Sequence[Run], metric: str = "score", budget: dict[Path, int | None] | None = None) -> str:
+    """Markdown tables of test `metric`: one per model (and per training-set size when several);
+    `budget`: each run's training-set budget, as `_budgets` gives it (computed when not given)."""
     _check_metric(runs, metric)
-    budget = _budgets(runs)
+    budget = _budgets(runs) if budget is None else budget
     sizes = sorted(set(budget.values()), key=_size_key)
     sections = []
     for model in sorted({run.model for run in runs}):
@@ -487,8 +488,9 @@ def report_main(run_dirs: list[str], out: str | None = None, plot: str | None = 
     if not run_dirs:
         raise ValueError("report needs at least one run directory")
     runs = load_runs(run_dirs)
-    markdown = results_table(runs, metric)
-    if len(set(_budgets(runs).values())) > 1:
+    budget = _budgets(runs)
+    markdown = results_table(runs, metric, budget)
+    if len(set(budget.values())) > 1:
         markdown += "\n## Low-resource\n\n" + low_resource_table(runs, metric)
     if out is not None:
         _write_text(out, markdown)

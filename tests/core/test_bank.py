@@ -51,6 +51,8 @@ def test_batched_weights_equal_layer_by_layer(factorized, own_rule):
         expected = sum(torch.kron(a, b) for a, b in zip(layer.rule.A if own_rule else rule, layer.fast_weight()))
         torch.testing.assert_close(w, expected, rtol=1e-12, atol=1e-15)
     assert all(w.dtype == torch.float16 for w in batched_weights(layers, rule, torch.float16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # no dtype given: autocast's, built once per group
+        assert all(w.dtype == torch.bfloat16 for w in batched_weights(layers, rule))
 
 
 @pytest.mark.parametrize("arch,method", [("t5", "compacter"), ("llama", "compacter"), ("bert", "compacter++"), ("t5", "phm-adapter")])
