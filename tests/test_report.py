@@ -8,6 +8,8 @@ import pytest
 
 from compacter.report import (
     METHOD_ORDER,
+    aggregate,
+    format_lr,
     load_runs,
     low_resource_plot,
     low_resource_table,
@@ -233,3 +235,16 @@ def test_low_resource_places_one_tasks_whole_set_at_its_size(tmp_path):
     markdown = low_resource_table(load_runs([tmp_path]))
     assert header(markdown)[1:] == ["100", "1000", "3668"]
     assert table_rows(markdown)["compacter++"][1:] == ["60.0", "70.0", "80.0"]
+
+
+def test_a_method_run_at_two_learning_rates_makes_two_rows(tmp_path):
+    for seed in (42, 43):
+        write_run(tmp_path, f"full-{seed}", method="full", seed=seed, score=60.0 + seed - 42, config={"learning_rate": 3e-4})
+    write_run(tmp_path, "full-low", method="full", score=80.0, config={"learning_rate": 3e-5})
+    write_run(tmp_path, "cpp", method="compacter++", score=75.0, config={"learning_rate": 3e-3})
+    runs = load_runs([tmp_path])
+    assert sorted(r.method for r in runs) == ["compacter++", "full @ 3e-4", "full @ 3e-4", "full @ 3e-5"]
+    rows = aggregate(runs)
+    assert [r.method for r in rows] == ["full @ 3e-4", "full @ 3e-5", "compacter++"]
+    assert [r.cells["rte"].n for r in rows] == [2, 1, 1]  # the rates are not averaged as seeds
+    assert format_lr(2.5e-5) == "2.5e-5" and format_lr(1e-2) == "1e-2"

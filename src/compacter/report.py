@@ -24,6 +24,9 @@ Decisions:
   by training-set size, and `low_resource_table` compares sizes (Figure 4 of the paper). One
   exception: runs on whole training sets no larger than a model's only subsampled budget join
   that budget's table (a `--train-samples 500` sweep uses CB's 250 examples whole).
+- When one model's runs of a method used different learning rates (a baseline re-run at another
+  rate), each such run's method reads "method @ lr" (``full @ 3e-5``), so they make separate rows
+  and lines instead of being averaged as if they were seeds.
 - matplotlib is imported only when a plot is asked for (`pip install compacter[plot]`).
 """
 
@@ -33,7 +36,7 @@ import json
 import math
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -149,9 +152,34 @@ def load_run(file: str | Path) -> Run:
 
 
 def load_runs(paths: Iterable[str | Path]) -> list[Run]:
-    """All runs under `paths` (run dirs or folders of runs), each results file read once."""
+    """All runs under `paths` (run dirs or folders of runs), each results file read once; a method
+    run at several learning rates for one model is split by rate ("full @ 3e-5")."""
     files = {file.resolve(): None for path in paths for file in find_results(path)}
-    return [load_run(file) for file in files]
+    return _label_learning_rates([load_run(file) for file in files])
+
+
+def _learning_rate(run: Run) -> float | None:
+    config = run.raw.get("config")
+    lr = config.get("learning_rate") if isinstance(config, dict) else None
+    return float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None
+
+
+def format_lr(lr: float) -> str:
+    """A learning rate in short scientific form: 3e-4, 2.5e-5, 1e-2."""
+    mantissa, exponent = f"{lr:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def _label_learning_rates(runs: list[Run]) -> list[Run]:
+    """Runs whose (model, method) was run at several learning rates get "method @ lr" as method."""
+    rates: dict[tuple[str, str], set[float | None]] = defaultdict(set)
+    for run in runs:
+        rates[run.model, run.method].add(_learning_rate(run))
+    return [
+        replace(run, method=f"{run.method} @ {format_lr(lr)}")
+        if len(rates[run.model, run.method]) > 1 and (lr := _learning_rate(run)) is not None else run
+        for run in runs
+    ]
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -197,8 +225,10 @@ class Row:
 
 
 def method_key(method: str) -> tuple[int, str]:
-    """Sort key putting methods in the paper's row order, unknown ones last (alphabetically)."""
-    rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    """Sort key putting methods in the paper's row order ("full @ 3e-5" beside "full"), unknown
+    ones last (alphabetically)."""
+    base = method.split(" @ ")[0]
+    rank = METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER)
     return rank, method
 
 
