@@ -9,7 +9,7 @@ same global batches as a run on one process with an N-times larger batch.
 Run directory::
 
     config.json        the resolved TrainConfig (``compacter train --config run/config.json`` repeats the run)
-    metrics.jsonl      one line per evaluation
+    metrics.jsonl      one line per evaluation: step, epoch, train_loss (mean since the previous one), validation metrics
     best/              the adapter with the best validation score (adapter-only checkpoint)
     last/              the latest adapter + optimizer/scheduler/RNG state, to resume after a crash
     results.json       final validation and test metrics, parameter counts, time, memory
@@ -451,6 +451,8 @@ def _train_loop(cfg, run, model, forward, raw_model, batcher, splits, validation
                 params, total_steps, progress, writer, bar, say) -> None:
     """Optimizer steps until ``total_steps`` or early stopping, evaluating and checkpointing on the way."""
     done = progress["step"] >= total_steps
+    # the training loss since the last evaluation, summed on the device: no host sync per step
+    loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
     while not done:
         batches = epoch_batches(len(splits["train"]), progress["epoch"], cfg.seed, cfg.batch_size,
                                 accelerator.process_index, accelerator.num_processes)
@@ -462,6 +464,7 @@ def _train_loop(cfg, run, model, forward, raw_model, batcher, splits, validation
                     raise TrainingDiverged(f"loss is {loss.item()} at step {progress['step']} (epoch {progress['epoch']}, batch {b}); "
                                            f"the last good checkpoint is kept in {run / 'last'}. Try a lower --learning-rate.")
                 accelerator.backward(loss)
+                loss_sum, loss_count = loss_sum + loss.detach().float(), loss_count + 1
                 if accelerator.sync_gradients and cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimizer.step()
@@ -483,8 +486,10 @@ def _train_loop(cfg, run, model, forward, raw_model, batcher, splits, validation
             if (cfg.eval_every and progress["step"] % cfg.eval_every == 0) or (not cfg.eval_every and end_of_epoch) or done:
                 if end_of_epoch:
                     progress["epoch"], progress["batch"] = progress["epoch"] + 1, 0
+                train_loss = accelerator.reduce(loss_sum / max(loss_count, 1), "mean").item()  # over processes too
+                loss_sum, loss_count = torch.zeros_like(loss_sum), 0
                 stop = _evaluate_and_checkpoint(cfg, run, raw_model, batcher, validation, accelerator, optimizer, scheduler,
-                                                progress, writer, say)
+                                                progress, writer, say, train_loss)
                 done = done or stop
             elif end_of_epoch:
                 progress["epoch"], progress["batch"] = progress["epoch"] + 1, 0
@@ -519,10 +524,12 @@ def _resume(folder: Path, model, optimizer, scheduler) -> dict:
     return load_train_state(folder, optimizer, scheduler)
 
 
-def _evaluate_and_checkpoint(cfg, run, model, batcher, validation, accelerator, optimizer, scheduler, progress, writer, say) -> bool:
-    """Evaluate on validation, keep the best adapter, save the resumable state; True to stop early."""
+def _evaluate_and_checkpoint(cfg, run, model, batcher, validation, accelerator, optimizer, scheduler, progress, writer, say,
+                             train_loss: float) -> bool:
+    """Evaluate on validation, keep the best adapter, save the resumable state; True to stop early.
+    ``train_loss``: the mean training loss since the previous evaluation (logged beside the metrics)."""
     metrics = evaluate(model, batcher, validation, accelerator, cfg.eval_batch_size, cfg.decoder_predict)
-    record = {"step": progress["step"], "epoch": progress["epoch"], **metrics}
+    record = {"step": progress["step"], "epoch": progress["epoch"], "train_loss": train_loss, **metrics}
     progress["history"].append(record)
     improved = progress["best_score"] is None or metrics["score"] > progress["best_score"]
     if improved:
@@ -542,7 +549,8 @@ def _evaluate_and_checkpoint(cfg, run, model, batcher, validation, accelerator, 
             _swap_in(tmp, run / "best")
         save_train_state(run / "last", model, optimizer, scheduler, progress)
     accelerator.wait_for_everyone()
-    say(f"step {progress['step']} (epoch {progress['epoch']}): validation {_fmt(metrics)}{'  *best*' if improved else ''}")
+    say(f"step {progress['step']} (epoch {progress['epoch']}): train loss {train_loss:.4f}; "
+        f"validation {_fmt(metrics)}{'  *best*' if improved else ''}")
     return bool(cfg.early_stopping and progress["stale"] >= cfg.early_stopping)
 
 

@@ -47,6 +47,9 @@ def test_two_process_ddp_matches_one_process(model_dirs, tmp_path):
     evals_one = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     evals_two = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert [e["score"] for e in evals_one] == [e["score"] for e in evals_two]
+    # the logged training loss is the mean over both processes' halves of each batch
+    for a, b in zip(evals_one, evals_two, strict=True):
+        assert abs(a["train_loss"] - b["train_loss"]) <= 1e-4 * abs(a["train_loss"])
 
 
 def test_adapters_train_unchanged_under_the_transformers_trainer(model_dirs, tmp_path):

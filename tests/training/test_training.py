@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -30,6 +31,7 @@ def test_train_writes_a_complete_run_directory(model_dirs, family, tmp_path):
         assert (run / name).exists(), name
     evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [e["step"] for e in evals] == [3, 6]
+    assert all(math.isfinite(e["train_loss"]) and e["train_loss"] > 0 for e in evals)  # mean loss since the last evaluation
     assert results["steps"] == 6 and results["best_step"] in (3, 6)
     assert results["best_step"] == max(evals, key=lambda e: e["score"])["step"]
     assert set(results["test"]) >= {"accuracy", "score"} and 0 <= results["test"]["score"] <= 100
