@@ -172,12 +172,13 @@ def format_lr(lr: float) -> str:
 
 def _label_learning_rates(runs: list[Run]) -> list[Run]:
     """Runs whose (model, method) was run at several learning rates get "method @ lr" as method."""
+    lr = {run.path: _learning_rate(run) for run in runs}
     rates: dict[tuple[str, str], set[float | None]] = defaultdict(set)
     for run in runs:
-        rates[run.model, run.method].add(_learning_rate(run))
+        rates[run.model, run.method].add(lr[run.path])
     return [
-        replace(run, method=f"{run.method} @ {format_lr(lr)}")
-        if len(rates[run.model, run.method]) > 1 and (lr := _learning_rate(run)) is not None else run
+        replace(run, method=f"{run.method} @ {format_lr(lr[run.path])}")
+        if len(rates[run.model, run.method]) > 1 and lr[run.path] is not None else run
         for run in runs
     ]
 
