@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from compacter.cli import _key_values
+from compacter.cli import parse_key_values
 from compacter.config import METHODS
 from compacter.peers import PEER_METHODS
 from compacter.report import report_main
@@ -48,7 +48,7 @@ def main() -> None:
     p.add_argument("--out", default="runs/sweep")
     args = p.parse_args()
     out = Path(args.out)
-    overrides = _key_values(args.adapter)  # the same KEY=VALUE parsing as `compacter train --adapter`
+    overrides = parse_key_values(args.adapter)  # the same KEY=VALUE parsing as `compacter train --adapter`
     for seed in args.seeds:
         for task in args.tasks:
             size = len(load_split(task, "train", args.data_dir)) if args.train_samples else None

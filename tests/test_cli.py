@@ -4,7 +4,7 @@
 import pytest
 import transformers as T
 
-from compacter.cli import build_parser, main
+from compacter.cli import build_parser, main, parse_key_values
 
 
 @pytest.mark.parametrize("command", ["train", "evaluate", "predict", "params", "report"])
@@ -58,3 +58,15 @@ def test_parser_flags_map_to_train_config():
     args = build_parser().parse_args(["train", "--batch-size", "8", "--text-columns", "a", "b", "--no-resume", "--adapter", "phm_dim=8"])
     assert args.batch_size == 8 and args.text_columns == ["a", "b"] and args.resume is False and args.adapter == ["phm_dim=8"]
     assert {f.name for f in dataclasses.fields(TrainConfig)} <= set(vars(args))
+
+
+def test_parse_key_values_reads_json_values_and_normalizes_dashes():
+    assert parse_key_values(["reduction_factor=16", "phm-dim=4", "non_linearity=gelu", "shared_phm_rule=false"]) == {
+        "reduction_factor": 16, "phm_dim": 4, "non_linearity": "gelu", "shared_phm_rule": False}
+    assert parse_key_values(None) == {}
+
+
+@pytest.mark.parametrize("item", ["reduction_factor", "=16"])
+def test_parse_key_values_rejects_items_without_key_and_value(item):
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        parse_key_values([item])

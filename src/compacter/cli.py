@@ -26,7 +26,10 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def _key_values(items: list[str] | None) -> dict[str, Any]:
+def parse_key_values(items: list[str] | None) -> dict[str, Any]:
+    """``["reduction_factor=16", "phm-dim=4"]`` -> ``{"reduction_factor": 16, "phm_dim": 4}``: the
+    ``--adapter KEY=VALUE`` parsing (values read as JSON where they parse, else kept as text; dashes
+    in keys become underscores), shared with `benchmarks/glue_sweep.py`."""
     out = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -74,7 +77,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         value = getattr(args, f.name)
         if value is None:
             continue
-        data[f.name] = {**data.get("adapter", {}), **_key_values(value)} if f.name == "adapter" else value
+        data[f.name] = {**data.get("adapter", {}), **parse_key_values(value)} if f.name == "adapter" else value
     try:
         train(TrainConfig.from_dict(data))
     finally:
@@ -160,7 +163,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_params(args: argparse.Namespace) -> int:
     from .params import params_table
 
-    print(params_table(args.model, args.methods, args.adapter and _key_values(args.adapter)))
+    print(params_table(args.model, args.methods, args.adapter and parse_key_values(args.adapter)))
     return 0
 
 
