@@ -101,6 +101,8 @@ class CompacterState(nn.Module):
             layers = self._banked.get(self.active) if self.active is not None else None
             if layers and torch.is_grad_enabled() and not any(m.gradient_checkpointing for m in self._checkpointing):
                 self._bank = batched_weights(layers, self.rule(self.active))  # in autocast's dtype where it is on
+                for layer in layers:  # a training step follows: a cached eval W would go stale (fused
+                    layer._cache = None  # optimizers update parameters without bumping their version)
         return self._bank
 
     def start_forward(self, module: nn.Module, args: tuple) -> None:

@@ -134,7 +134,14 @@ class PHMLinear(nn.Module):
             raise ValueError("PHMLinear has no rule of its own: pass the shared rule A [n, n, n]")
         return kronecker_sum(rule, self.fast_weight())
 
+    def train(self, mode: bool = True) -> "PHMLinear":
+        self._cache = None  # model.train()/.eval() around every evaluation: never carry W across them
+        return super().train(mode)
+
     def _cached_weight(self, rule: torch.Tensor | None) -> torch.Tensor:
+        # The eval cache keys on the tensors' versions, but some optimizers (fused AdamW) update
+        # parameters without bumping them; so the cache is also dropped by train()/eval() and by
+        # every weight-bank build (a training forward), see CompacterState.weight_bank.
         if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
             if self._cache is not None:
                 self._cache = None

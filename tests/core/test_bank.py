@@ -120,3 +120,33 @@ def test_bank_follows_the_active_adapter_and_deletion():
     assert set(state._banked) == {"default"}
     compacter.delete_adapter(model, "default")
     assert not model._forward_pre_hooks and not model._forward_hooks  # the base model again
+
+
+@pytest.mark.parametrize("switch_modes", [True, False])
+@pytest.mark.parametrize("arch,method", [("t5", "compacter"), ("bert", "compacter++"), ("llama", "phm-adapter")])
+def test_evaluation_after_a_fused_adamw_step_sees_the_new_weights(arch, method, switch_modes):
+    """Fused AdamW updates parameters without bumping their version, which the eval cache keys on:
+    an evaluation after a training step must still use the updated W (the training loop switches
+    train()/eval(); a user may also train in eval mode)."""
+    torch.manual_seed(0)
+    model, batch = _adapted(arch, method, **({"phm_dim": 4} if method == "phm-adapter" else {}))
+    model.eval()
+    with torch.no_grad():
+        before = model(**batch).logits  # fills every layer's eval cache
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, fused=True)
+    if switch_modes:
+        model.train()
+    for _ in range(3):
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    with torch.no_grad():
+        after = model(**batch).logits
+    state = get_state(model)
+    for layer in state._banked["default"]:  # every W the evaluation used is the current one
+        assert layer._cache is not None
+        torch.testing.assert_close(layer._cache[1], layer.weight(state.rule("default")).detach(), rtol=0, atol=0)
+    expected = model(**batch).logits.detach()  # gradients on: W built afresh from the parameters
+    assert not torch.allclose(after, before)
+    torch.testing.assert_close(after, expected)
