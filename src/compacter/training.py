@@ -67,7 +67,7 @@ class TrainConfig:
     epochs: int = _f(20, "training epochs (paper: 20 for small data sets, 3 for large ones)")
     max_steps: int | None = _f(None, "stop after this many optimizer steps (overrides epochs)")
     batch_size: int = _f(32, "examples per process and micro-step (paper: 100)")
-    grad_accum: int = _f(1, "gradient accumulation micro-steps per optimizer step")
+    grad_accum: int = _f(1, "gradient accumulation micro-steps per optimizer step (an epoch's last batches that cannot fill a step are skipped)")
     learning_rate: float | None = _f(None, "peak learning rate (default: the paper's for the method, 3e-3 or 3e-4)")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     warmup_steps: int | None = _f(None, "linear warm-up steps (default: min(500, 10% of all steps); paper: 500)")
@@ -385,6 +385,11 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     # --- setup
     task = resolve_task(cfg)
     splits = load_splits(cfg, task)
+    per_epoch = len(epoch_batches(len(splits["train"]), 0, cfg.seed, cfg.batch_size, 0, accelerator.num_processes))
+    if per_epoch < cfg.grad_accum:
+        raise ValueError(f"--grad-accum {cfg.grad_accum} needs at least {cfg.grad_accum} batches per epoch on each process; "
+                         f"{len(splits['train'])} training examples at --batch-size {cfg.batch_size} on "
+                         f"{accelerator.num_processes} process(es) give {per_epoch}: lower --grad-accum or --batch-size")
     model_path = cfg.model or default_model_path()
     import transformers as T
 
@@ -408,8 +413,7 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
         f"model {model_path} ({family}); method {cfg.method}: {trainable:,} trainable of {total:,} parameters "
         f"({100 * trainable / total:.4f}%)")
 
-    per_epoch = len(epoch_batches(len(splits["train"]), 0, cfg.seed, cfg.batch_size, 0, accelerator.num_processes))
-    steps_per_epoch = max(1, per_epoch // cfg.grad_accum)
+    steps_per_epoch = per_epoch // cfg.grad_accum  # an epoch's last (per_epoch mod grad_accum) batches are skipped
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(500, total_steps // 10)
     params = trainable_parameters(model)
@@ -456,7 +460,10 @@ def _train_loop(cfg, run, model, forward, raw_model, batcher, splits, validation
     while not done:
         batches = epoch_batches(len(splits["train"]), progress["epoch"], cfg.seed, cfg.batch_size,
                                 accelerator.process_index, accelerator.num_processes)
-        for b in range(progress["batch"], len(batches)):
+        # every optimizer step takes grad_accum batches: the epoch's leftover batches (fewer than
+        # grad_accum) are skipped, as the next epoch's order is a new permutation anyway
+        usable = len(batches) - len(batches) % cfg.grad_accum
+        for b in range(progress["batch"], usable):
             batch = {k: v.to(accelerator.device) for k, v in batcher.train_batch([splits["train"][i] for i in batches[b]]).items()}
             with accelerator.accumulate(model):
                 loss = forward(**batch).loss
@@ -481,7 +488,7 @@ def _train_loop(cfg, run, model, forward, raw_model, batcher, splits, validation
             if bar:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", score=progress["history"][-1]["score"] if progress["history"] else "-")
-            end_of_epoch = b + 1 == len(batches)
+            end_of_epoch = b + 1 == usable
             done = progress["step"] >= total_steps
             if (cfg.eval_every and progress["step"] % cfg.eval_every == 0) or (not cfg.eval_every and end_of_epoch) or done:
                 if end_of_epoch:

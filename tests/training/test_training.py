@@ -151,6 +151,39 @@ def test_gradient_accumulation_matches_the_larger_batch(model_dirs, tmp_path):
         torch.testing.assert_close(acc[key], big[key], rtol=1e-4, atol=1e-5)
 
 
+def _fail_on_endless_epochs(monkeypatch, limit=20):
+    calls = []
+    real = training.epoch_batches
+
+    def counted(*args, **kw):
+        calls.append(1)
+        if len(calls) > limit:
+            raise RuntimeError("the training loop keeps rebuilding epochs")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(training, "epoch_batches", counted)
+
+
+def test_gradient_accumulation_skips_an_epochs_leftover_batches(model_dirs, tmp_path, monkeypatch):
+    """20 examples in batches of 4 = 5 batches; grad_accum 2: 2 steps per epoch, the 5th batch is
+    skipped (it used to loop forever waiting for a step that never came)."""
+    _fail_on_endless_epochs(monkeypatch)
+    cfg = _cfg(model_dirs, "encoder", tmp_path, batch_size=4, grad_accum=2, train_samples=20, epochs=2, max_steps=None,
+               eval_every=None, eval_before=False)
+    results = train(cfg, log=lambda *a: None)
+    assert results["steps"] == 4
+    evals = [json.loads(line) for line in (tmp_path / "run-encoder" / "metrics.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["epoch"]) for e in evals] == [(2, 1), (4, 2)]
+
+
+def test_gradient_accumulation_larger_than_an_epoch_is_refused_before_anything_is_written(model_dirs, tmp_path, monkeypatch):
+    _fail_on_endless_epochs(monkeypatch)
+    cfg = _cfg(model_dirs, "encoder", tmp_path, batch_size=4, grad_accum=3, train_samples=8)
+    with pytest.raises(ValueError, match=r"--grad-accum 3 needs at least 3 batches.*8 training examples.*give 2"):
+        train(cfg, log=lambda *a: None)
+    assert not (tmp_path / "run-encoder").exists()
+
+
 def test_early_stopping_ends_the_run(model_dirs, tmp_path):
     logs = []
     results = train(_cfg(model_dirs, "encoder", tmp_path, learning_rate=1e-12, max_steps=12, eval_every=2, early_stopping=2,
