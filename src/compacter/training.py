@@ -36,7 +36,7 @@ from .inject import add_adapters, count_parameters, trainable_parameters
 from .modeling import Batcher, family_of, load_model, load_tokenizer, predict_batch
 from .peers import PEER_LEARNING_RATES, PEER_METHODS, PEER_WEIGHTS, add_peer, read_peer, save_peer, trained_tensors
 from .tasks import Example, Task, custom_task, get_task, load_files, paper_splits
-from .tasks.splits import apply_protocol
+from .tasks.splits import VALIDATION_FROM_TRAIN, apply_protocol, carve, group_units, split_half
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
@@ -57,8 +57,8 @@ class TrainConfig:
                                  "for peft-lora, LoraConfig fields (r=16)")
     data_dir: str | None = _f(None, "folder with the benchmark files (glue/<Task>/*.tsv, superglue/<Task>/*.jsonl); default: the HF hub")
     train_file: str | None = _f(None, "your own training file (.csv, .tsv, .jsonl)")
-    validation_file: str | None = _f(None, "your own validation file")
-    test_file: str | None = _f(None, "your own test file (default: half of the validation file)")
+    validation_file: str | None = _f(None, "your own validation file (default: 10% of the train file, at most 1,000 examples, held out)")
+    test_file: str | None = _f(None, "your own test file (default: half of the validation file; without one, held out of the train file)")
     text_columns: list[str] | None = _f(None, "input columns of your own files, in order")
     label_column: str = _f("label", "label column of your own files")
     label_names: list[str] | None = _f(None, "label values of your own classification files (class id = position)")
@@ -167,11 +167,25 @@ def resolve_task(cfg: TrainConfig) -> Task:
 
 
 def load_splits(cfg: TrainConfig, task: Task) -> dict[str, list[Example]]:
-    """train / validation / test examples under the paper's protocol (or the user's files)."""
+    """train / validation / test examples under the paper's protocol, or from the user's files.
+
+    User files: with a validation file but no test file, the validation file is halved into
+    validation and test (the paper's protocol for small sets). Without a validation file, the
+    held-out sets come out of the training file, which then trains on the rest: 10% of its
+    examples (at most 1,000, at least 1) for validation, and as many again for the test set
+    when there is no test file either, so no reported score is measured on training examples.
+    """
     if cfg.train_file is None:
         return paper_splits(task, cfg.data_dir, seed=cfg.split_seed, train_samples=cfg.train_samples, sample_seed=cfg.seed)
-    files = load_files(task, train=cfg.train_file, validation=cfg.validation_file or cfg.train_file, test=cfg.test_file)
-    if cfg.test_file is None:
+    files = load_files(task, train=cfg.train_file, validation=cfg.validation_file, test=cfg.test_file)
+    if cfg.validation_file is None:
+        size = min(VALIDATION_FROM_TRAIN, max(1, len(group_units(files["train"])) // 10))
+        files["train"], held = carve(files["train"], size if cfg.test_file else 2 * size, cfg.split_seed)
+        if cfg.test_file:
+            files["validation"] = held
+        else:
+            files["validation"], files["test"] = split_half(held, cfg.split_seed)
+    elif cfg.test_file is None:
         files["test"] = files["validation"]
         return apply_protocol("half", files, seed=cfg.split_seed, train_samples=cfg.train_samples, sample_seed=cfg.seed)
     return apply_protocol("given", files, seed=cfg.split_seed, train_samples=cfg.train_samples, sample_seed=cfg.seed)

@@ -128,13 +128,34 @@ def test_bad_training_options(bad, match):
         TrainConfig(**bad)
 
 
+def _soup_csv(path, n, start=0):
+    rows = ["text,label"] + [f'"Soup number {start + i} was {("awful", "great")[i % 2]}.",{("neg", "pos")[i % 2]}' for i in range(n)]
+    path.write_text("\n".join(rows) + "\n")
+    return str(path)
+
+
 def test_custom_csv_task(model_dirs, tmp_path):
-    rows = ["text,label"] + [f'"The soup was {w}.",{lab}' for w, lab in [("great", "pos"), ("awful", "neg")] * 12]
-    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
-    cfg = _cfg(model_dirs, "encoder", tmp_path, task="soup", train_file=str(tmp_path / "train.csv"), text_columns=["text"],
+    cfg = _cfg(model_dirs, "encoder", tmp_path, task="soup", train_file=_soup_csv(tmp_path / "train.csv", 40), text_columns=["text"],
                label_names=["neg", "pos"], max_steps=2, eval_every=1)
     results = train(cfg, log=lambda *a: None)
     assert results["task"] == "soup" and "accuracy" in results["test"]
+
+
+@pytest.mark.parametrize("files", ["train", "train+validation", "train+test", "train+validation+test"])
+def test_custom_files_never_evaluate_on_training_examples(tmp_path, files):
+    paths = {"train_file": _soup_csv(tmp_path / "train.csv", 60)}
+    if "validation" in files:
+        paths["validation_file"] = _soup_csv(tmp_path / "validation.csv", 10, start=100)
+    if "test" in files:
+        paths["test_file"] = _soup_csv(tmp_path / "test.csv", 8, start=200)
+    cfg = TrainConfig(task="soup", text_columns=["text"], label_names=["neg", "pos"], **paths)
+    splits = training.load_splits(cfg, training.resolve_task(cfg))
+    texts = {name: [e.source for e in examples] for name, examples in splits.items()}
+    assert all(texts.values())
+    assert not set(texts["train"]) & (set(texts["validation"]) | set(texts["test"]))
+    assert not set(texts["validation"]) & set(texts["test"])
+    expected = {"train": (48, 6, 6), "train+validation": (60, 5, 5), "train+test": (54, 6, 8), "train+validation+test": (60, 10, 8)}
+    assert tuple(len(splits[s]) for s in ("train", "validation", "test")) == expected[files]
 
 
 def test_bf16_autocast_runs(model_dirs, tmp_path):
