@@ -70,3 +70,20 @@ def test_parse_key_values_reads_json_values_and_normalizes_dashes():
 def test_parse_key_values_rejects_items_without_key_and_value(item):
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         parse_key_values([item])
+
+
+@pytest.mark.parametrize("argv,expected", [
+    ([], {"task": "demo", "epochs": 10, "batch_size": 16, "learning_rate": 1e-2, "method": "compacter++"}),
+    (["--method", "full"], {"task": "demo", "epochs": 10, "batch_size": 16, "learning_rate": None, "method": "full"}),
+    (["--learning-rate", "3e-3", "--epochs", "2"], {"epochs": 2, "learning_rate": 3e-3}),
+    (["--task", "rte"], {"task": "rte", "epochs": 20, "batch_size": 32, "learning_rate": None}),
+])
+def test_demo_defaults_apply_only_where_they_belong(monkeypatch, argv, expected):
+    """The demo task gets its short schedule; only the default method gets the demo's 1e-2, a named
+    method keeps its paper rate, and a real task gets the paper's settings."""
+    seen = []
+    monkeypatch.setattr("compacter.training.train", seen.append)
+    monkeypatch.setattr("compacter.training.end_distributed", lambda: False)
+    assert main(["train", *argv]) == 0
+    config = seen[0]
+    assert {key: getattr(config, key) for key in expected} == expected
