@@ -312,6 +312,10 @@ def set_active_adapter(model: nn.Module, name: str | None) -> None:
         site.active = name if name is not None and name in site else None
         for aname, adapter in site.items():
             adapter.requires_grad_(aname == name)
+            if not state.configs[aname].learn_phm:  # per-layer rules (phm-adapter, unshared A) stay frozen
+                for module in adapter.modules():
+                    if isinstance(module, PHMRule):
+                        module.A.requires_grad_(False)
     for rname, rule in state.rules.items():
         rule.A.requires_grad_(rname == name and state.configs[rname].learn_phm)
     for aname, tuned in state.tuned.items():

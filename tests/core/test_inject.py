@@ -119,6 +119,7 @@ def test_shared_rule_is_one_module_in_the_tree_and_state_dict():
 
 @pytest.mark.parametrize("overrides", [
     dict(factorized_phm=False), dict(shared_phm_rule=False), dict(learn_phm=False), dict(phm_rank=2),
+    dict(shared_phm_rule=False, learn_phm=False),
     dict(phm_init="glorot-normal"), dict(phm_init="normal"), dict(phm_rule_init="uniform"), dict(phm_init_range=0.05),
     dict(adapter_bias=False), dict(bottleneck_dim=16), dict(phm_dim=8, bottleneck_dim=16),
     *[dict(non_linearity=a) for a in ("gelu", "relu", "silu", "swish", "tanh", "identity")],
@@ -135,6 +136,8 @@ def test_phm_options(overrides):
         assert adapter.bottleneck == config.bottleneck_dim
     rules = [p for n, p in model.named_parameters() if n.endswith(".A")]
     assert rules and all(p.requires_grad is config.learn_phm for p in rules)
+    compacter.set_active_adapter(model, "default")  # activating again keeps frozen rules frozen
+    assert all(p.requires_grad is config.learn_phm for p in rules)
     model.train()
     model(**batch).loss.backward()
     assert all((p.grad is not None) is config.learn_phm for p in rules)
