@@ -104,7 +104,12 @@ def _load_adapted(adapter_dir: str, model: str | None, task_name: str | None):
     model_path = model or run_config.get("model") or meta.get("base_model")
     if not model_path:
         raise SystemExit("error: the adapter does not name its base model: pass --model")
-    task = get_task(task_name or run_config.get("task") or _missing("--task"))
+    if task_name is None and run_config.get("train_file"):  # a run on the user's own files: their task again
+        from .training import TrainConfig, resolve_task
+
+        task = resolve_task(TrainConfig.from_dict(run_config))
+    else:
+        task = get_task(task_name or run_config.get("task") or _missing("--task"))
     import transformers as T
 
     family = family_of(T.AutoConfig.from_pretrained(model_path))
@@ -129,8 +134,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .tasks import paper_splits
 
     net, batcher, task, run_config = _load_adapted(args.adapter, args.model, args.task)
-    data_dir = args.data_dir or run_config.get("data_dir")
-    examples = paper_splits(task, data_dir, seed=run_config.get("split_seed", 42))[args.split]
+    if args.task is None and run_config.get("train_file"):  # the run's own files, split as in training
+        from .training import TrainConfig, load_splits
+
+        examples = load_splits(TrainConfig.from_dict(run_config), task)[args.split]
+    else:
+        data_dir = args.data_dir or run_config.get("data_dir")
+        examples = paper_splits(task, data_dir, seed=run_config.get("split_seed", 42))[args.split]
     metrics = evaluate(net, batcher, examples, batch_size=args.batch_size, decoder_predict=run_config.get("decoder_predict", "score"))
     print(json.dumps({"task": task.name, "split": args.split, **metrics}, indent=2))
     return 0

@@ -134,11 +134,18 @@ def _soup_csv(path, n, start=0):
     return str(path)
 
 
-def test_custom_csv_task(model_dirs, tmp_path):
+def test_custom_csv_task(model_dirs, tmp_path, capsys):
     cfg = _cfg(model_dirs, "encoder", tmp_path, task="soup", train_file=_soup_csv(tmp_path / "train.csv", 40), text_columns=["text"],
                label_names=["neg", "pos"], max_steps=2, eval_every=1)
     results = train(cfg, log=lambda *a: None)
     assert results["task"] == "soup" and "accuracy" in results["test"]
+    # evaluate and predict rebuild the run's own task and splits from its config.json
+    capsys.readouterr()
+    best = str(tmp_path / "run-encoder" / "best")
+    assert main(["evaluate", best, "--split", "test"]) == 0
+    assert json.loads(capsys.readouterr().out)["score"] == pytest.approx(results["test"]["score"])
+    assert main(["predict", best, "--text", "Soup number 7 was great."]) == 0
+    assert json.loads(capsys.readouterr().out)["label"] in ("neg", "pos")
 
 
 @pytest.mark.parametrize("files", ["train", "train+validation", "train+test", "train+validation+test"])
