@@ -77,6 +77,9 @@ def test_parse_key_values_rejects_items_without_key_and_value(item):
     (["--method", "full"], {"task": "demo", "epochs": 10, "batch_size": 16, "learning_rate": None, "method": "full"}),
     (["--learning-rate", "3e-3", "--epochs", "2"], {"epochs": 2, "learning_rate": 3e-3}),
     (["--task", "rte"], {"task": "rte", "epochs": 20, "batch_size": 32, "learning_rate": None}),
+    (["--max-grad-norm", "none"], {"max_grad_norm": None}),
+    (["--max-grad-norm", "0.5"], {"max_grad_norm": 0.5}),
+    ([], {"max_grad_norm": 1.0}),
 ])
 def test_demo_defaults_apply_only_where_they_belong(monkeypatch, argv, expected):
     """The demo task gets its short schedule; only the default method gets the demo's 1e-2, a named

@@ -56,8 +56,21 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, nargs="+", default=None, help=help_text)
         else:
             base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
+            if type(None) in typing.get_args(hint) and f.default is not None:  # e.g. --max-grad-norm none
+                base = _or_none(base)
             parser.add_argument(flag, type=base, default=None, help=f"{help_text} (default: {f.default})",
                                 choices=METHODS + PEER_METHODS if f.name == "method" else None)
+
+
+#: "none" given for an optional option whose default is not None (argparse's None means "not given")
+NONE = type("NoneGiven", (), {"__repr__": lambda self: "none"})()
+
+
+def _or_none(base: type):
+    def parse(text: str):
+        return NONE if text.lower() == "none" else base(text)
+    parse.__name__ = base.__name__  # argparse names the type in its error messages
+    return parse
 
 
 #: The offline demo (no --task, no --config): settings that train the bundled task in a few CPU minutes.
@@ -81,7 +94,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         value = getattr(args, f.name)
         if value is None:
             continue
-        data[f.name] = {**data.get("adapter", {}), **parse_key_values(value)} if f.name == "adapter" else value
+        if value is NONE:
+            value = None
+        elif f.name == "adapter":
+            value = {**data.get("adapter", {}), **parse_key_values(value)}
+        data[f.name] = value
     try:
         train(TrainConfig.from_dict(data))
     finally:

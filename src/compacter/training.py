@@ -107,6 +107,14 @@ class TrainConfig:
         for name in ("max_steps", "eval_every", "early_stopping", "train_samples", "max_eval_samples"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            problems.append(f"--max-grad-norm must be positive (or none to disable clipping), got {self.max_grad_norm}")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            problems.append(f"--learning-rate must be positive, got {self.learning_rate}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            problems.append(f"--warmup-steps must be 0 or more, got {self.warmup_steps}")
+        if not self.weight_decay >= 0:
+            problems.append(f"--weight-decay must be 0 or more, got {self.weight_decay}")
         if self.train_file is None and (self.validation_file or self.test_file):
             problems.append("--validation-file/--test-file need --train-file")
         if problems:

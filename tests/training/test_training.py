@@ -122,6 +122,9 @@ def test_epoch_batches_shard_one_global_order():
 @pytest.mark.parametrize("bad,match", [
     (dict(method="lora"), "--method"), (dict(mixed_precision="fp8"), "--mixed-precision"), (dict(batch_size=0), "--batch-size"),
     (dict(decoder_predict="beam"), "--decoder-predict"), (dict(test_file="x.csv"), "need --train-file"),
+    (dict(max_grad_norm=-1.0), "--max-grad-norm must be positive"), (dict(max_grad_norm=0.0), "--max-grad-norm"),
+    (dict(learning_rate=0.0), "--learning-rate must be positive"), (dict(warmup_steps=-5), "--warmup-steps"),
+    (dict(weight_decay=-0.1), "--weight-decay"),
 ])
 def test_bad_training_options(bad, match):
     with pytest.raises(ValueError, match=match):
