@@ -147,6 +147,8 @@ class PHMLinear(nn.Module):
                 self._cache = None
             return self._build_weight(rule)
         rule_t = self.rule.A if self.rule is not None else rule
+        if rule_t is None:
+            return self.weight(rule)  # raises the clear "no rule of its own" error
         params = [rule_t] + list(self._fast_params())
         key = tuple((id(t), t._version, t.device, t.dtype) for t in params)
         if self._cache is None or self._cache[0] != key:

@@ -135,6 +135,13 @@ def test_eval_cache_reuses_w_until_a_weight_changes(monkeypatch):
     assert len(calls) == 3 and layer.s.grad is not None
 
 
+def test_shared_rule_layer_called_without_its_rule_says_so():
+    layer = PHMLinear(8, 4, 2).eval()  # no rule of its own
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad), pytest.raises(ValueError, match="pass the shared rule A"):
+            layer(torch.randn(2, 8))
+
+
 def test_low_rank_linear_is_u_v_transpose():
     layer = LowRankLinear(12, 6, rank=2).double()
     torch.nn.init.normal_(layer.bias)
