@@ -1,6 +1,7 @@
 """Adapter-only checkpoints: round trip, refusals that leave the model unchanged, atomic saves."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -39,6 +40,12 @@ def test_checkpoint_is_adapter_only_and_describes_itself(tmp_path):
     trainable, total = compacter.count_parameters(model)
     size = (tmp_path / WEIGHTS_NAME).stat().st_size
     assert size < 4 * trainable + 20_000  # float32 adapter tensors and a header, no base weights
+    mask = os.umask(0o022)
+    try:  # the files get an ordinary file's mode (mkstemp alone would leave them owner-only)
+        compacter.save_adapters(model, tmp_path / "again")
+    finally:
+        os.umask(mask)
+    assert {(tmp_path / "again" / n).stat().st_mode & 0o777 for n in (WEIGHTS_NAME, CONFIG_NAME)} == {0o644}
 
 
 def test_full_method_round_trip(tmp_path):
