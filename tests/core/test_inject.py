@@ -308,7 +308,13 @@ def test_generation_with_adapters_uses_the_adapter():
     model, batch = tiny("t5")
     compacter.add_adapters(model, _config("compacter++"))
     _train(model, batch, steps=5, lr=5e-2)
-    out = model.generate(batch["input_ids"], max_new_tokens=4, do_sample=False)
+    model.eval()  # generation goes through the eval cache of W
+    kw = dict(attention_mask=batch["attention_mask"], max_new_tokens=4, do_sample=False, output_scores=True, return_dict_in_generate=True)
+    out = model.generate(batch["input_ids"], **kw)
     with compacter.disable_adapters(model):
-        base = model.generate(batch["input_ids"], max_new_tokens=4, do_sample=False)
-    assert out.shape[0] == 2 and base.shape[0] == 2
+        base = model.generate(batch["input_ids"], **kw)
+    assert out.sequences.shape[0] == 2 and not torch.allclose(out.scores[0], base.scores[0])
+    start = torch.full((2, 1), model.config.decoder_start_token_id)
+    with torch.no_grad():  # the first generated step is the adapted model's forward pass
+        first = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], decoder_input_ids=start).logits[:, -1]
+    torch.testing.assert_close(out.scores[0], first)
