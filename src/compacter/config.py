@@ -119,8 +119,8 @@ class CompacterConfig:
         for key in ("head_modules", "attention_modules", "ffn_modules"):
             if isinstance(values[key], str):
                 values[key] = (values[key],)
-            elif values[key] is not None:
-                values[key] = tuple(values[key])
+            elif isinstance(values[key], (list, tuple)):
+                values[key] = tuple(values[key])  # anything else is left for _validate to name
         object.__setattr__(self, "method", method)
         for key, value in values.items():
             object.__setattr__(self, key, value)
@@ -159,7 +159,8 @@ class CompacterConfig:
             check(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, f"{name} must be a positive number, got {v!r}")
         for name in ("head_modules", "attention_modules", "ffn_modules"):
             v = getattr(self, name)
-            check(v is None or all(isinstance(s, str) and s for s in v), f"{name} must be a list of non-empty strings, got {v!r}")
+            check(v is None or (isinstance(v, tuple) and all(isinstance(s, str) and s for s in v)),
+                  f"{name} must be a list of non-empty strings, got {v!r}")
         if self.adapter_type != "none":
             check(self.after_attention or self.after_ffn, f"adapter_type={self.adapter_type!r} needs after_attention or after_ffn")
         if self.adapter_type == "phm" and isinstance(self.phm_dim, int) and self.phm_dim == 1:

@@ -56,7 +56,8 @@ def test_unknown_method_lists_the_allowed_ones():
 
 
 @pytest.mark.parametrize("bad", [dict(phm_dim=1), dict(bottleneck_dim=0), dict(phm_rule_init="zeros"), dict(adapter_type="mlp"),
-                                 dict(head_modules=[""]), dict(reduction_factor=2.5), dict(adapter_init_std=0)])
+                                 dict(head_modules=[""]), dict(head_modules=5), dict(ffn_modules={"a": 1}), dict(reduction_factor=2.5),
+                                 dict(adapter_init_std=0)])
 def test_bad_values(bad):
     with pytest.raises(ValueError, match=list(bad)[0]):
         CompacterConfig("compacter", **bad)
