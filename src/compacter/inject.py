@@ -213,10 +213,13 @@ def _tuned_copies(model: nn.Module, config: CompacterConfig, modules: dict[str, 
     return out
 
 
-def _base_param(state: CompacterState | None, full: str, current: torch.Tensor) -> torch.Tensor:
-    """The base model's own value of a parameter, even while another adapter's copy is active."""
+def _base_param(state: CompacterState | None, full: str, current: torch.Tensor) -> torch.Tensor | None:
+    """The base model's own value of a parameter, even while another adapter's copy is active;
+    None for a bias the base model does not have (another adapter added it: start from zeros)."""
     if state is not None and _key(full) in state.base:
         return state.base[_key(full)]
+    if state is not None and full in state.missing:
+        return None
     return current
 
 

@@ -183,6 +183,10 @@ def test_bitfit_on_bias_free_t5(add_missing):
     with compacter.disable_adapters(model):
         assert q.bias is None
         torch.testing.assert_close(_logits(model, batch), base, rtol=0, atol=0)
+    if add_missing:  # a second BitFit adapter starts from zero biases, not from the first one's trained ones
+        assert q.bias.abs().sum() > 0
+        compacter.add_adapters(model, _config("bitfit"), name="second")
+        assert q.bias.abs().sum() == 0
 
 
 def test_full_fine_tuning_trains_everything_and_cannot_be_disabled():
