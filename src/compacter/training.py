@@ -291,12 +291,24 @@ def save_train_state(folder: Path, model, optimizer, scheduler, progress: dict) 
 
 def _swap_in(tmp: Path, folder: Path) -> None:
     """Put the finished folder ``tmp`` in place of ``folder``; the old one is removed only afterwards."""
-    old = folder.with_name(folder.name + ".old")
+    old = _recover(folder)
     if folder.exists():
         os.replace(folder, old)
     os.replace(tmp, folder)
     if old.exists():
         _rmtree(old)
+
+
+def _recover(folder: Path) -> Path:
+    """After a crash inside `_swap_in`: put ``folder.old`` back where ``folder`` is missing, drop a
+    stale one otherwise. Returns the ``.old`` path."""
+    old = folder.with_name(folder.name + ".old")
+    if old.exists():
+        if folder.exists():
+            _rmtree(old)
+        else:
+            os.replace(old, folder)
+    return old
 
 
 def load_train_state(folder: Path, optimizer, scheduler) -> dict:
@@ -448,6 +460,10 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     forward = torch.compile(model) if cfg.compile else model
 
     progress = {"step": 0, "epoch": 0, "batch": 0, "best_score": None, "best_step": None, "stale": 0, "history": []}
+    if cfg.resume and main:  # a crash inside a checkpoint swap left last.old: put it back
+        _recover(run / "last")
+        _recover(run / "best")
+    accelerator.wait_for_everyone()
     if cfg.resume and (run / "last" / "train_state.json").exists():
         progress = _resume(run / "last", raw_model, optimizer, scheduler)
         say(f"resumed from {run / 'last'} at step {progress['step']} (epoch {progress['epoch']}, batch {progress['batch']})")

@@ -82,6 +82,29 @@ def test_resume_after_a_crash_ends_like_an_uninterrupted_run(model_dirs, family,
             torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
 
+def test_resume_after_a_crash_inside_a_checkpoint_swap(model_dirs, tmp_path, monkeypatch):
+    """Killed between moving last/ aside and moving the new one in: resume finds last.old."""
+    cfg = _cfg(model_dirs, "encoder", tmp_path, eval_every=2, max_steps=4, eval_before=False)
+    real_replace = training.os.replace
+
+    def crash_in_second_swap(src, dst):
+        if str(dst).endswith("last.old"):  # the second save of last/ (the first has nothing to move aside)
+            real_replace(src, dst)
+            raise KeyboardInterrupt("killed mid-swap")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(training.os, "replace", crash_in_second_swap)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, log=lambda *a: None)
+    monkeypatch.setattr(training.os, "replace", real_replace)
+    run = tmp_path / "run-encoder"
+    assert not (run / "last").exists() and (run / "last.old" / "train_state.json").exists()
+    logs = []
+    results = train(cfg, log=logs.append)
+    assert any("resumed" in line and "step 2" in line for line in logs)
+    assert results["steps"] == 4 and not (run / "last.old").exists()
+
+
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(model_dirs, tmp_path, monkeypatch):
     real_load = training.load_model
 
