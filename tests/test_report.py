@@ -191,6 +191,21 @@ def test_plots_are_png_files(tmp_path):
         assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
 
 
+@needs_matplotlib
+def test_figure1_keeps_training_set_sizes_apart(tmp_path, monkeypatch):
+    import compacter.report as report
+
+    write_run(tmp_path, "small", score=60.0, train_samples=100, train_examples=100)
+    write_run(tmp_path, "whole", score=80.0, train_samples=None, train_examples=2490)
+    seen = []
+    monkeypatch.setattr(report, "_save", lambda plt, fig, path: seen.append(fig) or plt.close(fig))
+    results_plot(load_runs([tmp_path]), tmp_path / "fig1.png")
+    ax = seen[0].axes[0]
+    series = {text.get_text(): [float(y) for _, y in coll.get_offsets()]
+              for text, coll in zip(ax.get_legend().get_texts(), ax.collections)}
+    assert series == {"t5-base, 100 training samples": [60.0], "t5-base, all training samples": [80.0]}
+
+
 def test_missing_matplotlib_gives_a_clear_error(tmp_path, monkeypatch):
     import builtins
 
@@ -237,6 +252,15 @@ def test_low_resource_places_one_tasks_whole_set_at_its_size(tmp_path):
     assert table_rows(markdown)["compacter++"][1:] == ["60.0", "70.0", "80.0"]
 
 
+def test_low_resource_cells_over_fewer_tasks_are_starred(tmp_path):
+    write_run(tmp_path, "cb-100", task="cb", score=50.0, train_samples=100, train_examples=100)
+    write_run(tmp_path, "rte-100", task="rte", score=60.0, train_samples=100, train_examples=100)
+    write_run(tmp_path, "rte-500", task="rte", score=70.0, train_samples=500, train_examples=500)
+    markdown = low_resource_table(load_runs([tmp_path]))
+    assert table_rows(markdown)["compacter++"][1:] == ["55.0", "70.0*"]
+    assert "only some of the row's tasks" in markdown
+
+
 def test_a_method_run_at_two_learning_rates_makes_two_rows(tmp_path):
     for seed in (42, 43):
         write_run(tmp_path, f"full-{seed}", method="full", seed=seed, score=60.0 + seed - 42, config={"learning_rate": 3e-4})
@@ -248,6 +272,30 @@ def test_a_method_run_at_two_learning_rates_makes_two_rows(tmp_path):
     assert [r.method for r in rows] == ["full @ 3e-4", "full @ 3e-5", "compacter++"]
     assert [r.cells["rte"].n for r in rows] == [2, 1, 1]  # the rates are not averaged as seeds
     assert format_lr(2.5e-5) == "2.5e-5" and format_lr(1e-2) == "1e-2"
+
+
+def test_runs_with_other_settings_are_never_averaged_as_seeds(tmp_path):
+    write_run(tmp_path, "e20", score=70.0, config={"epochs": 20, "learning_rate": None, "batch_size": 32})
+    write_run(tmp_path, "e1", score=50.0, config={"epochs": 1, "learning_rate": 3e-3, "batch_size": 32})
+    write_run(tmp_path, "e20-43", seed=43, score=72.0, config={"epochs": 20, "learning_rate": 3e-3, "batch_size": 32})
+    write_run(tmp_path, "old", seed=44, score=74.0, config={"epochs": 20})  # records no rate: not compared on it
+    rows = {r.method: r for r in aggregate(load_runs([tmp_path]))}
+    assert set(rows) == {"compacter++ @ epochs=1", "compacter++ @ epochs=20"}  # None is the method's 3e-3
+    assert rows["compacter++ @ epochs=20"].cells["rte"].n == 3 and rows["compacter++ @ epochs=1"].cells["rte"].n == 1
+
+
+def test_adapter_options_and_several_settings_name_each_difference(tmp_path):
+    write_run(tmp_path, "a", config={"adapter": {"reduction_factor": 16}, "learning_rate": 3e-3})
+    write_run(tmp_path, "b", config={"adapter": {"reduction_factor": 32}, "learning_rate": 1e-3})
+    assert sorted(r.method for r in load_runs([tmp_path])) == [
+        "compacter++ @ reduction_factor=16, lr=3e-3", "compacter++ @ reduction_factor=32, lr=1e-3"]
+
+
+def test_the_same_run_twice_is_refused(tmp_path):
+    write_run(tmp_path / "sweep-a", "rte", config={"epochs": 8})
+    write_run(tmp_path / "sweep-b", "rte", config={"epochs": 8})
+    with pytest.raises(ValueError, match="the same run twice"):
+        load_runs([tmp_path])
 
 
 def test_plot_labels_name_the_model_not_a_generic_folder():

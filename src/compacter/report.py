@@ -24,9 +24,12 @@ Decisions:
   by training-set size, and `low_resource_table` compares sizes (Figure 4 of the paper). One
   exception: runs on whole training sets no larger than a model's only subsampled budget join
   that budget's table (a `--train-samples 500` sweep uses CB's 250 examples whole).
-- When one model's runs of a method used different learning rates (a baseline re-run at another
-  rate), each such run's method reads "method @ lr" (``full @ 3e-5``), so they make separate rows
-  and lines instead of being averaged as if they were seeds.
+- When one model's runs of a method differ in a recipe setting (learning rate, epochs, steps,
+  batch, adapter options, lengths, precision...: every recorded config field but the task, its
+  data, the seed and bookkeeping), each such run's method names what differs (``full @ 3e-5``,
+  ``compacter++ @ epochs=10``), so they make separate rows and lines instead of being averaged as
+  if they were seeds. A learning rate left to the method's default counts as that default. The
+  same run twice (same row, task, training-set size and seed) is refused.
 - matplotlib is imported only when a plot is asked for (`pip install compacter[plot]`).
 """
 
@@ -153,15 +156,38 @@ def load_run(file: str | Path) -> Run:
 
 def load_runs(paths: Iterable[str | Path]) -> list[Run]:
     """All runs under `paths` (run dirs or folders of runs), each results file read once; a method
-    run at several learning rates for one model is split by rate ("full @ 3e-5")."""
+    run with several recipes for one model is split by what differs ("full @ 3e-5"); the same run
+    twice (same row, task, size and seed) is an error."""
     files = {file.resolve(): None for path in paths for file in find_results(path)}
-    return _label_learning_rates([load_run(file) for file in files])
+    runs = _label_settings([load_run(file) for file in files])
+    _check_duplicates(runs)
+    return runs
 
 
-def _learning_rate(run: Run) -> float | None:
+#: Config fields that do not define a row's recipe: the task and its data, the seed, bookkeeping.
+#: Every other recorded field (epochs, steps, batch, rate, adapter options, lengths, precision,
+#: selection...) does: runs of one (model, method) that differ in one are never averaged as seeds.
+_NOT_RECIPE = frozenset({
+    "model", "method", "task", "train_file", "validation_file", "test_file", "text_columns", "label_column",
+    "label_names", "task_kind", "data_dir", "output_dir", "seed", "train_samples", "eval_batch_size", "compile",
+    "resume", "eval_before", "progress",
+})
+
+
+def _default_learning_rate(method: str) -> float | None:
+    from .config import DEFAULT_LEARNING_RATES
+    from .peers import PEER_LEARNING_RATES
+
+    return {**DEFAULT_LEARNING_RATES, **PEER_LEARNING_RATES}.get(method)
+
+
+def _recipe(run: Run) -> dict[str, Any]:
+    """The run's recorded recipe settings (learning rate resolved: None is the method's default)."""
     config = run.raw.get("config")
-    lr = config.get("learning_rate") if isinstance(config, dict) else None
-    return float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None
+    recipe = {k: v for k, v in (config or {}).items() if k not in _NOT_RECIPE} if isinstance(config, dict) else {}
+    if "learning_rate" in recipe and recipe["learning_rate"] is None:
+        recipe["learning_rate"] = _default_learning_rate(run.method)
+    return recipe
 
 
 def format_lr(lr: float) -> str:
@@ -170,17 +196,42 @@ def format_lr(lr: float) -> str:
     return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
-def _label_learning_rates(runs: list[Run]) -> list[Run]:
-    """Runs whose (model, method) was run at several learning rates get "method @ lr" as method."""
-    lr = {run.path: _learning_rate(run) for run in runs}
-    rates: dict[tuple[str, str], set[float | None]] = defaultdict(set)
+def _format_setting(key: str, value: Any, only: bool) -> str:
+    if key == "learning_rate" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format_lr(value) if only else f"lr={format_lr(value)}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in sorted(value.items())) or f"{key}=default"
+    return f"{key}={value}"
+
+
+def _label_settings(runs: list[Run]) -> list[Run]:
+    """Runs whose (model, method) was run with several recipes get "method @ <what differs>" as
+    method: "full @ 3e-5" (learning rate only), "compacter++ @ epochs=10". Settings a run does not
+    record are not compared."""
+    recipes = {run.path: _recipe(run) for run in runs}
+    groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
     for run in runs:
-        rates[run.model, run.method].add(lr[run.path])
-    return [
-        replace(run, method=f"{run.method} @ {format_lr(lr[run.path])}")
-        if len(rates[run.model, run.method]) > 1 and lr[run.path] is not None else run
-        for run in runs
-    ]
+        groups[run.model, run.method].append(run)
+    label: dict[Path, str] = {}
+    for members in groups.values():
+        shared = set.intersection(*(set(recipes[r.path]) for r in members))
+        differing = sorted(k for k in shared if len({json.dumps(recipes[r.path][k], sort_keys=True) for r in members}) > 1)
+        for run in members:
+            if differing:
+                parts = [_format_setting(k, recipes[run.path][k], differing == ["learning_rate"]) for k in differing]
+                label[run.path] = f"{run.method} @ {', '.join(parts)}"
+    return [replace(run, method=label[run.path]) if run.path in label else run for run in runs]
+
+
+def _check_duplicates(runs: Sequence[Run]) -> None:
+    """Two runs of one row, task, training-set size and seed would be averaged as two seeds."""
+    seen: dict[tuple, Path] = {}
+    for run in runs:
+        key = (run.model, run.method, run.task, run.train_samples, run.seed)
+        if key in seen:
+            raise ValueError(f"{seen[key]} and {run.path}: the same run twice ({run.method} on {run.task}, seed {run.seed}, "
+                             f"same settings); pass only one of them")
+        seen[key] = run.path
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -414,17 +465,33 @@ def low_resource_table(runs: Sequence[Run], metric: str = "score") -> str:
     """Markdown: per model, one row per method, one column per training-set size (Figure 4)."""
     _check_metric(runs, metric)
     scores = low_resource_scores(runs, metric)
-    sizes = sorted(set(_low_resource_sizes(runs).values()), key=_size_key)
-    sections = []
+    size = _low_resource_sizes(runs)
+    sizes = sorted(set(size.values()), key=_size_key)
+    tasks: dict[tuple[str, str, int | None], set[str]] = defaultdict(set)
+    for run in runs:
+        if run.score(metric) is not None:
+            tasks[run.model, run.method, size[run.path]].add(run.task)
+    sections, starred = [], False
     for model in sorted({model for model, _ in scores}):
         methods = sorted((m for mo, m in scores if mo == model), key=method_key)
         header = ["method", *(_samples_label(s) for s in sizes)]
-        body = [
-            [m, *(f"{scores[model, m][s]:.1f}" if s in scores[model, m] else MISSING for s in sizes)]
-            for m in methods
-        ]
+        body = []
+        for m in methods:
+            everywhere = set.union(*(tasks[model, m, s] for s in scores[model, m]))
+            cells = []
+            for s in sizes:
+                if s not in scores[model, m]:
+                    cells.append(MISSING)
+                    continue
+                partial = tasks[model, m, s] != everywhere  # an average over fewer tasks than the row has
+                starred |= partial
+                cells.append(f"{scores[model, m][s]:.1f}" + ("*" if partial else ""))
+            body.append([m, *cells])
         sections.append(f"### {model}\n\nTest {metric} (0-100) by training samples per task, "
                         f"averaged over tasks.\n\n{_markdown(header, body)}")
+    if starred:
+        sections.append("\\* averaged over only some of the row's tasks (the others have no run at that size), "
+                        "so not comparable with the row's other cells.")
     return "\n\n".join(sections) + "\n"
 
 
@@ -462,14 +529,21 @@ def _save(plt: Any, fig: Any, path: str | Path) -> None:
 
 
 def results_plot(runs: Sequence[Run], path: str | Path, metric: str = "score") -> None:
-    """Average test `metric` vs % trained parameters (log x), a labelled point per method (Figure 1)."""
+    """Average test `metric` vs % trained parameters (log x), a labelled point per method (Figure 1);
+    one series per model and training-set budget (as the tables split them)."""
     _check_metric(runs, metric)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    rows = [row for row in aggregate(runs, metric) if row.average is not None]
-    for model in sorted({row.model for row in rows}):
-        points = [row for row in rows if row.model == model]
-        ax.scatter([r.percent_trainable for r in points], [r.average for r in points], label=_model_label(model))
+    budget = _budgets(runs)
+    series = sorted({(run.model, budget[run.path]) for run in runs}, key=lambda k: (k[0], _size_key(k[1])))
+    several = len({samples for _, samples in series}) > 1
+    for model, samples in series:  # one series per model and training-set size: sizes are never averaged together
+        subset = [run for run in runs if run.model == model and budget[run.path] == samples]
+        points = [row for row in aggregate(subset, metric) if row.average is not None]
+        if not points:
+            continue
+        label = _model_label(model) + (f", {_samples_label(samples)} training samples" if several else "")
+        ax.scatter([r.percent_trainable for r in points], [r.average for r in points], label=label)
         for r in points:
             ax.annotate(r.method, (r.percent_trainable, r.average), textcoords="offset points",
                         xytext=(4, 4), fontsize=8)
