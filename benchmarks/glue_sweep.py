@@ -4,7 +4,7 @@ Each run is an ordinary run directory (config.json, results.json, best/), so any
 repeated with `compacter train --config <run>/config.json`. Each run is its own
 `python -m compacter train` process (its log in <run>.log), so the peak memory a run reports
 is its own. Runs that already have a results.json are skipped, so an interrupted sweep resumes
-where it stopped.
+where it stopped; a finished run with other settings in the same folder is an error (another --out).
 
 Example (the CPU sweep in docs/RESULTS.md):
     .venv/bin/python benchmarks/glue_sweep.py --data-dir ../shared/data --tasks cb copa mrpc rte stsb \
@@ -55,13 +55,18 @@ def main() -> None:
             samples = args.train_samples if size and size > args.train_samples else None  # small sets are used whole
             for method in args.methods:
                 run = out / f"{task}-{method}-seed{seed}"
-                if (run / "results.json").exists():
-                    continue
                 cfg = TrainConfig(model=args.model, task=task, method=method, data_dir=args.data_dir, seed=seed,
                                   epochs=args.epochs, batch_size=args.batch_size, train_samples=samples,
                                   max_eval_samples=args.max_eval_samples, output_dir=str(run), progress=False, eval_before=False,
                                   max_steps=args.max_steps, adapter=overrides if method in METHODS or method.startswith("ah-") else {})
                 cfg.learning_rate = cfg.lr * args.lr_scale
+                if (run / "results.json").exists():  # finished earlier: resume the sweep, if it is this sweep
+                    done = json.loads((run / "config.json").read_text())
+                    changed = sorted(k for k, v in cfg.to_dict().items() if done.get(k) != v)
+                    if changed:
+                        raise SystemExit(f"{run} already holds a finished run with other settings "
+                                         f"({', '.join(f'{k}: {done.get(k)!r} there' for k in changed)}); use another --out")
+                    continue
                 run.parent.mkdir(parents=True, exist_ok=True)
                 config_file = run.with_name(run.name + ".json")
                 config_file.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")

@@ -26,3 +26,6 @@ def test_sweep_runs_each_run_in_its_own_process_and_resumes(model_dirs, tmp_path
     assert "compacter++" in table and "bitfit" in table
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # finished runs are skipped
     assert again.returncode == 0 and not [x for x in again.stdout.splitlines() if x.startswith("{")]
+    changed = subprocess.run([*cmd[:cmd.index("--epochs")], "--epochs", "2", *cmd[cmd.index("--epochs") + 2:]],
+                             capture_output=True, text=True, timeout=600)  # same folder, other settings: refused
+    assert changed.returncode != 0 and "other settings (epochs: 1 there)" in changed.stderr
