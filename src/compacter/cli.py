@@ -181,7 +181,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     missing = [(i, f) for i, r in enumerate(rows) for f in task.input_fields if f not in r]
     if missing:
         raise SystemExit(f"error: input {missing[0][0]} lacks field {missing[0][1]!r}; {task.name} needs {list(task.input_fields)}")
-    examples = [Example(source=join_fields({f: str(r[f]) for f in task.input_fields}), target="", label=None) for r in rows]
+    fields = [{f: str(r[f]) for f in task.input_fields} for r in rows]
+    examples = [Example(source=join_fields(f), target="", label=None, fields=f) for f in fields]
     predictions = []
     for start in range(0, len(examples), args.batch_size):
         predictions += predict_batch(net, batcher, examples[start:start + args.batch_size], run_config.get("decoder_predict", "score"))

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .tasks import Example, Task
+from .tasks.base import join_fields
 
 FAMILIES = ("seq2seq", "encoder", "decoder")
 ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "camembert", "electra", "deberta", "deberta-v2", "distilbert", "albert", "mpnet"}
@@ -72,17 +73,40 @@ class Batcher:
             enc = self._sources(examples)
             dtype = torch.float32 if self.task.is_regression else torch.long
             return {**enc, "labels": torch.tensor([e.label for e in examples], dtype=dtype)}
-        return self._decoder_batch([DECODER_PROMPT.format(source=e.source) for e in examples], [e.target for e in examples])
+        return self._decoder_batch([self.prompt_ids(e) for e in examples], [e.target for e in examples])
 
     def _sources(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
         return dict(self.tok([e.source for e in examples], max_length=self.max_source, truncation=True, padding=True, return_tensors="pt"))
 
-    def _decoder_batch(self, prompts: Sequence[str], targets: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Right-padded ``prompt target eos``; labels are -100 except on the target and eos."""
+    def prompt_ids(self, example: Example) -> list[int]:
+        """Token ids of a decoder prompt ``source + "\nanswer:"``, at most ``max_source_length``.
+
+        A prompt that is too long loses the end of its longest input field (a passage, a premise;
+        repeated until it fits), as Hugging Face's "longest_first" truncation does for text pairs:
+        the start token, every other field (a question, a hypothesis) and the answer cue stay.
+        An example without separate fields keeps its start token and its last tokens.
+        """
+        ids = self.tok(DECODER_PROMPT.format(source=example.source), add_special_tokens=True)["input_ids"]
+        if len(ids) <= self.max_source:
+            return ids
+        fields = dict(example.fields)
+        if fields and join_fields(fields) == example.source:
+            for _ in range(8):  # retokenising the whole prompt can differ by a token or two: a few rounds at most
+                lengths = {name: self.tok(text, add_special_tokens=False)["input_ids"] for name, text in fields.items()}
+                name = max(lengths, key=lambda k: len(lengths[k]))
+                keep = max(0, len(lengths[name]) - (len(ids) - self.max_source))
+                fields[name] = self.tok.decode(lengths[name][:keep]).rstrip()
+                ids = self.tok(DECODER_PROMPT.format(source=join_fields(fields)), add_special_tokens=True)["input_ids"]
+                if len(ids) <= self.max_source:
+                    return ids
+        start = len(self.tok("", add_special_tokens=True)["input_ids"])  # BOS, where the tokenizer adds one
+        return ids[:start] + ids[len(ids) - (self.max_source - start):]
+
+    def _decoder_batch(self, prompts: Sequence[list[int]], targets: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Right-padded ``prompt target eos`` from prompt token ids; labels are -100 except on the target and eos."""
         rows, label_rows = [], []
         eos = [self.tok.eos_token_id] if self.tok.eos_token_id is not None else []
-        for prompt, target in zip(prompts, targets):
-            p = self.tok(prompt, add_special_tokens=True)["input_ids"][-self.max_source:]  # keep the end: "answer:"
+        for p, target in zip(prompts, targets):
             t = (self.tok(" " + target, add_special_tokens=False)["input_ids"] + eos)[: self.max_target]
             rows.append(p + t)
             label_rows.append([-100] * len(p) + t)
@@ -115,12 +139,10 @@ def _generate(model: nn.Module, batcher: Batcher, examples: Sequence[Example], d
         enc = {k: v.to(device) for k, v in batcher._sources(examples).items()}
         out = model.generate(**enc, max_new_tokens=batcher.max_target, do_sample=False)
     else:
-        side, tok.padding_side = tok.padding_side, "left"
-        try:
-            prompts = [DECODER_PROMPT.format(source=e.source) for e in examples]
-            enc = tok(prompts, max_length=batcher.max_source, truncation=True, padding=True, return_tensors="pt").to(device)
-        finally:
-            tok.padding_side = side
+        rows = [batcher.prompt_ids(e) for e in examples]  # the prompts training saw, left-padded for generation
+        width = max(len(r) for r in rows)
+        enc = {"input_ids": torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rows], device=device),
+               "attention_mask": torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)}
         out = model.generate(**enc, max_new_tokens=batcher.max_target, do_sample=False, pad_token_id=tok.pad_token_id)
         out = out[:, enc["input_ids"].shape[1]:]  # only the new tokens
     return [text.strip() for text in tok.batch_decode(out, skip_special_tokens=True)]
@@ -129,7 +151,7 @@ def _generate(model: nn.Module, batcher: Batcher, examples: Sequence[Example], d
 def _score_labels(model: nn.Module, batcher: Batcher, examples: Sequence[Example], device) -> list[str]:
     """Pick, for each example, the label string with the highest log-likelihood after the prompt."""
     labels = list(batcher.task.label_texts)
-    prompts = [DECODER_PROMPT.format(source=e.source) for e in examples for _ in labels]
+    prompts = [ids for e in examples for ids in [batcher.prompt_ids(e)] * len(labels)]
     batch = batcher._decoder_batch(prompts, labels * len(examples))
     batch = {k: v.to(device) for k, v in batch.items()}
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()  # [B*C, T, V]

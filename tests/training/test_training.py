@@ -273,6 +273,37 @@ def test_decoder_can_predict_by_generation(model_dirs, tmp_path):
     assert results["config"]["decoder_predict"] == "generate"
 
 
+def test_decoder_prompts_too_long_lose_the_end_of_their_longest_field(model_dirs):
+    import transformers as T
+    from tokenizers import processors
+
+    from compacter.modeling import Batcher, load_tokenizer, predict_batch
+    from compacter.tasks import Example, get_task
+    from compacter.tasks.base import join_fields
+
+    tok = load_tokenizer(model_dirs["decoder"], "decoder")
+    bos = tok.convert_tokens_to_ids("[BOS]")  # a start token, as Llama tokenizers add one
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(single="[BOS] $A", special_tokens=[("[BOS]", bos)])
+    batcher = Batcher(tok, "decoder", get_task("demo"), max_source_length=24, max_target_length=3)
+    fields = {"text": " ".join(str(i % 10) for i in range(60)), "label": "7 7 7 ."}  # a long passage, a short question
+    example = Example(join_fields(fields), "1", 1, fields=fields)
+    ids = batcher.prompt_ids(example)
+    assert len(ids) == 24 and ids[0] == bos
+    text = tok.decode(ids[1:])
+    assert text.startswith("text : 0 1 2") and text.endswith("label : 7 7 7 . answer :")
+    short = Example(join_fields({"label": "7 ."}), "1", 1, fields={"label": "7 ."})
+    assert tok.decode(batcher.prompt_ids(short)[1:]) == "label : 7 . answer :"  # short prompts untouched
+    # training, label scoring and generation all see exactly these prompt tokens
+    assert batcher.train_batch([example])["input_ids"][0, :24].tolist() == ids
+    model = T.AutoModelForCausalLM.from_pretrained(model_dirs["decoder"]).eval()
+    seen = []
+    real = model.generate
+    model.generate = lambda **kw: seen.append(kw) or real(**kw)
+    predict_batch(model, batcher, [example, short], decoder_predict="generate")
+    assert seen[0]["input_ids"][0].tolist() == ids
+    assert [i for i, m in zip(seen[0]["input_ids"][1].tolist(), seen[0]["attention_mask"][1].tolist()) if m] == batcher.prompt_ids(short)
+
+
 @pytest.mark.parametrize("family", ["encoder", "seq2seq"])
 def test_peft_lora_peer_runs_through_the_same_pipeline(model_dirs, family, tmp_path):
     pytest.importorskip("peft")
