@@ -126,6 +126,8 @@ BAD_FILES = [
     ("cb", "CB/train.jsonl", "\n\n", "train", r"{path}: no examples"),
     ("wsc", "WSC/val.jsonl", '{"text": "A b.", "label": true, "target": {"span1_index": 0, "span1_text": "Z",'
      ' "span2_index": 1, "span2_text": "b"}}\n', "validation", r"{path}:1: WSC span 'Z'"),
+    ("wsc", "WSC/val.jsonl", '{"text": "A b.", "label": true, "target": {"span1_index": "x", "span1_text": "A",'
+     ' "span2_index": 1, "span2_text": "b"}}\n', "validation", r"{path}:1: WSC span1_index must be a word index, got 'x'"),
 ]
 
 

@@ -56,12 +56,19 @@ def mark_spans(text: str, spans: list[tuple[int, int, str]]) -> str:
     return text
 
 
+def _span_index(spans: Mapping[str, Any], key: str) -> int:
+    value = spans[key]
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).lstrip("-").isdigit():
+        raise DataError(f"WSC {key} must be a word index, got {value!r}")
+    return int(value)
+
+
 def format_wsc(task: Task, raw: Mapping[str, Any]) -> list[Example]:
     """WSC: `text: ...` with ` * ` around the noun (span1) and ` # ` around the pronoun (span2)."""
     spans = raw["target"] if isinstance(raw.get("target"), Mapping) else raw
     text = text_field(raw, "text")
-    noun = locate_span(text, spans["span1_text"], int(spans["span1_index"]))
-    pronoun = locate_span(text, spans["span2_text"], int(spans["span2_index"]))
+    noun = locate_span(text, spans["span1_text"], _span_index(spans, "span1_index"))
+    pronoun = locate_span(text, spans["span2_text"], _span_index(spans, "span2_index"))
     fields = {"text": mark_spans(text, [(*noun, "*"), (*pronoun, "#")])}
     label = task.parse_label(raw[task.label_field])
     return [Example(join_fields(fields), str(label), label, fields=fields)]
