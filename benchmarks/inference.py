@@ -65,6 +65,33 @@ def main(argv=None) -> list[dict]:
     b = make_batch(args.size, args.batch, args.src_len, args.tgt_len, device)
     env = environment()
 
+    kinds = ["forward"] + ([] if args.no_generate else ["generate"])
+    peak: dict[str, dict[str, int]] = {}
+    if device.type == "cuda":  # peak memory in a separate pass, with only one model resident at a time
+        import gc
+
+        for m in methods:
+            try:
+                model, _, _ = build(m, args, device)
+            except Skip:
+                continue  # reported below
+            peak[m] = {}
+            for kind in kinds:
+                run = (lambda: model(input_ids=b.input_ids, attention_mask=b.attention_mask,
+                                     decoder_input_ids=b.decoder_input_ids, use_cache=False)) if kind == "forward" else \
+                      (lambda: model.generate(input_ids=b.input_ids, attention_mask=b.attention_mask, max_new_tokens=args.tgt_len,
+                                              min_new_tokens=args.tgt_len, do_sample=False, num_beams=1))
+                with torch.no_grad(), autocast_ctx(device, args.dtype):
+                    run()
+                    sync(device)
+                    torch.cuda.reset_peak_memory_stats(device)
+                    run()
+                    sync(device)
+                peak[m][kind] = torch.cuda.max_memory_allocated(device)
+            del model, run  # run's closure holds the model too
+            gc.collect()
+            torch.cuda.empty_cache()
+
     rows, skipped = [], {}
     for m in methods:
         try:
@@ -86,19 +113,10 @@ def main(argv=None) -> list[dict]:
                                min_new_tokens=args.tgt_len, do_sample=False, num_beams=1)
 
         rows.append(dict(method=m, model=model, trainable=trainable, total=total, forward=forward, generate=generate,
-                         times={"forward": [], "generate": []}, peak={}))
+                         times={"forward": [], "generate": []}, peak=peak.get(m, {})))
         log(f"  built {m}")
 
-    kinds = ["forward"] + ([] if args.no_generate else ["generate"])
     for kind in kinds:
-        if device.type == "cuda":  # peak memory per row, one row at a time
-            for r in rows:
-                r[kind]()
-                sync(device)
-                torch.cuda.reset_peak_memory_stats(device)
-                r[kind]()
-                sync(device)
-                r["peak"][kind] = torch.cuda.max_memory_allocated(device)
         for _ in range(args.warmup):
             for r in rows:
                 r[kind]()
