@@ -9,11 +9,14 @@ session per step; every number is the median over those steps. It prints
 2. the difference table: for every op, self time per step and calls per step in the row minus the
    floor, sorted by the extra time: this is where the time over the floor goes;
 3. named ranges: the forward of our adapter hooks (``compacter::adapter``), the PHM weight build
-   inside it (``compacter::phm_weight``) and the optimizer step; these wrap library functions from
-   outside (the library is not changed), forward only: backward ops run in the autograd engine;
+   inside it: all layers' W at once while training (``compacter::phm_weight_bank``, inside the
+   first adapter call of a forward pass), layer by layer otherwise (``compacter::phm_weight``), and
+   the optimizer step; these wrap library functions from outside (the library is not changed),
+   forward only: backward ops run in the autograd engine;
 4. a micro-benchmark: one adapter alone on the activations of one site ([B, S, d] encoder,
-   [B, T, d] decoder), forward+backward, split into its parts, times the number of sites: the
-   adapters' own share of the step.
+   [B, T, d] decoder), forward+backward, split into its parts, times the number of sites, and the
+   batched build of every site's W that a training step actually uses: the adapters' own share
+   of the step.
 
     python benchmarks/profile_step.py --device cpu --size small --batch 2
 """
@@ -39,9 +42,13 @@ def instrument_library() -> None:
     """Wrap the adapter hook and the PHM weight build in profiler ranges (monkeypatch, no src change)."""
     from compacter import inject, phm
 
-    hook, weight = inject.AdapterSite.hook, phm.PHMLinear.weight
+    hook, weight, bank = inject.AdapterSite.hook, phm.PHMLinear.weight, inject.batched_weights
     if getattr(hook, "_bench_wrapped", False):
         return
+
+    def bank_rf(layers, rule, dtype=None):
+        with record_function("compacter::phm_weight_bank"):
+            return bank(layers, rule, dtype)
 
     def hook_rf(self, module, args, output):
         with record_function("compacter::adapter"):
@@ -54,6 +61,7 @@ def instrument_library() -> None:
     hook_rf._bench_wrapped = True
     inject.AdapterSite.hook = hook_rf
     phm.PHMLinear.weight = weight_rf
+    inject.batched_weights = bank_rf
 
 
 def build_row(method, args, device, batch) -> Row:
@@ -209,7 +217,26 @@ def micro(args, device) -> None:
         total_adapter += t[0] * count
         print(f"| {label} [{', '.join(map(str, shape))}] x{count} sites | " + " | ".join(f"{v:.3f}" for v in t) + " |")
     print(f"\nadapters alone, all {L_enc + L_dec} FFN sites of compacter++: {total_adapter:.2f} ms per step "
-          "(forward+backward, no optimizer, no layer-norm grads)")
+          "(forward+backward, no optimizer, no layer-norm grads), each site building its own W")
+    # a training step builds every site's W in one batched product (compacter.phm.batched_weights)
+    from compacter.phm import PHMLinear, batched_weights
+
+    torch.manual_seed(0)
+    cfg = compacter.CompacterConfig("compacter++")
+    layers = [PHMLinear(k, q, cfg.phm_dim).to(device) for _ in range(L_enc + L_dec)
+              for k, q in ((d, cfg.bottleneck(d)), (cfg.bottleneck(d), d))]
+    rule = PHMRule(cfg.phm_dim, init_range=cfg.phm_init_range).to(device)
+
+    def bank():
+        sum(w.sum() for w in batched_weights(layers, rule.A)).backward()
+
+    def one_by_one():
+        sum(layer.weight(rule.A).sum() for layer in layers).backward()
+
+    with autocast(device, args.dtype):
+        batched, separate = bench(bank), bench(one_by_one)
+    print(f"W of all {len(layers)} projections, forward+backward: {batched:.3f} ms batched (what a training step does) "
+          f"vs {separate:.3f} ms layer by layer (what the per-site column above adds up)")
 
 
 def optim_micro(args, device) -> None:
