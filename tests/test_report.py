@@ -10,6 +10,7 @@ from compacter.report import (
     METHOD_ORDER,
     aggregate,
     format_lr,
+    method_key,
     load_runs,
     low_resource_plot,
     low_resource_table,
@@ -280,7 +281,9 @@ def test_runs_with_other_settings_are_never_averaged_as_seeds(tmp_path):
     write_run(tmp_path, "e20-43", seed=43, score=72.0, config={"epochs": 20, "learning_rate": 3e-3, "batch_size": 32})
     write_run(tmp_path, "old", seed=44, score=74.0, config={"epochs": 20})  # records no rate: not compared on it
     rows = {r.method: r for r in aggregate(load_runs([tmp_path]))}
-    assert set(rows) == {"compacter++ @ epochs=1", "compacter++ @ epochs=20"}  # None is the method's 3e-3
+    assert list(rows) == ["compacter++ @ epochs=1", "compacter++ @ epochs=20"]  # None is the method's 3e-3
+    assert sorted(["x @ epochs=10", "x @ epochs=3", "full @ 3e-5", "full @ 3e-4"], key=method_key) == [
+        "full @ 3e-4", "full @ 3e-5", "x @ epochs=3", "x @ epochs=10"]
     assert rows["compacter++ @ epochs=20"].cells["rte"].n == 3 and rows["compacter++ @ epochs=1"].cells["rte"].n == 1
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
@@ -276,12 +277,12 @@ class Row:
         return statistics.fmean(c.mean for c in self.cells.values()) if self.cells else None
 
 
-def method_key(method: str) -> tuple[int, str]:
+def method_key(method: str) -> tuple:
     """Sort key putting methods in the paper's row order ("full @ 3e-5" beside "full"), unknown
-    ones last (alphabetically)."""
+    ones last (alphabetically); numbers in settings sort by value ("epochs=3" before "epochs=10")."""
     base = method.split(" @ ")[0]
     rank = METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER)
-    return rank, method
+    return rank, [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", method)]
 
 
 def task_key(task: str) -> tuple[int, str]:
