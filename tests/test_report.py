@@ -205,6 +205,12 @@ def test_figure1_keeps_training_set_sizes_apart(tmp_path, monkeypatch):
     series = {text.get_text(): [float(y) for _, y in coll.get_offsets()]
               for text, coll in zip(ax.get_legend().get_texts(), ax.collections)}
     assert series == {"t5-base, 100 training samples": [60.0], "t5-base, all training samples": [80.0]}
+    write_run(tmp_path, "cola", task="cola", score=10.0, train_samples=None, train_examples=8551)
+    write_run(tmp_path, "bitfit-rte", method="bitfit", score=90.0, train_samples=None, train_examples=2490)
+    seen.clear()
+    results_plot(load_runs([tmp_path]), tmp_path / "fig1.png")  # bitfit lacks CoLA: its 90.0 is not plotted
+    ax = seen[0].axes[0]
+    assert sorted(t.get_text() for t in ax.texts) == ["compacter++", "compacter++"]
 
 
 def test_missing_matplotlib_gives_a_clear_error(tmp_path, monkeypatch):

@@ -531,7 +531,8 @@ def _save(plt: Any, fig: Any, path: str | Path) -> None:
 
 def results_plot(runs: Sequence[Run], path: str | Path, metric: str = "score") -> None:
     """Average test `metric` vs % trained parameters (log x), a labelled point per method (Figure 1);
-    one series per model and training-set budget (as the tables split them)."""
+    one series per model and training-set budget (as the tables split them). Rows that lack some
+    of their table's tasks (starred averages) are left out: their averages are not comparable."""
     _check_metric(runs, metric)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -540,7 +541,9 @@ def results_plot(runs: Sequence[Run], path: str | Path, metric: str = "score") -
     several = len({samples for _, samples in series}) > 1
     for model, samples in series:  # one series per model and training-set size: sizes are never averaged together
         subset = [run for run in runs if run.model == model and budget[run.path] == samples]
-        points = [row for row in aggregate(subset, metric) if row.average is not None]
+        rows = aggregate(subset, metric)
+        tasks = {t for row in rows for t in row.cells}
+        points = [row for row in rows if row.average is not None and set(row.cells) == tasks]  # partial averages: not comparable
         if not points:
             continue
         label = _model_label(model) + (f", {_samples_label(samples)} training samples" if several else "")
