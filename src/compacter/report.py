@@ -408,24 +408,29 @@ def _budgets(runs: Sequence[Run]) -> dict[Path, int | None]:
     return budget
 
 
+def _by_model_and_budget(runs: Sequence[Run], budget: dict[Path, int | None]) -> list[tuple[str, int | None, list[Run]]]:
+    """(model, budget, its runs) for every model and training-set budget present, in table order:
+    the split the tables and Figure 1 share (budgets are never averaged together)."""
+    sizes = sorted(set(budget.values()), key=_size_key)
+    groups = ((model, samples, [r for r in runs if r.model == model and budget[r.path] == samples])
+              for model in sorted({run.model for run in runs}) for samples in sizes)
+    return [group for group in groups if group[2]]
+
+
 def results_table(runs: Sequence[Run], metric: str = "score", budget: dict[Path, int | None] | None = None) -> str:
     """Markdown tables of test `metric`: one per model (and per training-set size when several);
     `budget`: each run's training-set budget, as `_budgets` gives it (computed when not given)."""
     _check_metric(runs, metric)
     budget = _budgets(runs) if budget is None else budget
-    sizes = sorted(set(budget.values()), key=_size_key)
+    sizes = set(budget.values())
     sections = []
-    for model in sorted({run.model for run in runs}):
-        for samples in sizes:
-            subset = [r for r in runs if r.model == model and budget[r.path] == samples]
-            if not subset:
-                continue
-            title = f"### {model}" + ("" if len(sizes) == 1 and samples is None else f" — {_samples_label(samples)} training samples")
-            whole = sorted({(r.task, r.train_examples) for r in subset if r.train_samples is None and samples is not None},
-                           key=lambda t: task_key(t[0]))
-            if whole:
-                title += " (smaller training sets whole: " + ", ".join(f"{t} {n}" for t, n in whole) + ")"
-            sections.append(f"{title}\n\nTest {metric} (0-100).\n\n{_model_table(aggregate(subset, metric))}")
+    for model, samples, subset in _by_model_and_budget(runs, budget):
+        title = f"### {model}" + ("" if len(sizes) == 1 and samples is None else f" — {_samples_label(samples)} training samples")
+        whole = sorted({(r.task, r.train_examples) for r in subset if r.train_samples is None and samples is not None},
+                       key=lambda t: task_key(t[0]))
+        if whole:
+            title += " (smaller training sets whole: " + ", ".join(f"{t} {n}" for t, n in whole) + ")"
+        sections.append(f"{title}\n\nTest {metric} (0-100).\n\n{_model_table(aggregate(subset, metric))}")
     note = ("Cells: mean over seeds; with several runs, mean ± sample std (n = runs). "
             "\\* average over only the tasks that row has.")
     return "\n\n".join(sections + [note]) + "\n"
@@ -448,45 +453,46 @@ def _low_resource_sizes(runs: Sequence[Run]) -> dict[Path, int | None]:
     return size
 
 
-def low_resource_scores(runs: Sequence[Run], metric: str = "score") -> dict[tuple[str, str], dict[int | None, float]]:
-    """{(model, method): {training examples: mean over tasks of the per-task mean over seeds}}."""
+def _low_resource_rows(runs: Sequence[Run], metric: str) -> dict[tuple[str, str], dict[int | None, Row]]:
+    """{(model, method): {training examples: the row of those runs}}, rows with a score only."""
     size = _low_resource_sizes(runs)
     groups: dict[tuple[str, str, int | None], list[Run]] = defaultdict(list)
     for run in runs:
         groups[run.model, run.method, size[run.path]].append(run)
-    scores: dict[tuple[str, str], dict[int | None, float]] = defaultdict(dict)
+    rows: dict[tuple[str, str], dict[int | None, Row]] = defaultdict(dict)
     for (model, method, samples), subset in groups.items():
-        average = _row(model, method, subset, metric).average
-        if average is not None:
-            scores[model, method][samples] = average
-    return dict(scores)
+        row = _row(model, method, subset, metric)
+        if row.average is not None:
+            rows[model, method][samples] = row
+    return dict(rows)
+
+
+def low_resource_scores(runs: Sequence[Run], metric: str = "score") -> dict[tuple[str, str], dict[int | None, float]]:
+    """{(model, method): {training examples: mean over tasks of the per-task mean over seeds}}."""
+    return {key: {samples: row.average for samples, row in by_size.items()} for key, by_size in _low_resource_rows(runs, metric).items()}
 
 
 def low_resource_table(runs: Sequence[Run], metric: str = "score") -> str:
     """Markdown: per model, one row per method, one column per training-set size (Figure 4)."""
     _check_metric(runs, metric)
-    scores = low_resource_scores(runs, metric)
-    size = _low_resource_sizes(runs)
-    sizes = sorted(set(size.values()), key=_size_key)
-    tasks: dict[tuple[str, str, int | None], set[str]] = defaultdict(set)
-    for run in runs:
-        if run.score(metric) is not None:
-            tasks[run.model, run.method, size[run.path]].add(run.task)
+    rows = _low_resource_rows(runs, metric)
+    sizes = sorted(set(_low_resource_sizes(runs).values()), key=_size_key)
     sections, starred = [], False
-    for model in sorted({model for model, _ in scores}):
-        methods = sorted((m for mo, m in scores if mo == model), key=method_key)
+    for model in sorted({model for model, _ in rows}):
+        methods = sorted((m for mo, m in rows if mo == model), key=method_key)
         header = ["method", *(_samples_label(s) for s in sizes)]
         body = []
         for m in methods:
-            everywhere = set.union(*(tasks[model, m, s] for s in scores[model, m]))
+            by_size = rows[model, m]
+            everywhere = set().union(*(row.cells for row in by_size.values()))
             cells = []
             for s in sizes:
-                if s not in scores[model, m]:
+                if s not in by_size:
                     cells.append(MISSING)
                     continue
-                partial = tasks[model, m, s] != everywhere  # an average over fewer tasks than the row has
+                partial = set(by_size[s].cells) != everywhere  # an average over fewer tasks than the row has
                 starred |= partial
-                cells.append(f"{scores[model, m][s]:.1f}" + ("*" if partial else ""))
+                cells.append(f"{by_size[s].average:.1f}" + ("*" if partial else ""))
             body.append([m, *cells])
         sections.append(f"### {model}\n\nTest {metric} (0-100) by training samples per task, "
                         f"averaged over tasks.\n\n{_markdown(header, body)}")
@@ -529,18 +535,17 @@ def _save(plt: Any, fig: Any, path: str | Path) -> None:
     plt.close(fig)
 
 
-def results_plot(runs: Sequence[Run], path: str | Path, metric: str = "score") -> None:
+def results_plot(runs: Sequence[Run], path: str | Path, metric: str = "score", budget: dict[Path, int | None] | None = None) -> None:
     """Average test `metric` vs % trained parameters (log x), a labelled point per method (Figure 1);
     one series per model and training-set budget (as the tables split them). Rows that lack some
-    of their table's tasks (starred averages) are left out: their averages are not comparable."""
+    of their table's tasks (starred averages) are left out: their averages are not comparable.
+    `budget`: as for `results_table`."""
     _check_metric(runs, metric)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    budget = _budgets(runs)
-    series = sorted({(run.model, budget[run.path]) for run in runs}, key=lambda k: (k[0], _size_key(k[1])))
-    several = len({samples for _, samples in series}) > 1
-    for model, samples in series:  # one series per model and training-set size: sizes are never averaged together
-        subset = [run for run in runs if run.model == model and budget[run.path] == samples]
+    budget = _budgets(runs) if budget is None else budget
+    several = len(set(budget.values())) > 1
+    for model, samples, subset in _by_model_and_budget(runs, budget):  # a series per model and training-set size
         rows = aggregate(subset, metric)
         tasks = {t for row in rows for t in row.cells}
         points = [row for row in rows if row.average is not None and set(row.cells) == tasks]  # partial averages: not comparable
@@ -608,5 +613,5 @@ def report_main(run_dirs: list[str], out: str | None = None, plot: str | None = 
     if out is not None:
         _write_text(out, markdown)
     if plot is not None:
-        results_plot(runs, plot, metric)
+        results_plot(runs, plot, metric, budget)
     return markdown
