@@ -15,9 +15,19 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .config import DEFAULT_LEARNING_RATES
+
 PEER_METHODS = ("peft-lora", "ah-compacter++", "ah-compacter")
 PEER_LEARNING_RATES = {"peft-lora": 3e-4, "ah-compacter++": 3e-3, "ah-compacter": 3e-3}
 PEER_WEIGHTS = "peer_model.safetensors"
+
+
+def default_learning_rate(method: str) -> float | None:
+    """The learning rate a method trains at unless told otherwise: the paper's for our methods,
+    the peers' own; None for an unknown method."""
+    return PEER_LEARNING_RATES.get(method, DEFAULT_LEARNING_RATES.get(method))
+
+
 _TASK_TYPES = {"seq2seq": "SEQ_2_SEQ_LM", "encoder": "SEQ_CLS", "decoder": "CAUSAL_LM"}
 
 

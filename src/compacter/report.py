@@ -44,6 +44,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from .peers import default_learning_rate
 from .tasks import TASK_NAMES
 
 RESULTS_FILE = "results.json"
@@ -175,19 +176,12 @@ _NOT_RECIPE = frozenset({
 })
 
 
-def _default_learning_rate(method: str) -> float | None:
-    from .config import DEFAULT_LEARNING_RATES
-    from .peers import PEER_LEARNING_RATES
-
-    return {**DEFAULT_LEARNING_RATES, **PEER_LEARNING_RATES}.get(method)
-
-
 def _recipe(run: Run) -> dict[str, Any]:
     """The run's recorded recipe settings (learning rate resolved: None is the method's default)."""
     config = run.raw.get("config")
     recipe = {k: v for k, v in (config or {}).items() if k not in _NOT_RECIPE} if isinstance(config, dict) else {}
     if "learning_rate" in recipe and recipe["learning_rate"] is None:
-        recipe["learning_rate"] = _default_learning_rate(run.method)
+        recipe["learning_rate"] = default_learning_rate(run.method)
     return recipe
 
 

@@ -31,10 +31,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import checkpoint as ckpt
-from .config import DEFAULT_LEARNING_RATES, METHODS, CompacterConfig
+from .config import METHODS, CompacterConfig
 from .inject import add_adapters, count_parameters, trainable_parameters
 from .modeling import Batcher, family_of, load_model, load_tokenizer, predict_batch
-from .peers import PEER_LEARNING_RATES, PEER_METHODS, PEER_WEIGHTS, add_peer, read_peer, save_peer, trained_tensors
+from .peers import PEER_METHODS, PEER_WEIGHTS, add_peer, default_learning_rate, read_peer, save_peer, trained_tensors
 from .tasks import Example, Task, custom_task, get_task, load_files, paper_splits
 from .tasks.splits import VALIDATION_FROM_TRAIN, apply_protocol, carve, group_units, split_half
 
@@ -131,7 +131,7 @@ class TrainConfig:
     def lr(self) -> float:
         if self.learning_rate is not None:
             return self.learning_rate
-        return PEER_LEARNING_RATES[self.method] if self.is_peer else DEFAULT_LEARNING_RATES[self.method]
+        return default_learning_rate(self.method)
 
     def run_dir(self) -> Path:
         return Path(self.output_dir or f"runs/{self.task}-{self.method}-seed{self.seed}")
