@@ -111,7 +111,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _load_adapted(adapter_dir: str, model: str | None, task_name: str | None):
-    """Base model + saved adapter, ready to predict; the model and task default to the run's."""
+    """Base model + saved adapter, ready to predict; the model and task default to the run's.
+    Returns (model, batcher, task, run config dict, own) where ``own`` is the run's TrainConfig when
+    it trained on the user's own files and no other --task is asked for (else None)."""
     from . import load_adapters, read_adapter_config
     from .modeling import Batcher, family_of, load_model, load_tokenizer
     from .tasks import get_task
@@ -121,10 +123,12 @@ def _load_adapted(adapter_dir: str, model: str | None, task_name: str | None):
     model_path = model or run_config.get("model") or meta.get("base_model")
     if not model_path:
         raise SystemExit("error: the adapter does not name its base model: pass --model")
+    own = None
     if task_name is None and run_config.get("train_file"):  # a run on the user's own files: their task again
         from .training import TrainConfig, resolve_task
 
-        task = resolve_task(TrainConfig.from_dict(run_config))
+        own = TrainConfig.from_dict(run_config)
+        task = resolve_task(own)
     else:
         task = get_task(task_name or run_config.get("task") or _missing("--task"))
     import transformers as T
@@ -134,7 +138,7 @@ def _load_adapted(adapter_dir: str, model: str | None, task_name: str | None):
     load_adapters(net, adapter_dir)
     batcher = Batcher(load_tokenizer(model_path, family), family, task,
                       run_config.get("max_source_length", 128), run_config.get("max_target_length", 16))
-    return net.eval(), batcher, task, run_config
+    return net.eval(), batcher, task, run_config, own
 
 
 def _run_config(adapter_dir: str) -> dict:
@@ -150,11 +154,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .training import evaluate
     from .tasks import paper_splits
 
-    net, batcher, task, run_config = _load_adapted(args.adapter, args.model, args.task)
-    if args.task is None and run_config.get("train_file"):  # the run's own files, split as in training
-        from .training import TrainConfig, load_splits
+    net, batcher, task, run_config, own = _load_adapted(args.adapter, args.model, args.task)
+    if own is not None:  # the run's own files, split as in training
+        from .training import load_splits
 
-        examples = load_splits(TrainConfig.from_dict(run_config), task)[args.split]
+        examples = load_splits(own, task)[args.split]
     else:
         data_dir = args.data_dir or run_config.get("data_dir")
         examples = paper_splits(task, data_dir, seed=run_config.get("split_seed", 42))[args.split]
@@ -169,7 +173,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .tasks.base import join_fields
     from .tasks.data import file_rows
 
-    net, batcher, task, run_config = _load_adapted(args.adapter, args.model, args.task)
+    net, batcher, task, run_config, _ = _load_adapted(args.adapter, args.model, args.task)
     rows: list[dict] = []
     for text in args.text or []:
         parsed = _parse_value(text)
