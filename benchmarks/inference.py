@@ -49,6 +49,23 @@ def build(method: str, args, device):
     return model, trainable, total
 
 
+def runners(model, b, args, device) -> dict:
+    """{"forward": one forward pass, "generate": one greedy generation} of ``model`` on batch ``b``."""
+    fwd_model = torch.compile(model) if args.compile else model
+
+    def forward():
+        with torch.no_grad(), autocast_ctx(device, args.dtype):
+            fwd_model(input_ids=b.input_ids, attention_mask=b.attention_mask, decoder_input_ids=b.decoder_input_ids,
+                      use_cache=False)
+
+    def generate():
+        with torch.no_grad(), autocast_ctx(device, args.dtype):
+            model.generate(input_ids=b.input_ids, attention_mask=b.attention_mask, max_new_tokens=args.tgt_len,
+                           min_new_tokens=args.tgt_len, do_sample=False, num_beams=1)
+
+    return {"forward": forward, "generate": generate}
+
+
 def main(argv=None) -> list[dict]:
     p = common_args(__doc__.split("\n\n")[0])
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated; base is always added. Known: {', '.join(METHODS)}")
@@ -76,19 +93,15 @@ def main(argv=None) -> list[dict]:
             except Skip:
                 continue  # reported below
             peak[m] = {}
+            run = runners(model, b, args, device)
             for kind in kinds:
-                run = (lambda: model(input_ids=b.input_ids, attention_mask=b.attention_mask,
-                                     decoder_input_ids=b.decoder_input_ids, use_cache=False)) if kind == "forward" else \
-                      (lambda: model.generate(input_ids=b.input_ids, attention_mask=b.attention_mask, max_new_tokens=args.tgt_len,
-                                              min_new_tokens=args.tgt_len, do_sample=False, num_beams=1))
-                with torch.no_grad(), autocast_ctx(device, args.dtype):
-                    run()
-                    sync(device)
-                    torch.cuda.reset_peak_memory_stats(device)
-                    run()
-                    sync(device)
+                run[kind]()
+                sync(device)
+                torch.cuda.reset_peak_memory_stats(device)
+                run[kind]()
+                sync(device)
                 peak[m][kind] = torch.cuda.max_memory_allocated(device)
-            del model, run  # run's closure holds the model too
+            del model, run  # the runners' closures hold the model too
             gc.collect()
             torch.cuda.empty_cache()
 
@@ -100,19 +113,7 @@ def main(argv=None) -> list[dict]:
             skipped[m] = str(exc)
             log(f"  skip {m}: {exc}")
             continue
-        fwd_model = torch.compile(model) if args.compile else model
-
-        def forward(fwd_model=fwd_model):
-            with torch.no_grad(), autocast_ctx(device, args.dtype):
-                fwd_model(input_ids=b.input_ids, attention_mask=b.attention_mask, decoder_input_ids=b.decoder_input_ids,
-                          use_cache=False)
-
-        def generate(model=model):
-            with torch.no_grad(), autocast_ctx(device, args.dtype):
-                model.generate(input_ids=b.input_ids, attention_mask=b.attention_mask, max_new_tokens=args.tgt_len,
-                               min_new_tokens=args.tgt_len, do_sample=False, num_beams=1)
-
-        rows.append(dict(method=m, model=model, trainable=trainable, total=total, forward=forward, generate=generate,
+        rows.append(dict(method=m, model=model, trainable=trainable, total=total, **runners(model, b, args, device),
                          times={"forward": [], "generate": []}, peak=peak.get(m, {})))
         log(f"  built {m}")
 
