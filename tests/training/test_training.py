@@ -293,6 +293,9 @@ def test_decoder_prompts_too_long_lose_the_end_of_their_longest_field(model_dirs
     assert text.startswith("text : 0 1 2") and text.endswith("label : 7 7 7 . answer :")
     short = Example(join_fields({"label": "7 ."}), "1", 1, fields={"label": "7 ."})
     assert tok.decode(batcher.prompt_ids(short)[1:]) == "label : 7 . answer :"  # short prompts untouched
+    bare = Example(example.source, "1", 1)  # no separate fields: the start token and the prompt's end are kept
+    bare_ids = batcher.prompt_ids(bare)
+    assert len(bare_ids) == 24 and bare_ids[0] == bos and tok.decode(bare_ids[1:]).endswith("label : 7 7 7 . answer :")
     # training, label scoring and generation all see exactly these prompt tokens
     assert batcher.train_batch([example])["input_ids"][0, :24].tolist() == ids
     model = T.AutoModelForCausalLM.from_pretrained(model_dirs["decoder"]).eval()
