@@ -137,7 +137,8 @@ RECORD_RELEASE = {"idx": 3, "source": "x", "passage": {"text": PASSAGE, "entitie
     "qas": [{"idx": 9, "query": "@placeholder hosted the talks.", "answers": [
         {"start": 10, "end": 15, "text": "Merkel"}, {"start": 10, "end": 15, "text": "Merkel"},
         {"start": 20, "end": 25, "text": "Berlin"}]}]}
-RECORD_SOURCE = f"query: @placeholder hosted the talks. entities: Obama, Merkel, Berlin passage: {PASSAGE_CLEAN}"
+# entities: unique and sorted as text, as the TFDS / HF `super_glue` builders gave the released code
+RECORD_SOURCE = f"query: @placeholder hosted the talks. entities: Berlin, Merkel, Obama passage: {PASSAGE_CLEAN}"
 
 
 def test_record_one_example_per_unique_answer():
@@ -149,9 +150,11 @@ def test_record_one_example_per_unique_answer():
 
 
 def test_record_hub_layout():
-    hub = {"passage": PASSAGE, "query": "@placeholder hosted the talks.", "entities": ["Obama", "Merkel", "Berlin"],
-           "answers": ["Merkel", "Berlin"], "idx": {"passage": 3, "query": 9}}
-    assert get_task("record").format(hub) == get_task("record").format(RECORD_RELEASE)
+    # whatever order (and repeats) the hub's entity list has, the prompt is the release layout's
+    for entities in (["Obama", "Merkel", "Berlin"], ["Merkel", "Berlin", "Obama", "Merkel"]):
+        hub = {"passage": PASSAGE, "query": "@placeholder hosted the talks.", "entities": entities,
+               "answers": ["Merkel", "Berlin"], "idx": {"passage": 3, "query": 9}}
+        assert get_task("record").format(hub) == get_task("record").format(RECORD_RELEASE)
 
 
 def test_record_without_answers_gives_one_empty_target():

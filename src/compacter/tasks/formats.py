@@ -119,15 +119,11 @@ def clean_highlights(passage: str) -> str:
     return re.sub(r"\n@highlight\n", ". ", passage)
 
 
-def _unique(items: list[str]) -> list[str]:
-    return list(dict.fromkeys(items))
-
-
 def _record_entities(passage: Mapping[str, Any]) -> list[str]:
-    """Entity strings of a release-layout passage, by position, duplicates removed."""
+    """Entity strings of a release-layout passage, duplicates removed, sorted as text: the order
+    the TFDS / Hugging Face `super_glue` builders gave the released code (`sorted(set(...))`)."""
     text = passage["text"]
-    spans = sorted(passage["entities"], key=lambda e: (e["start"], e["end"]))
-    return _unique([text[e["start"] : e["end"] + 1] for e in spans])
+    return sorted({text[e["start"] : e["end"] + 1] for e in passage["entities"]})
 
 
 def _record_queries(raw: Mapping[str, Any]) -> tuple[str, list[str], list[tuple[str, list[str], str]]]:
@@ -140,7 +136,7 @@ def _record_queries(raw: Mapping[str, Any]) -> tuple[str, list[str], list[tuple[
         return raw["passage"]["text"], _record_entities(raw["passage"]), queries
     idx = raw["idx"]
     group = f"{idx['passage']}-{idx['query']}"
-    return raw["passage"], _unique(list(raw["entities"])), [(raw["query"], list(raw["answers"]), group)]
+    return raw["passage"], sorted(set(raw["entities"])), [(raw["query"], list(raw["answers"]), group)]
 
 
 def format_record(task: Task, raw: Mapping[str, Any]) -> list[Example]:
