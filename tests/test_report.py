@@ -250,6 +250,15 @@ def test_whole_sets_larger_than_the_budget_keep_their_own_table(tmp_path):
     assert "smaller training sets whole" not in markdown
 
 
+def test_grouped_tasks_are_sized_in_questions_as_train_samples_counts_them(tmp_path):
+    # MultiRC: 300 questions with 1,500 answers is within a budget of 500 (questions), as the
+    # subsampling counts; older results files without train_units fall back to train_examples
+    write_run(tmp_path, "mrpc", task="mrpc", train_samples=500, train_examples=500, train_units=500)
+    write_run(tmp_path, "multirc", task="multirc", train_samples=None, train_examples=1500, train_units=300)
+    markdown = results_table(load_runs([tmp_path]))
+    assert markdown.count("### ") == 1 and "smaller training sets whole: multirc 300" in markdown, markdown
+
+
 def test_low_resource_places_one_tasks_whole_set_at_its_size(tmp_path):
     for n, score in ((100, 60.0), (1000, 70.0)):
         write_run(tmp_path, f"n{n}", task="mrpc", score=score, train_samples=n, train_examples=n)

@@ -68,7 +68,9 @@ class Run:
     train_seconds: float | None = None
     peak_memory_bytes: int | None = None
     train_samples: int | None = None
-    train_examples: int | None = None  # how many training examples the run used (newer results files)
+    # how many training examples the run used (newer results files), counted as train_samples counts
+    # them: questions for MultiRC/ReCoRD (results.json "train_units"), examples elsewhere
+    train_examples: int | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def score(self, metric: str = "score") -> float | None:
@@ -139,9 +141,18 @@ def _parse_run(data: Any, file: Path) -> Run:
         # GPU runs: the peak of allocated CUDA memory; CPU runs: the process's peak resident set
         peak_memory_bytes=data.get("peak_memory_bytes") if data.get("peak_memory_bytes") is not None else data.get("peak_rss_bytes"),
         train_samples=samples,
-        train_examples=data.get("train_examples") if isinstance(data.get("train_examples"), int) else None,
+        train_examples=_train_size(data),
         raw=data,
     )
+
+
+def _train_size(data: dict[str, Any]) -> int | None:
+    """The run's training-set size in train_samples' units: "train_units" (groups), else, in
+    results files before it, "train_examples" (the same for every task but MultiRC/ReCoRD)."""
+    for key in ("train_units", "train_examples"):
+        if isinstance(data.get(key), int) and not isinstance(data.get(key), bool):
+            return data[key]
+    return None
 
 
 def load_run(file: str | Path) -> Run:

@@ -78,7 +78,7 @@ class TrainConfig:
     eval_batch_size: int = _f(64, "examples per evaluation batch")
     max_eval_samples: int | None = _f(None, "evaluate on at most this many validation examples (speed)")
     early_stopping: int | None = _f(None, "stop after this many evaluations without improvement")
-    train_samples: int | None = _f(None, "subsample the training set to N examples (low-resource runs; seeded)")
+    train_samples: int | None = _f(None, "subsample the training set to N examples (low-resource runs; seeded); MultiRC and ReCoRD count questions, whose answers stay together")
     seed: int = _f(42, "seed for the data order, the adapter initialisation and the subsampling")
     split_seed: int = _f(42, "seed of the paper's validation/test split (keep 42 to compare with the paper)")
     mixed_precision: str = _f("no", "no, bf16 or fp16 (autocast through Accelerate)")
@@ -611,7 +611,9 @@ def _finish(cfg, run, model, batcher, splits, accelerator, task, model_path, tra
         "task": task.name, "method": cfg.method, "model": model_path, "seed": cfg.seed,
         "trainable_params": trainable, "total_params": total, "percent_trainable": 100 * trainable / total,
         "validation": validation, "test": test, "before": before, "best_step": progress["best_step"],
-        "steps": progress["step"], "train_examples": len(splits["train"]), "train_seconds": seconds, "peak_memory_bytes": peak, "peak_rss_bytes": _peak_rss(),
+        "steps": progress["step"], "train_examples": len(splits["train"]),
+        "train_units": len(group_units(splits["train"])),  # what train_samples counts: questions for MultiRC/ReCoRD
+        "train_seconds": seconds, "peak_memory_bytes": peak, "peak_rss_bytes": _peak_rss(),
         "adapter_bytes": _dir_bytes(best) if best.exists() else None, "config": cfg.to_dict(),
     }
     if accelerator.is_main_process:

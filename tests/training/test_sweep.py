@@ -19,7 +19,7 @@ def test_sweep_runs_each_run_in_its_own_process_and_resumes(model_dirs, tmp_path
     assert [(x["task"], x["method"]) for x in lines] == [("demo", "compacter++"), ("demo", "bitfit")]
     for method in ("compacter++", "bitfit"):
         results = json.loads((out / f"demo-{method}-seed42" / "results.json").read_text())
-        assert results["steps"] == 2 and results["peak_rss_bytes"] > 0 and results["train_examples"] == 300  # the demo task whole
+        assert results["steps"] == 2 and results["peak_rss_bytes"] > 0 and results["train_examples"] == results["train_units"] == 300  # the demo task whole
         assert results["config"]["adapter"] == {"reduction_factor": 4}
         assert (out / f"demo-{method}-seed42.log").exists()
     table = (out / "table.md").read_text()

@@ -342,3 +342,20 @@ def test_adapterhub_peer_runs_through_the_same_pipeline(model_dirs, method, tmp_
     assert any("phm_rule" in k for k in saved) and any("classifier" in k for k in saved), sorted(saved)
     assert results["trainable_params"] == sum(t.numel() for t in saved.values()) and results["steps"] == 4
     assert adapters.__version__
+
+
+def test_grouped_task_subsamples_and_records_questions(model_dirs, tmp_path):
+    """MultiRC: train_samples draws questions (their answers stay together); results.json records
+    both the answers trained on and the questions, the unit train_samples and the report count."""
+    def passage(idx, questions):
+        return {"idx": idx, "passage": {"text": f"Passage {idx}.", "questions": [
+            {"idx": q, "question": f"Q{q}?", "answers": [{"idx": a, "text": f"a{a}", "label": a % 2} for a in range(3)]}
+            for q in range(questions)]}}
+    folder = tmp_path / "data" / "MultiRC"
+    folder.mkdir(parents=True)
+    (folder / "train.jsonl").write_text("".join(json.dumps(passage(i, 2)) + "\n" for i in range(3)))
+    (folder / "val.jsonl").write_text("".join(json.dumps(passage(10 + i, 1)) + "\n" for i in range(4)))
+    cfg = _cfg(model_dirs, "seq2seq", tmp_path, task="multirc", data_dir=str(tmp_path / "data"), train_samples=4,
+               max_steps=1, eval_every=None)
+    results = train(cfg, log=lambda *a: None)
+    assert (results["train_units"], results["train_examples"]) == (4, 12)
