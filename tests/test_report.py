@@ -213,6 +213,30 @@ def test_figure1_keeps_training_set_sizes_apart(tmp_path, monkeypatch):
     assert sorted(t.get_text() for t in ax.texts) == ["compacter++", "compacter++"]
 
 
+@needs_matplotlib
+def test_figure1_labels_of_equal_scores_do_not_overlap(tmp_path, monkeypatch):
+    import compacter.report as report
+    from matplotlib.text import Text
+
+    # seven methods at one score, close together on the log axis: their names used to overprint
+    methods = ["adapter", "pfeiffer", "adapter-lowrank", "phm-adapter", "bitfit", "compacter", "compacter++"]
+    for i, method in enumerate(methods):
+        write_run(tmp_path, method, method=method, score=57.8, percent=0.06 * 1.35 ** i)
+    write_run(tmp_path, "same-point", method="peft-lora", score=57.8, percent=0.06)  # on adapter's point: one label
+    seen = []
+    monkeypatch.setattr(report, "_save", lambda plt, fig, path: seen.append(fig))
+    results_plot(load_runs([tmp_path]), tmp_path / "fig1.png")
+    fig = seen[0]
+    ax, renderer = fig.axes[0], fig.canvas.get_renderer()
+    assert sorted(t.get_text() for t in ax.texts) == sorted(["adapter, peft-lora", *methods[1:]])
+    boxes = [Text.get_window_extent(t, renderer) for t in ax.texts]
+    overlapping = [(a.get_text(), b.get_text()) for i, (a, x) in enumerate(zip(ax.texts, boxes))
+                   for b, y in list(zip(ax.texts, boxes))[i + 1:] if x.overlaps(y)]
+    assert overlapping == []
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+
+
 def test_missing_matplotlib_gives_a_clear_error(tmp_path, monkeypatch):
     import builtins
 

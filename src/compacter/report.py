@@ -558,15 +558,48 @@ def results_plot(runs: Sequence[Run], path: str | Path, metric: str = "score", b
             continue
         label = _model_label(model) + (f", {_samples_label(samples)} training samples" if several else "")
         ax.scatter([r.percent_trainable for r in points], [r.average for r in points], label=label)
+        names: dict[tuple[float, float], list[str]] = defaultdict(list)  # methods on one point share a label
         for r in points:
-            ax.annotate(r.method, (r.percent_trainable, r.average), textcoords="offset points",
-                        xytext=(4, 4), fontsize=8)
+            names[r.percent_trainable, r.average].append(r.method)
+        for xy, methods in names.items():
+            ax.annotate(", ".join(methods), xy, textcoords="offset points", xytext=_LABEL_OFFSETS[0], fontsize=8,
+                        arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.6", "shrinkA": 0, "shrinkB": 3})
     ax.set_xscale("log")
     ax.set_xlabel("% trained parameters (log scale)")
     ax.set_ylabel(f"average test {metric}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(title="model")
+    _separate_labels(fig, ax)
     _save(plt, fig, path)
+
+
+# label offsets (points) tried in turn until a label overlaps no other point and no label placed before it
+_LABEL_OFFSETS = ((4, 4), (4, -12), (4, 14), (4, -22), (4, 24), (4, -32), (4, 34), (4, -42), (4, 44))
+
+
+def _separate_labels(fig: Any, ax: Any) -> None:
+    """Move point labels, left to right, to the first offset where they overlap no point and no
+    earlier label (methods with equal averages sit on one line; their names used to print over
+    each other); a thin line joins each label to its point."""
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+
+    fig.tight_layout()
+    renderer = fig.canvas.get_renderer()
+    r = 3.5 * fig.dpi / 72  # markers are obstacles too: a label does not cover another point
+    centres = [ax.transData.transform(xy) for collection in ax.collections for xy in collection.get_offsets()]
+    markers = [(x, y, Bbox.from_extents(x - r, y - r, x + r, y + r)) for x, y in centres]
+    placed: list[Any] = []
+    for text in sorted(ax.texts, key=lambda t: (t.xy[0], t.xy[1])):
+        own = ax.transData.transform(text.xy)
+        others = [box for x, y, box in markers if abs(x - own[0]) > 0.5 or abs(y - own[1]) > 0.5]
+        for offset in _LABEL_OFFSETS:
+            text.xyann = offset
+            text.update_positions(renderer)
+            box = Text.get_window_extent(text, renderer).expanded(1.05, 1.1)  # the words, not the line
+            if not any(box.overlaps(other) for other in placed + others):
+                break
+        placed.append(box)
 
 
 def low_resource_plot(runs: Sequence[Run], path: str | Path, metric: str = "score") -> None:
