@@ -43,7 +43,8 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     from .training import TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
-    parser.add_argument("--config", help="a run's config.json: repeat that run (flags given here override it)")
+    parser.add_argument("--config", help="a run's config.json: train with its settings (flags given here override "
+                        "them); with its own output folder an unfinished run resumes, so give a new --output-dir to repeat it")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata.get("help", "").replace("%", "%%")
@@ -58,7 +59,8 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
             base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
             if type(None) in typing.get_args(hint) and f.default is not None:  # e.g. --max-grad-norm none
                 base = _or_none(base)
-            parser.add_argument(flag, type=base, default=None, help=f"{help_text} (default: {f.default})",
+            shown = "" if f.default is None and "default:" in help_text else f" (default: {f.default})"
+            parser.add_argument(flag, type=base, default=None, help=help_text + shown,
                                 choices=METHODS + PEER_METHODS if f.name == "method" else None)
 
 
@@ -76,7 +78,7 @@ def _or_none(base: type):
 #: The offline demo (no --task, no --config): settings that train the bundled task in a few CPU minutes.
 DEMO_DEFAULTS = {"epochs": 10, "batch_size": 16}
 #: ... and for the default method (no --method): the paper's 3e-3 learns too slowly in the demo's
-#: ~190 steps, 1e-2 reaches ~80-90% accuracy. A method named on the command line keeps its paper rate.
+#: 180 steps, 1e-2 reaches ~80-90% accuracy. A method named on the command line keeps its paper rate.
 DEMO_LEARNING_RATE = 1e-2
 
 
@@ -261,6 +263,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ImportError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:  # a diverged run: the message says what was kept and what to try
+        from .training import TrainingDiverged
+
+        if not isinstance(err, TrainingDiverged):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -424,6 +424,10 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
         raise ValueError(f"--grad-accum {cfg.grad_accum} needs at least {cfg.grad_accum} batches per epoch on each process; "
                          f"{len(splits['train'])} training examples at --batch-size {cfg.batch_size} on "
                          f"{accelerator.num_processes} process(es) give {per_epoch}: lower --grad-accum or --batch-size")
+    steps_per_epoch = per_epoch // cfg.grad_accum  # an epoch's last (per_epoch mod grad_accum) batches are skipped
+    total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
+    run = cfg.run_dir()
+    _refuse_finished(cfg, run, total_steps)
     model_path = cfg.model or default_model_path()
     import transformers as T
 
@@ -438,7 +442,6 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
         add_adapters(model, cfg.adapter_config())
     trainable, total = count_parameters(model)
     batcher = Batcher(tokenizer, family, task, cfg.max_source_length, cfg.max_target_length)
-    run = cfg.run_dir()
     if main:
         run.mkdir(parents=True, exist_ok=True)
         (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
@@ -447,8 +450,6 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
         f"model {model_path} ({family}); method {cfg.method}: {trainable:,} trainable of {total:,} parameters "
         f"({100 * trainable / total:.4f}%)")
 
-    steps_per_epoch = per_epoch // cfg.grad_accum  # an epoch's last (per_epoch mod grad_accum) batches are skipped
-    total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(500, total_steps // 10)
     params = trainable_parameters(model)
     # fused AdamW: one kernel for all (many, tiny) adapter tensors instead of a loop over them
@@ -459,7 +460,10 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     raw_model = accelerator.unwrap_model(model)
     forward = torch.compile(model) if cfg.compile else model
 
-    progress = {"step": 0, "epoch": 0, "batch": 0, "best_score": None, "best_step": None, "stale": 0, "history": []}
+    # "seconds": training time up to the last checkpoint and "before": the untrained model's test
+    # scores, both kept in last/ so that a resumed run reports the whole run's
+    progress = {"step": 0, "epoch": 0, "batch": 0, "best_score": None, "best_step": None, "stale": 0, "history": [],
+                "seconds": 0.0, "before": None}
     if cfg.resume and main:  # a crash inside a checkpoint swap left last.old: put it back
         _recover(run / "last")
         _recover(run / "best")
@@ -467,31 +471,31 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     if cfg.resume and (run / "last" / "train_state.json").exists():
         progress = _resume(run / "last", raw_model, optimizer, scheduler)
         say(f"resumed from {run / 'last'} at step {progress['step']} (epoch {progress['epoch']}, batch {progress['batch']})")
-    before = None
     if cfg.eval_before and progress["step"] == 0:
-        before = evaluate(raw_model, batcher, splits["test"], accelerator, cfg.eval_batch_size, cfg.decoder_predict)
-        say(f"before training: test {_fmt(before)}")
+        progress["before"] = evaluate(raw_model, batcher, splits["test"], accelerator, cfg.eval_batch_size, cfg.decoder_predict)
+        say(f"before training: test {_fmt(progress['before'])}")
 
     writer = _tensorboard(run) if main else None
     bar = _progress_bar(cfg, total_steps, progress["step"], main)
-    start = time.perf_counter()
+    start = time.perf_counter() - progress.get("seconds", 0.0)  # last/ of older versions has no "seconds"
     model.train()
     try:
         _train_loop(cfg, run, model, forward, raw_model, batcher, splits, validation, accelerator, optimizer, scheduler,
-                    params, total_steps, progress, writer, bar, say)
+                    params, total_steps, progress, writer, bar, say, start)
     finally:
         if bar:
             bar.close()
         if writer:
             writer.close()
     train_seconds = time.perf_counter() - start
-    return _finish(cfg, run, raw_model, batcher, splits, accelerator, task, model_path, trainable, total, before, progress,
-                   train_seconds, say)
+    return _finish(cfg, run, raw_model, batcher, splits, accelerator, task, model_path, trainable, total,
+                   progress.get("before"), progress, train_seconds, say)
 
 
 def _train_loop(cfg, run, model, forward, raw_model, batcher, splits, validation, accelerator, optimizer, scheduler,
-                params, total_steps, progress, writer, bar, say) -> None:
-    """Optimizer steps until ``total_steps`` or early stopping, evaluating and checkpointing on the way."""
+                params, total_steps, progress, writer, bar, say, start: float) -> None:
+    """Optimizer steps until ``total_steps`` or early stopping, evaluating and checkpointing on the way;
+    ``start``: the perf_counter() at which this run's training would have begun without interruptions."""
     done = progress["step"] >= total_steps
     # the training loss since the last evaluation, summed on the device: no host sync per step
     loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
@@ -533,6 +537,7 @@ def _train_loop(cfg, run, model, forward, raw_model, batcher, splits, validation
                     progress["epoch"], progress["batch"] = progress["epoch"] + 1, 0
                 train_loss = accelerator.reduce(loss_sum / max(loss_count, 1), "mean").item()  # over processes too
                 loss_sum, loss_count = torch.zeros_like(loss_sum), 0
+                progress["seconds"] = time.perf_counter() - start
                 stop = _evaluate_and_checkpoint(cfg, run, raw_model, batcher, validation, accelerator, optimizer, scheduler,
                                                 progress, writer, say, train_loss)
                 done = done or stop
@@ -540,6 +545,21 @@ def _train_loop(cfg, run, model, forward, raw_model, batcher, splits, validation
                 progress["epoch"], progress["batch"] = progress["epoch"] + 1, 0
             if done:
                 break
+
+
+def _refuse_finished(cfg: TrainConfig, run: Path, total_steps: int) -> None:
+    """A run folder whose run finished (results.json, and last/ at its final step or early-stopped)
+    has nothing left to resume: training "again" there would only re-test best/ and overwrite
+    results.json. Raised before anything is written."""
+    state = run / "last" / "train_state.json"
+    if not (cfg.resume and (run / "results.json").exists() and state.exists()):
+        return
+    progress = json.loads(state.read_text())["progress"]
+    stopped = bool(cfg.early_stopping and progress.get("stale", 0) >= cfg.early_stopping)
+    if progress["step"] >= total_steps or stopped:
+        raise ValueError(f"{run} holds a finished run (results.json; last/ at step {progress['step']} of {total_steps}"
+                         f"{', early-stopped' if stopped else ''}): nothing to resume. To train it again, give another "
+                         f"--output-dir (or --no-resume to start over in this folder)")
 
 
 def _peak_rss() -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -84,7 +85,7 @@ def test_resume_after_a_crash_ends_like_an_uninterrupted_run(model_dirs, family,
 
 def test_resume_after_a_crash_inside_a_checkpoint_swap(model_dirs, tmp_path, monkeypatch):
     """Killed between moving last/ aside and moving the new one in: resume finds last.old."""
-    cfg = _cfg(model_dirs, "encoder", tmp_path, eval_every=2, max_steps=4, eval_before=False)
+    cfg = _cfg(model_dirs, "encoder", tmp_path, eval_every=2, max_steps=4)
     real_replace = training.os.replace
 
     def crash_in_second_swap(src, dst):
@@ -103,6 +104,25 @@ def test_resume_after_a_crash_inside_a_checkpoint_swap(model_dirs, tmp_path, mon
     results = train(cfg, log=logs.append)
     assert any("resumed" in line and "step 2" in line for line in logs)
     assert results["steps"] == 4 and not (run / "last.old").exists()
+    # the resumed run reports the whole run: the untrained model's scores and the time before the crash
+    assert results["before"] is not None and not any("before training" in line for line in logs)
+    assert results["train_seconds"] >= json.loads((run / "last" / "train_state.json").read_text())["progress"]["seconds"] > 0
+
+
+def test_a_finished_run_is_not_trained_again_in_its_folder(model_dirs, tmp_path):
+    cfg = _cfg(model_dirs, "encoder", tmp_path, max_steps=2, eval_every=2)
+    train(cfg, log=lambda *a: None)
+    run = tmp_path / "run-encoder"
+    files = {name: (run / name).read_bytes() for name in ("results.json", "config.json")}
+    with pytest.raises(ValueError, match="holds a finished run .*step 2 of 2.*--output-dir"):
+        train(cfg, log=lambda *a: None)
+    assert {name: (run / name).read_bytes() for name in files} == files  # nothing rewritten
+    assert main(["train", "--config", str(run / "config.json")]) == 2
+    # more steps: the finished run is extended from last/; --no-resume starts over in the folder
+    assert train(dataclasses.replace(cfg, max_steps=4), log=lambda *a: None)["steps"] == 4
+    logs = []
+    assert train(dataclasses.replace(cfg, resume=False), log=logs.append)["steps"] == 2
+    assert not any("resumed" in line for line in logs)
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(model_dirs, tmp_path, monkeypatch):
@@ -130,6 +150,15 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     assert state["progress"]["step"] == 2  # calls: train, train, eval (step 2 saved), train, train -> nan
     saved = load_file(tmp_path / "run-encoder" / "last" / WEIGHTS_NAME)
     assert all(torch.isfinite(t).all() for t in saved.values())
+
+
+def test_cli_reports_a_diverged_run_as_an_error_not_a_traceback(monkeypatch, capsys):
+    def diverge(cfg, log=print):
+        raise TrainingDiverged("loss is nan at step 3 (epoch 0, batch 4); the last good checkpoint is kept in x")
+
+    monkeypatch.setattr(training, "train", diverge)
+    assert main(["train", "--task", "demo", "--max-steps", "1"]) == 1
+    assert capsys.readouterr().err.startswith("error: loss is nan at step 3")
 
 
 def test_epoch_batches_shard_one_global_order():
