@@ -188,7 +188,10 @@ def test_plots_are_png_files(tmp_path):
     report_main([str(tmp_path / "runs")], out=None, plot=str(tmp_path / "figs" / "fig1.png"))
     low_resource_plot(runs, tmp_path / "fig4.png")
     results_plot(runs, tmp_path / "fig1-accuracy.png", metric="accuracy")
-    for name in ["figs/fig1.png", "fig4.png", "fig1-accuracy.png"]:
+    from compacter.cli import main
+
+    assert main(["report", str(tmp_path / "runs"), "--low-resource-plot", str(tmp_path / "cli" / "fig4.png")]) == 0
+    for name in ["figs/fig1.png", "fig4.png", "fig1-accuracy.png", "cli/fig4.png"]:
         assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
 
 

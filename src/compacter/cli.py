@@ -208,7 +208,7 @@ def cmd_params(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import report_main
 
-    print(report_main(args.runs, args.out, args.plot))
+    print(report_main(args.runs, args.out, args.plot, low_resource_plot_path=args.low_resource_plot))
     return 0
 
 
@@ -242,12 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"methods to count (default: all of {', '.join(METHODS)})")
     params.add_argument("--adapter", action="append", metavar="KEY=VALUE", help="CompacterConfig overrides for every method")
     params.set_defaults(func=cmd_params)
-    report = sub.add_parser("report", help="run directories -> markdown table and score-vs-parameters plot",
-                            description="Summarise run directories (their results.json) as a markdown table and a plot of score "
-                            "against %% trained parameters (the paper's Figure 1).")
+    report = sub.add_parser("report", help="run directories -> markdown tables and the paper's Figure 1/Figure 4 plots",
+                            description="Summarise run directories (their results.json) as markdown tables (with a low-resource "
+                            "table when the runs used several training-set sizes), and plot score against %% trained "
+                            "parameters (the paper's Figure 1) and against training-set size (Figure 4).")
     report.add_argument("runs", nargs="+", help="run directories, or folders holding several")
-    report.add_argument("--out", help="write the markdown table here")
-    report.add_argument("--plot", help="write the plot here (PNG)")
+    report.add_argument("--out", help="write the markdown here")
+    report.add_argument("--plot", help="write Figure 1 here (PNG): average score against %% trained parameters")
+    report.add_argument("--low-resource-plot", help="write Figure 4 here (PNG): score against training-set size, a line per method")
     report.set_defaults(func=cmd_report)
     return parser
 

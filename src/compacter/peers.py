@@ -58,7 +58,7 @@ def _add_adapterhub(model: nn.Module, method: str, family: str, options: dict) -
         import adapters
     except ImportError:
         raise ImportError(f"--method {method} needs AdapterHub's `adapters`, which pins transformers 4.x: run it in "
-                          "its own environment (docs/RESULTS.md says how)") from None
+                          "its own environment (the README's command-line section shows the venv)") from None
     config_class = adapters.CompacterPlusPlusConfig if method == "ah-compacter++" else adapters.CompacterConfig
     adapters.init(model)
     model.add_adapter("peer", config=config_class(**options))

@@ -58,7 +58,8 @@ def placement_for(model: nn.Module, attention: tuple[str, ...] | None, ffn: tupl
             f"no adapter placement is known for model_type={mtype!r} ({type(model).__name__}); "
             f"known: {', '.join(sorted(PLACEMENTS))}. Name the modules yourself with regexes over "
             "model.named_modules(), e.g. CompacterConfig(attention_modules=[r'.*layers\\.\\d+\\.attn\\.out_proj'], "
-            "ffn_modules=[r'.*layers\\.\\d+\\.mlp\\.fc_out']) (or --attention-modules / --ffn-modules on the CLI)"
+            "ffn_modules=[r'.*layers\\.\\d+\\.mlp\\.fc_out']); on the command line, a JSON list: "
+            "--adapter 'ffn_modules=[\".*mlp\\\\.fc_out\"]'"
         )
     return Placement(attention if attention is not None else known.attention, ffn if ffn is not None else known.ffn)
 

@@ -636,8 +636,11 @@ def _write_text(path: str | Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
-def report_main(run_dirs: list[str], out: str | None = None, plot: str | None = None, metric: str = "score") -> str:
-    """`compacter report`: the markdown for `run_dirs`, written to `out` and plotted to `plot` if given.
+def report_main(run_dirs: list[str], out: str | None = None, plot: str | None = None, metric: str = "score",
+                low_resource_plot_path: str | None = None) -> str:
+    """`compacter report`: the markdown for `run_dirs`, written to `out` if given; Figure 1 (score
+    against % trained parameters) to `plot` and Figure 4 (score against training-set size) to
+    `low_resource_plot_path` if given.
 
     When the runs use several training-set budgets, the low-resource table is appended.
     """
@@ -652,4 +655,6 @@ def report_main(run_dirs: list[str], out: str | None = None, plot: str | None = 
         _write_text(out, markdown)
     if plot is not None:
         results_plot(runs, plot, metric, budget)
+    if low_resource_plot_path is not None:
+        low_resource_plot(runs, low_resource_plot_path, metric)
     return markdown

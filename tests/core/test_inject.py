@@ -98,6 +98,17 @@ def test_t5_base_trainable_counts_equal_the_paper(method, expected):
     assert total == base_total + trainable - 47_616  # the 62 layer norms are base parameters, counted once
 
 
+def test_t5_base_table_of_the_readme():
+    """Every row of the README's methods table: trainable count and % of T5-base (4 decimals)."""
+    from compacter.params import count_methods
+
+    table = {"compacter": (161_728, "0.0726"), "compacter++": (104_704, "0.0470"), "phm-adapter": (398_976, "0.1790"),
+             "adapter": (1_855_104, "0.8322"), "pfeiffer": (951_360, "0.4268"), "adapter-lowrank": (161_664, "0.0725"),
+             "bitfit": (250_368, "0.1123"), "full": (222_903_552, "100.0000")}
+    rows = count_methods("t5-base-shapes", list(table))
+    assert {r["method"]: (r["trainable"], f"{r['percent']:.4f}") for r in rows} == table
+
+
 def test_paper_formula_for_compacter_parts():
     with torch.device("meta"):
         model = T.T5ForConditionalGeneration(t5_base_config())
