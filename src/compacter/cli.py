@@ -83,7 +83,7 @@ DEMO_LEARNING_RATE = 1e-2
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training import TrainConfig, end_distributed, train
+    from .training import TrainConfig, TrainingDiverged, end_distributed, train
 
     data: dict[str, Any] = {}
     if args.config:
@@ -101,15 +101,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         elif f.name == "adapter":
             value = {**data.get("adapter", {}), **parse_key_values(value)}
         data[f.name] = value
+    rc = 0
     try:
         train(TrainConfig.from_dict(data))
+    except TrainingDiverged as err:  # the message says what was kept and what to try
+        print(f"error: {err}", file=sys.stderr)
+        rc = 1
+    except (ValueError, ImportError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        rc = 2
     finally:
         gloo = end_distributed()
-    if gloo:  # see end_distributed: skip the interpreter shutdown that can abort gloo processes
+    if gloo:  # see end_distributed: skip the interpreter shutdown that can abort gloo processes (errors too)
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(0)
-    return 0
+        os._exit(rc)
+    return rc
 
 
 def _load_adapted(adapter_dir: str, model: str | None, task_name: str | None):
@@ -265,13 +272,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ImportError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except RuntimeError as err:  # a diverged run: the message says what was kept and what to try
-        from .training import TrainingDiverged
-
-        if not isinstance(err, TrainingDiverged):
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 1
 
 
 if __name__ == "__main__":

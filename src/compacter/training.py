@@ -8,7 +8,8 @@ same global batches as a run on one process with an N-times larger batch.
 
 Run directory::
 
-    config.json        the resolved TrainConfig (``compacter train --config run/config.json`` repeats the run)
+    config.json        the resolved TrainConfig (``compacter train --config run/config.json --output-dir new``
+                       repeats the run; without --output-dir it resumes this one)
     metrics.jsonl      one line per evaluation: step, epoch, train_loss (mean since the previous one), validation metrics
     best/              the adapter with the best validation score (adapter-only checkpoint)
     last/              the latest adapter + optimizer/scheduler/RNG state, to resume after a crash
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -443,6 +445,8 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     trainable, total = count_parameters(model)
     batcher = Batcher(tokenizer, family, task, cfg.max_source_length, cfg.max_target_length)
     if main:
+        if not cfg.resume:
+            _clear_run(run)
         run.mkdir(parents=True, exist_ok=True)
         (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     validation = splits["validation"][: cfg.max_eval_samples] if cfg.max_eval_samples else splits["validation"]
@@ -496,7 +500,7 @@ def _train_loop(cfg, run, model, forward, raw_model, batcher, splits, validation
                 params, total_steps, progress, writer, bar, say, start: float) -> None:
     """Optimizer steps until ``total_steps`` or early stopping, evaluating and checkpointing on the way;
     ``start``: the perf_counter() at which this run's training would have begun without interruptions."""
-    done = progress["step"] >= total_steps
+    done = _finished(cfg, progress, total_steps)
     # the training loss since the last evaluation, summed on the device: no host sync per step
     loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
     while not done:
@@ -509,8 +513,14 @@ def _train_loop(cfg, run, model, forward, raw_model, batcher, splits, validation
             batch = {k: v.to(accelerator.device) for k, v in batcher.train_batch([splits["train"][i] for i in batches[b]]).items()}
             with accelerator.accumulate(model):
                 loss = forward(**batch).loss
-                if not torch.isfinite(loss.detach()).all():
-                    raise TrainingDiverged(f"loss is {loss.item()} at step {progress['step']} (epoch {progress['epoch']}, batch {b}); "
+                finite = torch.isfinite(loss.detach()).all()
+                if accelerator.num_processes > 1:  # all processes stop together: one raising alone would
+                    # leave the others waiting in the gradient all-reduce until its timeout
+                    finite = accelerator.reduce(finite.float(), "sum") == accelerator.num_processes
+                if not finite:
+                    value = loss.item()
+                    what = f"loss is {value}" if not math.isfinite(value) else "another process's loss is not finite"
+                    raise TrainingDiverged(f"{what} at step {progress['step']} (epoch {progress['epoch']}, batch {b}); "
                                            f"the last good checkpoint is kept in {run / 'last'}. Try a lower --learning-rate.")
                 accelerator.backward(loss)
                 loss_sum, loss_count = loss_sum + loss.detach().float(), loss_count + 1
@@ -547,19 +557,41 @@ def _train_loop(cfg, run, model, forward, raw_model, batcher, splits, validation
                 break
 
 
-def _refuse_finished(cfg: TrainConfig, run: Path, total_steps: int) -> None:
-    """A run folder whose run finished (results.json, and last/ at its final step or early-stopped)
-    has nothing left to resume: training "again" there would only re-test best/ and overwrite
-    results.json. Raised before anything is written."""
-    state = run / "last" / "train_state.json"
-    if not (cfg.resume and (run / "results.json").exists() and state.exists()):
-        return
-    progress = json.loads(state.read_text())["progress"]
+# a run folder's files: --no-resume removes them before starting over
+_RUN_FILES = ("results.json", "metrics.jsonl", "tensorboard", "best", "best.tmp", "best.old", "last", "last.tmp", "last.old")
+
+
+def _clear_run(run: Path) -> None:
+    for name in _RUN_FILES:
+        path = run / name
+        if path.is_dir():
+            _rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def _finished(cfg: TrainConfig, progress: dict, total_steps: int) -> bool:
+    """Has the run reached its last step, or stopped early?"""
     stopped = bool(cfg.early_stopping and progress.get("stale", 0) >= cfg.early_stopping)
-    if progress["step"] >= total_steps or stopped:
+    return progress["step"] >= total_steps or stopped
+
+
+def _refuse_finished(cfg: TrainConfig, run: Path, total_steps: int) -> None:
+    """With resume on, a folder holding a finished run (results.json, and last/ at its final step
+    or early-stopped, or no last/ at all) is refused before anything is written: training "again"
+    there would re-test best/ and overwrite results.json, or silently start a new run over the
+    old one. More steps than the run had (--max-steps, --epochs) extend it from last/."""
+    if not (cfg.resume and (run / "results.json").exists()):
+        return
+    fix = "To train it again, give another --output-dir (or --no-resume to start over in this folder, replacing its run files)"
+    state = next((f for f in (run / "last" / "train_state.json", run / "last.old" / "train_state.json") if f.exists()), None)
+    if state is None:
+        raise ValueError(f"{run} holds a finished run (results.json) and no last/ to resume from. {fix}")
+    progress = json.loads(state.read_text())["progress"]
+    if _finished(cfg, progress, total_steps):
+        stopped = " (early-stopped)" if progress["step"] < total_steps else ""
         raise ValueError(f"{run} holds a finished run (results.json; last/ at step {progress['step']} of {total_steps}"
-                         f"{', early-stopped' if stopped else ''}): nothing to resume. To train it again, give another "
-                         f"--output-dir (or --no-resume to start over in this folder)")
+                         f"{stopped}): nothing to resume. {fix}")
 
 
 def _peak_rss() -> int | None:

@@ -100,3 +100,49 @@ def test_adapters_train_unchanged_under_seq2seq_trainer(model_dirs, tmp_path):
     assert not torch.equal(model.compacter.rules["default"].A, rule_before)  # the shared rule was trained
     with compacter.disable_adapters(model):
         assert all(torch.equal(p, base[n]) for n, p in model.named_parameters() if n in base)
+
+
+_DIVERGE_ON_RANK_1 = """
+import json, os, sys
+import compacter.training as training
+from compacter.training import TrainConfig, TrainingDiverged, end_distributed, train
+
+real_load = training.load_model
+
+def poisoned(*args, **kw):  # process 1's third training loss becomes NaN; process 0's stay finite
+    model = real_load(*args, **kw)
+    forward, calls = model.forward, []
+    def nan_forward(*a, **k):
+        out = forward(*a, **k)
+        if model.training and os.environ["RANK"] == "1":
+            calls.append(1)
+            if len(calls) == 3:
+                out.loss = out.loss * float("nan")
+        return out
+    model.forward = nan_forward
+    return model
+
+training.load_model = poisoned
+try:
+    train(TrainConfig(**json.loads(open(sys.argv[1]).read())), log=lambda *a: None)
+except TrainingDiverged as err:
+    print(f"rank {os.environ['RANK']}: {err}", flush=True)
+    end_distributed()
+    os._exit(3)
+"""
+
+
+def test_a_loss_diverging_on_one_process_stops_every_process(model_dirs, tmp_path):
+    """Without the agreement, process 1 raised alone and process 0 hung in the gradient all-reduce."""
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({**FAST, "model": model_dirs["encoder"], "batch_size": 4, "max_steps": 6, "eval_every": 2,
+                               "eval_before": False, "output_dir": str(tmp_path / "run")}))
+    script = tmp_path / "diverge.py"
+    script.write_text(_DIVERGE_ON_RANK_1)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                           "--master_port", str(_free_port()), str(script), str(cfg)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "rank 0: another process's loss is not finite at step 2" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+    assert "rank 1: loss is nan at step 2" in proc.stdout, proc.stdout + proc.stderr[-3000:]

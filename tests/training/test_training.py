@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -100,29 +101,55 @@ def test_resume_after_a_crash_inside_a_checkpoint_swap(model_dirs, tmp_path, mon
     monkeypatch.setattr(training.os, "replace", real_replace)
     run = tmp_path / "run-encoder"
     assert not (run / "last").exists() and (run / "last.old" / "train_state.json").exists()
+    state = run / "last.old" / "train_state.json"
+    saved = json.loads(state.read_text())
+    assert saved["progress"]["seconds"] > 0 and saved["progress"]["before"] is not None
+    saved["progress"]["seconds"] = 1000.0  # as if the steps before the crash had taken 1000 s
+    state.write_text(json.dumps(saved))
     logs = []
     results = train(cfg, log=logs.append)
     assert any("resumed" in line and "step 2" in line for line in logs)
     assert results["steps"] == 4 and not (run / "last.old").exists()
     # the resumed run reports the whole run: the untrained model's scores and the time before the crash
-    assert results["before"] is not None and not any("before training" in line for line in logs)
-    assert results["train_seconds"] >= json.loads((run / "last" / "train_state.json").read_text())["progress"]["seconds"] > 0
+    assert results["before"] == saved["progress"]["before"] and not any("before training" in line for line in logs)
+    assert 1000 < results["train_seconds"] < 1000 + 600
+
+
+def _stamps(run):
+    return {p.relative_to(run): p.stat().st_mtime_ns for p in run.rglob("*")}
 
 
 def test_a_finished_run_is_not_trained_again_in_its_folder(model_dirs, tmp_path):
     cfg = _cfg(model_dirs, "encoder", tmp_path, max_steps=2, eval_every=2)
     train(cfg, log=lambda *a: None)
     run = tmp_path / "run-encoder"
-    files = {name: (run / name).read_bytes() for name in ("results.json", "config.json")}
+    before = _stamps(run)
     with pytest.raises(ValueError, match="holds a finished run .*step 2 of 2.*--output-dir"):
         train(cfg, log=lambda *a: None)
-    assert {name: (run / name).read_bytes() for name in files} == files  # nothing rewritten
     assert main(["train", "--config", str(run / "config.json")]) == 2
-    # more steps: the finished run is extended from last/; --no-resume starts over in the folder
+    assert _stamps(run) == before  # nothing written, config.json included
+    # more steps extend the finished run from last/
     assert train(dataclasses.replace(cfg, max_steps=4), log=lambda *a: None)["steps"] == 4
+    # --no-resume starts over in the folder: the old run's evaluations and checkpoints go first
     logs = []
     assert train(dataclasses.replace(cfg, resume=False), log=logs.append)["steps"] == 2
     assert not any("resumed" in line for line in logs)
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [2]
+    # results.json without last/ (deleted to save space) is a finished run too, not a fresh start
+    shutil.rmtree(run / "last")
+    before = _stamps(run)
+    with pytest.raises(ValueError, match="finished run .*no last/"):
+        train(cfg, log=lambda *a: None)
+    assert _stamps(run) == before
+
+
+def test_an_early_stopped_run_resumed_before_its_results_trains_no_further(model_dirs, tmp_path):
+    cfg = _cfg(model_dirs, "encoder", tmp_path, max_steps=6, eval_every=1, early_stopping=1, learning_rate=1e-12,
+               eval_before=False)
+    first = train(cfg, log=lambda *a: None)
+    assert first["steps"] < 6  # stopped early: the score cannot improve at this learning rate
+    (tmp_path / "run-encoder" / "results.json").unlink()  # killed while testing best/
+    assert train(cfg, log=lambda *a: None)["steps"] == first["steps"]
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(model_dirs, tmp_path, monkeypatch):
