@@ -153,7 +153,8 @@ def build_adapters(model: nn.Module, config: CompacterConfig, name: str = "defau
     pending = PendingAdapters(name=name, config=config)
     modules = dict(model.named_modules())
     if config.uses_adapters:
-        placement = placement_for(model, config.attention_modules, config.ffn_modules)
+        roles = tuple(role for role, wanted in (("attention", config.after_attention), ("ffn", config.after_ffn)) if wanted)
+        placement = placement_for(model, config.attention_modules, config.ffn_modules, roles)
         for role, patterns, wanted in (("attention", placement.attention, config.after_attention), ("ffn", placement.ffn, config.after_ffn)):
             if not wanted:
                 continue

@@ -47,10 +47,14 @@ def model_type(model: nn.Module) -> str | None:
     return getattr(config, "model_type", None)
 
 
-def placement_for(model: nn.Module, attention: tuple[str, ...] | None, ffn: tuple[str, ...] | None) -> Placement:
-    """The placement for ``model``: the user's patterns where given, else the table's entry."""
-    if attention is not None and ffn is not None:
-        return Placement(attention, ffn)
+def placement_for(model: nn.Module, attention: tuple[str, ...] | None, ffn: tuple[str, ...] | None,
+                  roles: tuple[str, ...] = ("attention", "ffn")) -> Placement:
+    """The placement for ``model``: the user's patterns where given, else the table's entry.
+    ``roles``: the sites the method uses; patterns for those suffice on a model the table lacks
+    (Compacter++ needs only ``ffn``)."""
+    given = {"attention": attention, "ffn": ffn}
+    if all(given[role] is not None for role in roles):
+        return Placement(attention or (), ffn or ())
     mtype = model_type(model)
     known = PLACEMENTS.get(mtype)
     if known is None:
@@ -58,7 +62,9 @@ def placement_for(model: nn.Module, attention: tuple[str, ...] | None, ffn: tupl
             f"no adapter placement is known for model_type={mtype!r} ({type(model).__name__}); "
             f"known: {', '.join(sorted(PLACEMENTS))}. Name the modules yourself with regexes over "
             "model.named_modules(), e.g. CompacterConfig(attention_modules=[r'.*layers\\.\\d+\\.attn\\.out_proj'], "
-            "ffn_modules=[r'.*layers\\.\\d+\\.mlp\\.fc_out']); on the command line, a JSON list: "
+            "ffn_modules=[r'.*layers\\.\\d+\\.mlp\\.fc_out']) (methods that use only the feed-forward site, "
+            f"such as compacter++, need only ffn_modules; this one needs {' and '.join(r + '_modules' for r in roles)}); "
+            "on the command line, JSON lists: --adapter 'attention_modules=[\".*attn\\\\.out_proj\"]' "
             "--adapter 'ffn_modules=[\".*mlp\\\\.fc_out\"]'"
         )
     return Placement(attention if attention is not None else known.attention, ffn if ffn is not None else known.ffn)

@@ -100,11 +100,19 @@ def test_t5_base_trainable_counts_equal_the_paper(method, expected):
 
 def test_t5_base_table_of_the_readme():
     """Every row of the README's methods table: trainable count and % of T5-base (4 decimals)."""
+    import re
+    from pathlib import Path
+
     from compacter.params import count_methods
 
-    table = {"compacter": (161_728, "0.0726"), "compacter++": (104_704, "0.0470"), "phm-adapter": (398_976, "0.1790"),
-             "adapter": (1_855_104, "0.8322"), "pfeiffer": (951_360, "0.4268"), "adapter-lowrank": (161_664, "0.0725"),
-             "bitfit": (250_368, "0.1123"), "full": (222_903_552, "100.0000")}
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = {}
+    for line in readme.split("## Methods", 1)[1].split("\n## ", 1)[0].splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        name = re.match(r"`([^`]+)`", cells[0])
+        if line.startswith("| `") and name:
+            table[name.group(1)] = (int(cells[3].replace(",", "")), f"{float(cells[4]):.4f}")
+    assert set(table) == {"compacter", "compacter++", "phm-adapter", "adapter", "pfeiffer", "adapter-lowrank", "bitfit", "full"}
     rows = count_methods("t5-base-shapes", list(table))
     assert {r["method"]: (r["trainable"], f"{r['percent']:.4f}") for r in rows} == table
 
@@ -303,6 +311,18 @@ def test_user_supplied_placement_works_on_any_model():
     assert model.blocks[0].norm.weight.grad is not None and model.blocks[0].mix.weight.grad is None
     with compacter.disable_adapters(model):
         torch.testing.assert_close(model(x), base, rtol=0, atol=0)
+
+
+def test_an_ffn_only_method_needs_only_ffn_patterns_on_an_unknown_model():
+    model = _Custom()
+    with pytest.raises(ValueError, match=r"this one needs ffn_modules\)"):
+        compacter.add_adapters(model, CompacterConfig("compacter++", bottleneck_dim=4, attention_modules=[r"blocks\.\d+\.mix"]))
+    compacter.add_adapters(model, CompacterConfig("compacter++", bottleneck_dim=4, ffn_modules=[r"blocks\.\d+\.ff\.2"]))
+    assert sorted(t for t, _ in iter_sites(model)) == ["blocks.0.ff.2", "blocks.1.ff.2"]
+    # the command-line form the error shows parses to the same config
+    from compacter.cli import parse_key_values
+
+    assert parse_key_values(['ffn_modules=[".*mlp\\\\.fc_out"]']) == {"ffn_modules": [r".*mlp\.fc_out"]}
 
 
 def test_patterns_that_match_nothing_raise():
