@@ -240,6 +240,18 @@ def test_figure1_labels_of_equal_scores_do_not_overlap(tmp_path, monkeypatch):
     plt.close(fig)
 
 
+@needs_matplotlib
+def test_figure4_of_runs_without_sizes_is_an_error_and_writes_nothing(tmp_path):
+    from compacter.cli import main
+
+    write_run(tmp_path / "runs", "rte", task="rte", train_samples=None, train_examples=2490)
+    write_run(tmp_path / "runs", "mrpc", task="mrpc", train_samples=None, train_examples=3668)
+    out = tmp_path / "out"
+    assert main(["report", str(tmp_path / "runs"), "--out", str(out / "t.md"), "--plot", str(out / "f1.png"),
+                 "--low-resource-plot", str(out / "f4.png")]) == 2
+    assert not out.exists()
+
+
 def test_missing_matplotlib_gives_a_clear_error(tmp_path, monkeypatch):
     import builtins
 
@@ -282,8 +294,9 @@ def test_grouped_tasks_are_sized_in_questions_as_train_samples_counts_them(tmp_p
     # subsampling counts; older results files without train_units fall back to train_examples
     write_run(tmp_path, "mrpc", task="mrpc", train_samples=500, train_examples=500, train_units=500)
     write_run(tmp_path, "multirc", task="multirc", train_samples=None, train_examples=1500, train_units=300)
+    write_run(tmp_path, "cb-old", task="cb", train_samples=None, train_examples=250)  # before train_units
     markdown = results_table(load_runs([tmp_path]))
-    assert markdown.count("### ") == 1 and "smaller training sets whole: multirc 300" in markdown, markdown
+    assert markdown.count("### ") == 1 and "smaller training sets whole: cb 250, multirc 300" in markdown, markdown
 
 
 def test_low_resource_places_one_tasks_whole_set_at_its_size(tmp_path):

@@ -608,9 +608,12 @@ def low_resource_plot(runs: Sequence[Run], path: str | Path, metric: str = "scor
     Runs on whole training sets of several sizes ("all") have no x value and are left out.
     """
     _check_metric(runs, metric)
+    scores = low_resource_scores(runs, metric)
+    if not any(size is not None for by_size in scores.values() for size in by_size):
+        raise ValueError("no run has a training-set size to plot against: Figure 4 needs runs made with --train-samples "
+                         "(or whole-set runs of a single task)")
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    scores = low_resource_scores(runs, metric)
     several_models = len({model for model, _ in scores}) > 1
     for model, method in sorted(scores, key=lambda k: (k[0], method_key(k[1]))):
         points = sorted((s, v) for s, v in scores[model, method].items() if s is not None)
@@ -651,10 +654,10 @@ def report_main(run_dirs: list[str], out: str | None = None, plot: str | None = 
     markdown = results_table(runs, metric, budget)
     if len(set(budget.values())) > 1:
         markdown += "\n## Low-resource\n\n" + low_resource_table(runs, metric)
-    if out is not None:
-        _write_text(out, markdown)
+    if low_resource_plot_path is not None:  # first: the one that can refuse the runs; then nothing is written
+        low_resource_plot(runs, low_resource_plot_path, metric)
     if plot is not None:
         results_plot(runs, plot, metric, budget)
-    if low_resource_plot_path is not None:
-        low_resource_plot(runs, low_resource_plot_path, metric)
+    if out is not None:
+        _write_text(out, markdown)
     return markdown
