@@ -137,7 +137,7 @@ RECORD_RELEASE = {"idx": 3, "source": "x", "passage": {"text": PASSAGE, "entitie
     "qas": [{"idx": 9, "query": "@placeholder hosted the talks.", "answers": [
         {"start": 10, "end": 15, "text": "Merkel"}, {"start": 10, "end": 15, "text": "Merkel"},
         {"start": 20, "end": 25, "text": "Berlin"}]}]}
-# entities: unique and sorted as text, as the TFDS / HF `super_glue` builders gave the released code
+# entities: unique and sorted as text, as the TFDS and older HF `super_glue` builders gave the released code
 RECORD_SOURCE = f"query: @placeholder hosted the talks. entities: Berlin, Merkel, Obama passage: {PASSAGE_CLEAN}"
 
 

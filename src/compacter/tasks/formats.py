@@ -121,7 +121,8 @@ def clean_highlights(passage: str) -> str:
 
 def _record_entities(passage: Mapping[str, Any]) -> list[str]:
     """Entity strings of a release-layout passage, duplicates removed, sorted as text: the order
-    the TFDS / Hugging Face `super_glue` builders gave the released code (`sorted(set(...))`)."""
+    the TFDS and older Hugging Face `super_glue` builders gave the released code (`sorted(set(...))`;
+    newer hub rows keep a set's arbitrary order, so the hub layout is sorted too)."""
     text = passage["text"]
     return sorted({text[e["start"] : e["end"] + 1] for e in passage["entities"]})
 
