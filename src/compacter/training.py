@@ -456,9 +456,7 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
 
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(500, total_steps // 10)
     params = trainable_parameters(model)
-    # fused AdamW: one kernel for all (many, tiny) adapter tensors instead of a loop over them
-    fused = all(p.device.type in ("cpu", "cuda") for p in params)
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    optimizer = adamw(params, cfg.lr, cfg.weight_decay)
     scheduler = _scheduler(optimizer, warmup, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
@@ -492,8 +490,8 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
         if writer:
             writer.close()
     train_seconds = time.perf_counter() - start
-    return _finish(cfg, run, raw_model, batcher, splits, accelerator, task, model_path, trainable, total,
-                   progress.get("before"), progress, train_seconds, say)
+    return _finish(cfg, run, raw_model, batcher, splits, accelerator, task, model_path, trainable, total, progress,
+                   train_seconds, say)
 
 
 def _train_loop(cfg, run, model, forward, raw_model, batcher, splits, validation, accelerator, optimizer, scheduler,
@@ -576,6 +574,13 @@ def _finished(cfg: TrainConfig, progress: dict, total_steps: int) -> bool:
     return progress["step"] >= total_steps or stopped
 
 
+def adamw(params: list[torch.nn.Parameter], lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
+    """The recipe's optimizer: AdamW, fused (one kernel for all the many tiny adapter tensors
+    instead of a loop over them) where the parameters' device has the fused kernel."""
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
+
+
 def _refuse_finished(cfg: TrainConfig, run: Path, total_steps: int) -> None:
     """With resume on, a folder holding a finished run (results.json, and last/ at its final step
     or early-stopped, or no last/ at all) is refused before anything is written: training "again"
@@ -651,8 +656,9 @@ def _evaluate_and_checkpoint(cfg, run, model, batcher, validation, accelerator, 
     return bool(cfg.early_stopping and progress["stale"] >= cfg.early_stopping)
 
 
-def _finish(cfg, run, model, batcher, splits, accelerator, task, model_path, trainable, total, before, progress, seconds, say):
+def _finish(cfg, run, model, batcher, splits, accelerator, task, model_path, trainable, total, progress, seconds, say):
     """Load the best adapter, test it, write results.json and print the summary."""
+    before = progress.get("before")  # last/ of older versions has no "before"
     best = run / "best"
     if best.exists():
         restore_trained(model, best)
