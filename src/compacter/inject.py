@@ -155,9 +155,8 @@ def build_adapters(model: nn.Module, config: CompacterConfig, name: str = "defau
     if config.uses_adapters:
         roles = tuple(role for role, wanted in (("attention", config.after_attention), ("ffn", config.after_ffn)) if wanted)
         placement = placement_for(model, config.attention_modules, config.ffn_modules, roles)
-        for role, patterns, wanted in (("attention", placement.attention, config.after_attention), ("ffn", placement.ffn, config.after_ffn)):
-            if not wanted:
-                continue
+        for role in roles:
+            patterns = getattr(placement, role)
             targets = match_modules(model, patterns)
             if not targets:
                 raise ValueError(f"no module of {type(model).__name__} matches the {role} patterns {list(patterns)}")
