@@ -83,7 +83,7 @@ DEMO_LEARNING_RATE = 1e-2
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training import TrainConfig, TrainingDiverged, end_distributed, train
+    from .training import TrainConfig, end_distributed, train
 
     data: dict[str, Any] = {}
     if args.config:
@@ -101,22 +101,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         elif f.name == "adapter":
             value = {**data.get("adapter", {}), **parse_key_values(value)}
         data[f.name] = value
-    rc = 0
     try:
         train(TrainConfig.from_dict(data))
-    except TrainingDiverged as err:  # the message says what was kept and what to try
-        print(f"error: {err}", file=sys.stderr)
-        rc = 1
-    except (ValueError, ImportError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        rc = 2
     finally:
-        gloo = end_distributed()
-    if gloo:  # see end_distributed: skip the interpreter shutdown that can abort gloo processes (errors too)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(rc)
-    return rc
+        args.gloo = end_distributed()  # main leaves gloo processes with os._exit, errors too
+    return 0
 
 
 def _load_adapted(adapter_dir: str, model: str | None, task_name: str | None):
@@ -268,10 +257,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return args.func(args)
+        rc = args.func(args)
     except (ValueError, ImportError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        rc = 2
+    except RuntimeError as err:
+        from .training import TrainingDiverged  # imported here: torch only when a run has failed
+
+        if not isinstance(err, TrainingDiverged):
+            raise
+        print(f"error: {err}", file=sys.stderr)  # the message says what was kept and what to try
+        rc = 1
+    if getattr(args, "gloo", False):  # see end_distributed: the interpreter shutdown can abort gloo processes
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    return rc
 
 
 if __name__ == "__main__":
