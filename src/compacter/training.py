@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from . import checkpoint as ckpt
 from .config import METHODS, CompacterConfig
 from .inject import add_adapters, count_parameters, trainable_parameters
-from .modeling import Batcher, family_of, load_model, load_tokenizer, predict_batch
+from .modeling import Batcher, decoder_loss, family_of, load_model, load_tokenizer, predict_batch, target_span
 from .peers import PEER_METHODS, PEER_WEIGHTS, add_peer, default_learning_rate, read_peer, save_peer, trained_tensors
 from .tasks import Example, Task, custom_task, get_task, load_files, paper_splits
 from .tasks.splits import VALIDATION_FROM_TRAIN, apply_protocol, carve, group_units, split_half
@@ -508,9 +508,11 @@ def _train_loop(cfg, run, model, forward, raw_model, batcher, splits, validation
         # grad_accum) are skipped, as the next epoch's order is a new permutation anyway
         usable = len(batches) - len(batches) % cfg.grad_accum
         for b in range(progress["batch"], usable):
-            batch = {k: v.to(accelerator.device) for k, v in batcher.train_batch([splits["train"][i] for i in batches[b]]).items()}
+            batch = batcher.train_batch([splits["train"][i] for i in batches[b]])
+            span = target_span(batch["labels"]) if batcher.family == "decoder" else None
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             with accelerator.accumulate(model):
-                loss = forward(**batch).loss
+                loss = forward(**batch).loss if span is None else decoder_loss(forward, batch, span)
                 finite = torch.isfinite(loss.detach()).all()
                 if accelerator.num_processes > 1:  # all processes stop together: one raising alone would
                     # leave the others waiting in the gradient all-reduce until its timeout

@@ -400,6 +400,17 @@ def test_adapterhub_peer_runs_through_the_same_pipeline(model_dirs, method, tmp_
     assert adapters.__version__
 
 
+def test_adapterhub_peer_trains_a_decoder(model_dirs, tmp_path):
+    """A decoder run through AdapterHub (transformers 4.x): the last-columns loss and the cached label scores."""
+    pytest.importorskip("adapters")
+    results = train(_cfg(model_dirs, "decoder", tmp_path, method="ah-compacter++", adapter={"reduction_factor": 4}, max_steps=4,
+                         eval_every=2), log=lambda *a: None)
+    saved = load_file(tmp_path / "run-decoder" / "best" / "peer_model.safetensors")
+    assert any("phm_rule" in k for k in saved) and results["steps"] == 4
+    evals = [json.loads(line) for line in (tmp_path / "run-decoder" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [2, 4] and all(math.isfinite(e["train_loss"]) for e in evals)
+
+
 def test_grouped_task_subsamples_and_records_questions(model_dirs, tmp_path):
     """MultiRC: train_samples draws questions (their answers stay together); results.json records
     both the answers trained on and the questions, the unit train_samples and the report count."""

@@ -1,0 +1,112 @@
+"""Decoder batches are left-padded and their loss and label scores use the last columns' logits only:
+both must equal what each row gives alone, unpadded, with the model's own full-width loss."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import transformers as T
+
+from compacter.modeling import Batcher, _label_row_scores, decoder_loss, label_scores, load_tokenizer, target_span
+from compacter.tasks import get_task, load_split
+
+SMALL = dict(num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, hidden_size=32, intermediate_size=64,
+             max_position_embeddings=256, pad_token_id=0, eos_token_id=2, bos_token_id=3)
+
+
+def _decoder(arch: str, vocab: int):
+    torch.manual_seed(0)
+    if arch == "gpt2":  # absolute positions: left padding is only right with position_ids
+        return T.GPT2LMHeadModel(T.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=vocab, n_positions=256,
+                                              bos_token_id=3, eos_token_id=2, attn_pdrop=0.0, embd_pdrop=0.0, resid_pdrop=0.0))
+    config = {"llama": T.LlamaConfig, "mistral": T.MistralConfig, "qwen2": T.Qwen2Config}[arch]
+    return {"llama": T.LlamaForCausalLM, "mistral": T.MistralForCausalLM, "qwen2": T.Qwen2ForCausalLM}[arch](
+        config(vocab_size=vocab, **SMALL))
+
+
+def _setup(model_dirs, arch):
+    tok = load_tokenizer(model_dirs["decoder"], "decoder")
+    task = get_task("demo")
+    batcher = Batcher(tok, "decoder", task)
+    examples = load_split("demo", "train")[:6]
+    assert len({len(batcher.prompt_ids(e)) for e in examples}) > 1  # rows of different lengths: real padding
+    return batcher, examples, _decoder(arch, len(tok)).eval()
+
+
+def _alone(batcher, model, example, target):
+    """One row, unpadded, through the model's own loss: (mean loss, number of target tokens)."""
+    row = batcher._decoder_batch([batcher.prompt_ids(example)], [target])
+    n = int((row["labels"] != -100).sum())
+    return model(input_ids=row["input_ids"], attention_mask=row["attention_mask"], labels=row["labels"]).loss, n
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "mistral", "qwen2"])
+def test_decoder_loss_and_gradient_equal_unpadded_rows(model_dirs, arch):
+    batcher, examples, model = _setup(model_dirs, arch)
+    batch = batcher.train_batch(examples)
+    assert (batch["attention_mask"][:, -1] == 1).all() and (batch["attention_mask"][:, 0] == 0).any()  # left-padded
+    span = target_span(batch["labels"])
+    assert span == max(int((r != -100).sum()) for r in batch["labels"])
+
+    losses = [_alone(batcher, model, e, e.target) for e in examples]
+    reference = sum(loss * n for loss, n in losses) / sum(n for _, n in losses)
+    reference.backward()
+    want = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+
+    ours = decoder_loss(model, batch, span)
+    ours.backward()
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+    for k, g in want.items():
+        torch.testing.assert_close(dict(model.named_parameters())[k].grad, g, rtol=1e-4, atol=1e-6, msg=k)
+    # Hugging Face's Trainer calls model(**batch).loss on the same batches: the same number
+    torch.testing.assert_close(model(**batch).loss, reference, rtol=1e-5, atol=1e-5)
+
+
+def _no_cache(model):
+    """``model`` behind a forward that takes neither ``logits_to_keep`` nor a cache and returns logits only."""
+
+    class Plain(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, position_ids, use_cache):
+            out = self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+            return T.modeling_outputs.CausalLMOutput(logits=out.logits)
+
+    return Plain(model)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "mistral", "qwen2"])
+def test_label_scores_equal_unpadded_rows(model_dirs, arch, monkeypatch):
+    batcher, examples, model = _setup(model_dirs, arch)
+    batcher.task = SimpleNamespace(label_texts=("0 1", "2 3 4 5", "6", "7 8"))  # labels of 1-4 tokens (and eos)
+    assert sorted(len(batcher.target_ids(t)) for t in batcher.task.label_texts) == [2, 3, 3, 5]
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        want = torch.tensor([[-loss.item() * n for loss, n in (_alone(batcher, model, e, label) for label in batcher.task.label_texts)]
+                             for e in examples])
+        torch.testing.assert_close(_label_row_scores(model, batcher, examples, cpu), want, rtol=1e-5, atol=1e-4)
+        # the prompt's cache, shared by the labels: the path evaluation takes, and it must not fall back
+        monkeypatch.setattr("compacter.modeling._label_row_scores", lambda *a: pytest.fail("fell back to full rows"))
+        torch.testing.assert_close(label_scores(model, batcher, examples, cpu), want, rtol=1e-5, atol=1e-4)
+
+
+def test_label_scores_fall_back_without_a_cache(model_dirs):
+    batcher, examples, model = _setup(model_dirs, "llama")
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        torch.testing.assert_close(label_scores(_no_cache(model), batcher, examples, cpu),
+                                   _label_row_scores(model, batcher, examples, cpu))
+
+
+def test_decoder_loss_without_logits_to_keep(model_dirs):
+    """A model whose forward has no logits_to_keep computes every column; the loss is the same."""
+    batcher, examples, model = _setup(model_dirs, "llama")
+    batch = batcher.train_batch(examples)
+    span = target_span(batch["labels"])
+
+    torch.testing.assert_close(decoder_loss(_no_cache(model), batch, span), decoder_loss(model, batch, span))
