@@ -221,11 +221,12 @@ def label_scores(model: nn.Module, batcher: Batcher, examples: Sequence[Example]
     labels = list(batcher.task.label_texts)
     prompts = {k: v.to(device) for k, v in batcher.left_pad([batcher.prompt_ids(e) for e in examples]).items()}
     keep = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
-    out = model(**prompts, use_cache=True, **keep)
-    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)  # transformers 5 / 4 name
+    cache_arg = next((name for name in ("cache", "past_key_values") if _accepts(model, name)), None)  # transformers 5 / 4
+    out = model(**prompts, use_cache=True, **keep) if cache_arg else None
+    cache = None if out is None else next((c for c in (getattr(out, "cache", None), getattr(out, "past_key_values", None))
+                                           if c is not None), None)
     if cache is None:
         return _label_row_scores(model, batcher, examples, device)
-    cache_arg = "cache" if _accepts(model, "cache") else "past_key_values"
     first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # [B, V]: the first label token's
     lengths = prompts["attention_mask"].sum(-1, keepdim=True)  # [B, 1]
     scores = []
