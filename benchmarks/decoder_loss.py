@@ -10,7 +10,7 @@ only (``logits_to_keep``). Rows, all on the same real-task batches, timed round-
 * ``train step / every column``: forward, ``model(**batch).loss``, backward, AdamW step;
 * ``train step / last columns``: the same with ``compacter.modeling.decoder_loss`` (what `compacter train` runs);
 * ``label scores / every column``: one no-grad forward of every (prompt, label) row, log-softmax on every column
-  (what `compacter train` did before 2026-11-29);
+  (the computation `compacter train` made before 2026-11-29, there on right-padded rows);
 * ``label scores / last columns``: the same rows, logits on the last columns only (the fallback for models that
   return no key/value cache: ``compacter.modeling._label_row_scores``);
 * ``label scores / prompt once``: ``compacter.modeling.label_scores``, what evaluation runs: the prompts once,

@@ -15,6 +15,7 @@ A generated answer that is not a valid label is kept as is and counts as wrong i
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -28,10 +29,17 @@ ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "camembert", "electra", "debe
 DECODER_PROMPT = "{source}\nanswer:"
 
 
+#: decoder-only types whose forward ignores ``attention_mask``: in a padded batch they would read the padding
+IGNORE_PADDING_MASK = {"rwkv"}
+
+
 def family_of(model_config) -> str:
     """``seq2seq`` for encoder-decoders, ``encoder`` for the BERT family, ``decoder`` otherwise."""
     if getattr(model_config, "is_encoder_decoder", False):
         return "seq2seq"
+    if model_config.model_type in IGNORE_PADDING_MASK:
+        raise ValueError(f"model type {model_config.model_type!r} ignores attention_mask, so the padding of a batch's "
+                         "shorter rows would enter its loss and predictions; compacter does not train such models")
     return "encoder" if model_config.model_type in ENCODER_TYPES else "decoder"
 
 
@@ -144,16 +152,14 @@ def target_span(labels: torch.Tensor) -> int:
 
 
 def _accepts(model: nn.Module, name: str) -> bool:
-    """Whether the Hugging Face model inside ``model`` (DDP, torch.compile, PEFT) takes ``name``."""
-    import inspect
-
+    """Whether the Hugging Face model inside ``model`` (DDP, FSDP, DeepSpeed, torch.compile, PEFT) takes ``name``."""
     inner = model
     for _ in range(8):
         if hasattr(inner, "get_base_model"):  # PEFT
             inner = inner.get_base_model()
-        elif hasattr(inner, "_orig_mod"):  # torch.compile
+        elif isinstance(getattr(inner, "_orig_mod", None), nn.Module):  # torch.compile
             inner = inner._orig_mod
-        elif isinstance(inner, nn.parallel.DistributedDataParallel):
+        elif isinstance(getattr(inner, "module", None), nn.Module):  # DDP, FSDP, DeepSpeed engines
             inner = inner.module
         else:
             break
@@ -216,15 +222,14 @@ def label_scores(model: nn.Module, batcher: Batcher, examples: Sequence[Example]
 
     The prompts run once and keep their key/value cache; each label's tokens then run on a copy of
     that cache (one [examples, label length] batch per label: every example gets the same label
-    tokens). A model that returns no cache scores every (prompt, label) row in full instead.
+    tokens). A model without such a cache scores every (prompt, label) row in full instead.
     """
     labels = list(batcher.task.label_texts)
     prompts = {k: v.to(device) for k, v in batcher.left_pad([batcher.prompt_ids(e) for e in examples]).items()}
     keep = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
     cache_arg = next((name for name in ("cache", "past_key_values") if _accepts(model, name)), None)  # transformers 5 / 4
     out = model(**prompts, use_cache=True, **keep) if cache_arg else None
-    cache = None if out is None else next((c for c in (getattr(out, "cache", None), getattr(out, "past_key_values", None))
-                                           if c is not None), None)
+    cache = _attention_cache(out, prompts["input_ids"].shape[1])
     if cache is None:
         return _label_row_scores(model, batcher, examples, device)
     first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # [B, V]: the first label token's
@@ -243,6 +248,20 @@ def label_scores(model: nn.Module, batcher: Batcher, examples: Sequence[Example]
             score = score + logp.squeeze(-1).sum(-1)
         scores.append(score)
     return torch.stack(scores, dim=1)
+
+
+def _attention_cache(out, width: int):
+    """The key/value cache of a prompt pass, if it is one that label tokens can continue: it holds all
+    ``width`` prompt columns (AdapterHub's Llama under transformers 4.57 returns an empty one) and no
+    layer keeps a recurrent state (Mamba's, whose padding handling expects a mask of the new tokens only)."""
+    if out is None:
+        return None
+    fields = out if isinstance(out, dict) else vars(out)  # a ModelOutput is a dict: no deprecated-name property read
+    cache = fields.get("cache")  # transformers 5
+    cache = cache if cache is not None else fields.get("past_key_values")  # transformers 4
+    if cache is None or any("LinearAttention" in type(layer).__name__ for layer in getattr(cache, "layers", [])):
+        return None
+    return cache if hasattr(cache, "get_seq_length") and cache.get_seq_length() == width else None
 
 
 def _label_row_scores(model: nn.Module, batcher: Batcher, examples: Sequence[Example], device) -> torch.Tensor:
