@@ -330,6 +330,14 @@ def test_a_method_run_at_two_learning_rates_makes_two_rows(tmp_path):
     assert format_lr(2.5e-5) == "2.5e-5" and format_lr(1e-2) == "1e-2"
 
 
+def test_a_method_run_only_off_its_paper_rate_says_so(tmp_path):
+    """One recipe, but not the paper's rate: the row must not pass for the paper's full fine-tuning."""
+    write_run(tmp_path, "full-low", method="full", score=80.0, config={"learning_rate": 3e-5})
+    write_run(tmp_path, "cpp", method="compacter++", score=75.0, config={"learning_rate": 3e-3})  # the paper's rate
+    write_run(tmp_path, "lora", method="peft-lora", score=70.0, config={"learning_rate": None})  # the default, resolved
+    assert sorted(r.method for r in load_runs([tmp_path])) == ["compacter++", "full @ 3e-5", "peft-lora"]
+
+
 def test_runs_with_other_settings_are_never_averaged_as_seeds(tmp_path):
     write_run(tmp_path, "e20", score=70.0, config={"epochs": 20, "learning_rate": None, "batch_size": 32})
     write_run(tmp_path, "e1", score=50.0, config={"epochs": 1, "learning_rate": 3e-3, "batch_size": 32})

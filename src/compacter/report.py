@@ -213,7 +213,8 @@ def _format_setting(key: str, value: Any, only: bool) -> str:
 def _label_settings(runs: list[Run]) -> list[Run]:
     """Runs whose (model, method) was run with several recipes get "method @ <what differs>" as
     method: "full @ 3e-5" (learning rate only), "compacter++ @ epochs=10". Settings a run does not
-    record are not compared."""
+    record are not compared. A method run with one recipe at a rate other than its paper default
+    is labelled with that rate too ("full @ 3e-5"), so that no row passes for the paper's recipe."""
     recipes = {run.path: _recipe(run) for run in runs}
     groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
     for run in runs:
@@ -226,7 +227,17 @@ def _label_settings(runs: list[Run]) -> list[Run]:
             if differing:
                 parts = [_format_setting(k, recipes[run.path][k], differing == ["learning_rate"]) for k in differing]
                 label[run.path] = f"{run.method} @ {', '.join(parts)}"
+            elif "learning_rate" in shared and _rate_differs(recipes[run.path]["learning_rate"], run.method):
+                label[run.path] = f"{run.method} @ {format_lr(recipes[run.path]['learning_rate'])}"
     return [replace(run, method=label[run.path]) if run.path in label else run for run in runs]
+
+
+def _rate_differs(lr: Any, method: str) -> bool:
+    try:
+        default = default_learning_rate(method)
+    except (KeyError, ValueError):
+        return False
+    return isinstance(lr, (int, float)) and not math.isclose(lr, default, rel_tol=1e-6)
 
 
 def _check_duplicates(runs: Sequence[Run]) -> None:
