@@ -335,7 +335,8 @@ def test_a_method_run_only_off_its_paper_rate_says_so(tmp_path):
     write_run(tmp_path, "full-low", method="full", score=80.0, config={"learning_rate": 3e-5})
     write_run(tmp_path, "cpp", method="compacter++", score=75.0, config={"learning_rate": 3e-3})  # the paper's rate
     write_run(tmp_path, "lora", method="peft-lora", score=70.0, config={"learning_rate": None})  # the default, resolved
-    assert sorted(r.method for r in load_runs([tmp_path])) == ["compacter++", "full @ 3e-5", "peft-lora"]
+    write_run(tmp_path, "mine", method="my-method", score=60.0, config={"learning_rate": 1e-3})  # no known default rate
+    assert sorted(r.method for r in load_runs([tmp_path])) == ["compacter++", "full @ 3e-5", "my-method", "peft-lora"]
 
 
 def test_runs_with_other_settings_are_never_averaged_as_seeds(tmp_path):

@@ -233,11 +233,9 @@ def _label_settings(runs: list[Run]) -> list[Run]:
 
 
 def _rate_differs(lr: Any, method: str) -> bool:
-    try:
-        default = default_learning_rate(method)
-    except (KeyError, ValueError):
-        return False
-    return isinstance(lr, (int, float)) and not math.isclose(lr, default, rel_tol=1e-6)
+    """Whether ``lr`` is not ``method``'s default rate (False for a method without a known default)."""
+    default = default_learning_rate(method)
+    return default is not None and isinstance(lr, (int, float)) and not math.isclose(lr, default, rel_tol=1e-6)
 
 
 def _check_duplicates(runs: Sequence[Run]) -> None:
