@@ -166,20 +166,21 @@ def _accepts(model: nn.Module, name: str) -> bool:
     return name in inspect.signature(inner.forward).parameters
 
 
-def _target_logits(model: nn.Module, batch: dict[str, torch.Tensor], span: int) -> torch.Tensor:
-    """Float logits predicting the last ``span`` columns of a left-padded decoder batch: [rows, span, vocab]."""
+def _target_logits(model: nn.Module, batch: dict[str, torch.Tensor], span: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last ``span`` columns of a left-padded decoder batch: float logits predicting them
+    [rows, span, vocab], and their labels [rows, span] (-100 where a row's target is shorter)."""
     kw = {"logits_to_keep": span + 1} if _accepts(model, "logits_to_keep") else {}
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"],
                 use_cache=False, **kw)
     width = out.logits.shape[1]  # span + 1, or the whole row where the model computes every column
-    return out.logits[:, width - span - 1:width - 1].float()  # column t is predicted at column t-1
+    labels = batch["labels"]
+    return out.logits[:, width - span - 1:width - 1].float(), labels[:, labels.shape[1] - span:]  # t is predicted at t-1
 
 
 def decoder_loss(model: nn.Module, batch: dict[str, torch.Tensor], span: int) -> torch.Tensor:
     """Mean cross-entropy over the target tokens of a decoder batch (``Batcher.train_batch``), as
     ``model(**batch).loss`` gives, with logits computed on the last ``span + 1`` columns only."""
-    logits = _target_logits(model, batch, span)
-    targets = batch["labels"][:, batch["labels"].shape[1] - span:]
+    logits, targets = _target_logits(model, batch, span)
     return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
 
 
@@ -271,7 +272,7 @@ def _label_row_scores(model: nn.Module, batcher: Batcher, examples: Sequence[Exa
     batch = batcher._decoder_batch(prompts, labels * len(examples))
     span = target_span(batch["labels"])
     batch = {k: v.to(device) for k, v in batch.items()}
-    logp = torch.log_softmax(_target_logits(model, batch, span), dim=-1)  # [B*C, span, V]
-    targets = batch["labels"][:, batch["labels"].shape[1] - span:]
+    logits, targets = _target_logits(model, batch, span)
+    logp = torch.log_softmax(logits, dim=-1)  # [B*C, span, V]
     picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (targets != -100)
     return picked.sum(-1).view(len(examples), len(labels))
