@@ -78,6 +78,11 @@ def test_unparsable_regression_prediction_scores_minus_one():
     assert value == pytest.approx(100 * stats.pearsonr([0, 1, 2, 3], [0, 1, -1, 3])[0])
 
 
+@pytest.mark.parametrize("name", ["pearson", "spearman"])
+def test_one_example_gives_zero_correlation(name):
+    assert M.METRICS[name](get_task("stsb"), ["3.0"], [Example("s", "3.0", 3.0)]) == 0.0
+
+
 def test_constant_predictions_give_zero_correlation():
     examples = [Example("s", "0.0", g) for g in (0.0, 1.0, 2.0)]
     assert get_task("stsb").compute_metrics(["1.0"] * 3, examples) == {"pearson": 0.0, "spearman": 0.0, "score": 0.0}

@@ -61,7 +61,11 @@ def test_every_task_has_a_hub_source_or_is_the_demo():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(kind="ranking"), "kind must be one of"),
     (dict(kind="classification"), "needs label_names"),
-    (dict(kind="regression", metric_names=["bleu"]), "unknown metrics"),
+    (dict(kind="regression", metric_names=["bleu"]), "unknown metric 'bleu'"),
+    (dict(kind="regression", metric_names=["accuracy"]), "metric 'accuracy' needs a classification task, not regression"),
+    (dict(kind="generation", metric_names=["pearson"]), "metric 'pearson' needs a regression task"),
+    (dict(kind="classification", label_names=["a", "b", "c"], metric_names=["mcc"]),
+     "metric 'mcc' needs a two-label classification task, not classification with 3 labels"),
     (dict(kind="regression", text_columns="text"), "text_columns"),
 ])
 def test_custom_task_validation(kwargs, message):
@@ -69,8 +73,21 @@ def test_custom_task_validation(kwargs, message):
         custom_task("mine", **kwargs)
 
 
+def test_custom_task_accepts_fitting_metrics():
+    task = custom_task("mine", label_names=["a", "b"], metric_names=["mcc", "f1", "accuracy", "exact_match"])
+    assert task.metric_names == ("mcc", "f1", "accuracy", "exact_match")
+
+
+def test_every_builtin_task_has_metrics_that_fit_it():
+    from compacter.tasks.metrics import metric_problems
+    for name in TASK_NAMES:
+        task = get_task(name)
+        labels = len(task.label_names) if task.label_names else None
+        assert metric_problems(task.metric_names, task.kind, labels) == [], name
+
+
 def test_custom_task_collects_every_problem():
-    with pytest.raises(ValueError, match="kind must be.*unknown metrics"):
+    with pytest.raises(ValueError, match="kind must be.*unknown metric 'bleu'"):
         custom_task("mine", kind="x", metric_names=["bleu"])
 
 

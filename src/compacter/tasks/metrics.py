@@ -29,7 +29,7 @@ import numpy as np
 from scipy import stats
 from sklearn import metrics as skm
 
-from .base import UNPARSABLE_REGRESSION_VALUE
+from .base import KINDS, UNPARSABLE_REGRESSION_VALUE
 
 if TYPE_CHECKING:
     from .base import Example, Task
@@ -62,6 +62,8 @@ def mcc(pred: Sequence[int], gold: Sequence[int]) -> float:
 
 
 def _correlation(fn: Callable, pred: Sequence[float], gold: Sequence[float]) -> float:
+    if len(gold) < 2:  # undefined; scipy's pearsonr raises rather than returning NaN
+        return 0.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         value = fn(np.asarray(gold, dtype=float), np.asarray(pred, dtype=float))[0]
@@ -69,12 +71,12 @@ def _correlation(fn: Callable, pred: Sequence[float], gold: Sequence[float]) -> 
 
 
 def pearson(pred: Sequence[float], gold: Sequence[float]) -> float:
-    """Pearson correlation (x100); 0 when undefined (constant input)."""
+    """Pearson correlation (x100); 0 when undefined (constant input, fewer than 2 examples)."""
     return _correlation(stats.pearsonr, pred, gold)
 
 
 def spearman(pred: Sequence[float], gold: Sequence[float]) -> float:
-    """Spearman rank correlation (x100); 0 when undefined (constant input)."""
+    """Spearman rank correlation (x100); 0 when undefined (constant input, fewer than 2 examples)."""
     return _correlation(stats.spearmanr, pred, gold)
 
 
@@ -188,6 +190,32 @@ METRICS: dict[str, TaskMetric] = {
 }
 """Metric name -> fn(task, predictions, examples). `token_f1`/`exact_match` are
 max-over-answers per example, averaged within each group (ReCoRD query), then over groups."""
+
+#: The task kinds each metric can score ("binary": classification with exactly two labels).
+METRIC_KINDS: dict[str, tuple[str, ...]] = {
+    "accuracy": ("classification",), "macro_f1": ("classification",), "group_em": ("classification",),
+    "f1": ("binary",), "mcc": ("binary",), "f1a": ("binary",),
+    "pearson": ("regression",), "spearman": ("regression",),
+    "token_f1": ("classification", "regression", "generation"),
+    "exact_match": ("classification", "regression", "generation"),
+}
+
+
+def metric_problems(metric_names: Sequence[str], kind: str, num_labels: int | None) -> list[str]:
+    """Why each of `metric_names` cannot score a task of `kind` with `num_labels` labels (empty: all can).
+    Only unknown names are reported for an unknown kind."""
+    problems = []
+    for name in metric_names:
+        if name not in METRICS:
+            problems.append(f"unknown metric {name!r}; choose from {sorted(METRICS)}")
+            continue
+        kinds = METRIC_KINDS[name]
+        if kind not in KINDS or kind in kinds or ("binary" in kinds and kind == "classification" and num_labels == 2):
+            continue
+        needs = "two-label classification" if kinds == ("binary",) else " or ".join(kinds)
+        problems.append(f"metric {name!r} needs a {needs} task, not {kind}"
+                        + (f" with {num_labels} labels" if kind == "classification" and num_labels else ""))
+    return problems
 
 
 def compute_metrics(task: Task, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, float]:

@@ -98,16 +98,14 @@ def custom_task(
     id = position; integer ids are accepted too). Regression targets are the value as
     written (`repr(float)`); generation targets the label text itself.
     """
-    from .metrics import METRICS
+    from .metrics import metric_problems
 
     problems = []
     if kind not in KINDS:
         problems.append(f"kind must be one of {KINDS}, got {kind!r}")
     if kind == "classification" and not label_names:
         problems.append("classification needs label_names, e.g. label_names=['negative', 'positive']")
-    unknown = [m for m in metric_names or () if m not in METRICS]
-    if unknown:
-        problems.append(f"unknown metrics {unknown}; choose from {sorted(METRICS)}")
+    problems += metric_problems(metric_names or (), kind, len(label_names) if label_names else None)
     if isinstance(text_columns, str) or not text_columns:
         problems.append("text_columns must be a non-empty list of column names")
     if problems:
