@@ -358,6 +358,28 @@ def test_adapter_options_and_several_settings_name_each_difference(tmp_path):
         "compacter++ @ reduction_factor=16, lr=3e-3", "compacter++ @ reduction_factor=32, lr=1e-3"]
 
 
+def test_settings_that_differ_only_between_tasks_keep_one_row(tmp_path):
+    """The paper's recipe: 20 epochs on small data sets, 3 on large ones, one row per method."""
+    for seed in (42, 43):
+        for task, epochs in (("mrpc", 20), ("rte", 20), ("mnli", 3), ("qqp", 3)):
+            write_run(tmp_path, f"{task}-{seed}", task=task, seed=seed, config={"epochs": epochs, "learning_rate": 3e-3})
+    rows = aggregate(load_runs([tmp_path]))
+    assert [r.method for r in rows] == ["compacter++"]
+    assert sorted(rows[0].cells) == ["mnli", "mrpc", "qqp", "rte"] and {c.n for c in rows[0].cells.values()} == {2}
+
+
+def test_an_off_default_rate_is_named_beside_another_difference(tmp_path):
+    write_run(tmp_path, "e10", method="full", config={"epochs": 10, "learning_rate": 3e-5})
+    write_run(tmp_path, "e20", method="full", config={"epochs": 20, "learning_rate": 3e-5})
+    assert sorted(r.method for r in load_runs([tmp_path])) == ["full @ epochs=10, lr=3e-5", "full @ epochs=20, lr=3e-5"]
+
+
+def test_rates_that_differ_between_tasks_still_make_two_rows(tmp_path):
+    write_run(tmp_path, "mrpc", task="mrpc", method="full", config={"learning_rate": 3e-5})
+    write_run(tmp_path, "rte", task="rte", method="full", config={"learning_rate": 3e-4})
+    assert sorted(r.method for r in load_runs([tmp_path])) == ["full @ 3e-4", "full @ 3e-5"]
+
+
 def test_the_same_run_twice_is_refused(tmp_path):
     write_run(tmp_path / "sweep-a", "rte", config={"epochs": 8})
     write_run(tmp_path / "sweep-b", "rte", config={"epochs": 8})

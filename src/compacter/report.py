@@ -24,12 +24,15 @@ Decisions:
   by training-set size, and `low_resource_table` compares sizes (Figure 4 of the paper). One
   exception: runs on whole training sets no larger than a model's only subsampled budget join
   that budget's table (a `--train-samples 500` sweep uses CB's 250 examples whole).
-- When one model's runs of a method differ in a recipe setting (learning rate, epochs, steps,
+- When one model's runs of a method on one task differ in a recipe setting (epochs, steps,
   batch, adapter options, lengths, precision...: every recorded config field but the task, its
-  data, the seed and bookkeeping), each such run's method names what differs (``full @ 3e-5``,
-  ``compacter++ @ epochs=10``), so they make separate rows and lines instead of being averaged as
-  if they were seeds. A learning rate left to the method's default counts as that default. The
-  same run twice (same row, task, training-set size and seed) is refused.
+  data, the seed and bookkeeping), each such run's method names what differs
+  (``compacter++ @ epochs=10``), so they make separate rows and lines instead of being averaged
+  as if they were seeds. Settings that differ only between tasks stay in one row, as the paper
+  trains small data sets 20 epochs and large ones 3. The learning rate splits rows on any
+  difference, and a rate other than the method's paper default is always named (``full @ 3e-5``);
+  a rate left to the method's default counts as that default. The same run twice (same row,
+  task, training-set size and seed) is refused.
 - matplotlib is imported only when a plot is asked for (`pip install compacter[plot]`).
 """
 
@@ -212,9 +215,13 @@ def _format_setting(key: str, value: Any, only: bool) -> str:
 
 def _label_settings(runs: list[Run]) -> list[Run]:
     """Runs whose (model, method) was run with several recipes get "method @ <what differs>" as
-    method: "full @ 3e-5" (learning rate only), "compacter++ @ epochs=10". Settings a run does not
-    record are not compared. A method run with one recipe at a rate other than its paper default
-    is labelled with that rate too ("full @ 3e-5"), so that no row passes for the paper's recipe."""
+    method: "full @ 3e-5" (learning rate only), "compacter++ @ epochs=10". A setting splits a
+    method's runs into rows when two runs of one task disagree on it; settings that differ only
+    from task to task (the paper's 20 epochs for small data sets and 3 for large ones, a per-task
+    bottleneck) keep one row. The learning rate is the exception: any difference splits, and a
+    rate other than the method's paper default is always in the label ("full @ 3e-5",
+    "full @ epochs=10, lr=3e-5"), so that no row passes for the paper's recipe. Settings a run
+    does not record are not compared."""
     recipes = {run.path: _recipe(run) for run in runs}
     groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
     for run in runs:
@@ -222,13 +229,20 @@ def _label_settings(runs: list[Run]) -> list[Run]:
     label: dict[Path, str] = {}
     for members in groups.values():
         shared = set.intersection(*(set(recipes[r.path]) for r in members))
-        differing = sorted(k for k in shared if len({json.dumps(recipes[r.path][k], sort_keys=True) for r in members}) > 1)
+        by_task: dict[str, list[Run]] = defaultdict(list)
         for run in members:
-            if differing:
-                parts = [_format_setting(k, recipes[run.path][k], differing == ["learning_rate"]) for k in differing]
+            by_task[run.task].append(run)
+        scopes = {k: [members] if k == "learning_rate" else list(by_task.values()) for k in shared}
+        differing = sorted(k for k in shared if any(
+            len({json.dumps(recipes[r.path][k], sort_keys=True) for r in scope}) > 1 for scope in scopes[k]))
+        for run in members:
+            recipe = recipes[run.path]
+            parts = [_format_setting(k, recipe[k], differing == ["learning_rate"]) for k in differing]
+            if "learning_rate" in shared and "learning_rate" not in differing \
+                    and _rate_differs(recipe["learning_rate"], run.method):
+                parts.append(_format_setting("learning_rate", recipe["learning_rate"], not differing))
+            if parts:
                 label[run.path] = f"{run.method} @ {', '.join(parts)}"
-            elif "learning_rate" in shared and _rate_differs(recipes[run.path]["learning_rate"], run.method):
-                label[run.path] = f"{run.method} @ {format_lr(recipes[run.path]['learning_rate'])}"
     return [replace(run, method=label[run.path]) if run.path in label else run for run in runs]
 
 
