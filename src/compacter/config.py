@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,11 +158,21 @@ class CompacterConfig:
             boolean(name)
         for name in ("phm_init_range", "adapter_init_std"):
             v = getattr(self, name)
-            check(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, f"{name} must be a positive number, got {v!r}")
+            check(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
+                  f"{name} must be a positive finite number, got {v!r}")
         for name in ("head_modules", "attention_modules", "ffn_modules"):
             v = getattr(self, name)
-            check(v is None or (isinstance(v, tuple) and all(isinstance(s, str) and s for s in v)),
-                  f"{name} must be a list of non-empty strings, got {v!r}")
+            ok = v is None or (isinstance(v, tuple) and all(isinstance(s, str) and s for s in v))
+            check(ok, f"{name} must be a list of non-empty strings, got {v!r}")
+            if ok and v is not None and name != "head_modules":  # placement patterns are regexes
+                for i, pattern in enumerate(v):
+                    try:
+                        re.compile(pattern)
+                    except re.error as err:
+                        problems.append(f"{name}[{i}] {pattern!r} is not a valid regular expression ({err})")
+        if self.train_all and self.adapter_type != "none":
+            problems.append(f"train_all=True trains every base weight and cannot be combined with adapters "
+                            f"(adapter_type={self.adapter_type!r}); use method 'full' or adapter_type='none'")
         if self.adapter_type != "none":
             check(self.after_attention or self.after_ffn, f"adapter_type={self.adapter_type!r} needs after_attention or after_ffn")
         if self.adapter_type == "phm" and isinstance(self.phm_dim, int) and self.phm_dim == 1:
@@ -205,7 +217,11 @@ class CompacterConfig:
         return cls.from_dict(json.loads(text))
 
     def replace(self, **changes: Any) -> "CompacterConfig":
-        """A copy with some fields changed (the config itself is frozen)."""
+        """A copy with some fields changed (the config itself is frozen). The method cannot be
+        changed this way: it names a preset, so build ``CompacterConfig(method, ...)`` instead."""
+        if "method" in changes and changes["method"] != self.method:
+            raise ValueError(f"replace cannot change the method ({self.method!r} -> {changes['method']!r}): its preset "
+                             f"sets other fields too; build CompacterConfig({changes['method']!r}, ...) instead")
         data = self.to_dict()
         data.update(changes)
         return CompacterConfig.from_dict(data)

@@ -57,10 +57,28 @@ def test_unknown_method_lists_the_allowed_ones():
 
 @pytest.mark.parametrize("bad", [dict(phm_dim=1), dict(bottleneck_dim=0), dict(phm_rule_init="zeros"), dict(adapter_type="mlp"),
                                  dict(head_modules=[""]), dict(head_modules=5), dict(ffn_modules={"a": 1}), dict(reduction_factor=2.5),
-                                 dict(adapter_init_std=0)])
+                                 dict(adapter_init_std=0), dict(phm_init_range=float("inf")), dict(adapter_init_std=float("nan")),
+                                 dict(ffn_modules=["(unclosed"]), dict(attention_modules=["a", "*"]), dict(train_all=True)])
 def test_bad_values(bad):
     with pytest.raises(ValueError, match=list(bad)[0]):
         CompacterConfig("compacter", **bad)
+
+
+def test_train_all_only_without_adapters():
+    assert CompacterConfig("full").train_all
+    with pytest.raises(ValueError, match="train_all=True .*adapter_type='phm'"):
+        CompacterConfig("compacter++", train_all=True)
+
+
+def test_a_bad_placement_regex_is_named():
+    with pytest.raises(ValueError, match=r"ffn_modules\[1\] '\(x' is not a valid regular expression"):
+        CompacterConfig(ffn_modules=["ok", "(x"])
+
+
+def test_replace_cannot_relabel_the_method():
+    with pytest.raises(ValueError, match="cannot change the method"):
+        CompacterConfig("compacter++").replace(method="compacter")
+    assert CompacterConfig("compacter++").replace(method="compacter++", phm_dim=8).phm_dim == 8
 
 
 def test_from_dict_rejects_unknown_fields():
