@@ -19,6 +19,7 @@ import contextlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -141,10 +142,20 @@ class PendingAdapters:
         return out
 
 
+def check_adapter_name(name: Any) -> None:
+    """A ValueError unless ``name`` can name an adapter: a non-empty string without '.' that is not
+    an attribute of the module dicts that hold adapters ("items", "update", "role", ...)."""
+    if not isinstance(name, str) or not name or "." in name:
+        raise ValueError(f"adapter name must be a non-empty string without '.', got {name!r}")
+    if any(hasattr(holder, name) for holder in (AdapterSite("ffn", 1), nn.ModuleDict(), nn.ParameterDict())):
+        raise ValueError(f"adapter name {name!r} is taken by an attribute of torch's module dicts; choose another name")
+
+
 def build_adapters(model: nn.Module, config: CompacterConfig, name: str = "default") -> PendingAdapters:
     """Make every module ``config`` asks for on ``model`` without changing the model."""
     if not isinstance(config, CompacterConfig):
         raise TypeError(f"config must be a CompacterConfig, got {type(config).__name__}")
+    check_adapter_name(name)
     state = get_state(model)
     if state is not None and name in state.configs:
         raise ValueError(f"an adapter named {name!r} is already on this model; choose another name or delete_adapter first")
@@ -188,9 +199,10 @@ def _tuned_copies(model: nn.Module, config: CompacterConfig, modules: dict[str, 
         return {}
     state = get_state(model)
     wanted: dict[str, torch.Tensor | None] = {}
+    modules = {mname: module for mname, module in modules.items()  # the base model's own modules only
+               if not (mname == STATE_ATTR or mname.startswith(STATE_ATTR + ".") or isinstance(module, AdapterSite)
+                       or f".{SITE_ATTR}" in f".{mname}")}
     for mname, module in modules.items():
-        if mname == STATE_ATTR or mname.startswith(STATE_ATTR + ".") or isinstance(module, AdapterSite) or f".{SITE_ATTR}" in f".{mname}":
-            continue
         head = config.train_head and mname.split(".")[-1] in config.head_modules
         norm = config.train_layer_norms and is_norm(module)
         for pname, p in module.named_parameters(recurse=False):

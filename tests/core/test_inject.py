@@ -353,3 +353,22 @@ def test_generation_with_adapters_uses_the_adapter():
     with torch.no_grad():  # the first generated step is the adapted model's forward pass
         first = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], decoder_input_ids=start).logits[:, -1]
     torch.testing.assert_close(out.scores[0], first)
+
+
+@pytest.mark.parametrize("name", ["my.adapter", "", 7, "items", "update", "role", "training"])
+def test_an_unusable_adapter_name_is_refused_and_changes_nothing(name):
+    for config in (_config("compacter"), CompacterConfig("full")):  # full would overwrite nothing either
+        model, _ = tiny("bert")
+        snap = _snapshot(model)
+        with pytest.raises(ValueError, match="adapter name"):
+            compacter.add_adapters(model, config, name=name)
+        _assert_unchanged(model, snap)
+        assert not hasattr(model, STATE_ATTR) and all(p.requires_grad for p in model.parameters())
+
+
+def test_an_adapter_named_like_the_head_is_not_trained_as_another_adapters_head():
+    model, _ = tiny("bert")  # BERT's head module is called "classifier"
+    compacter.add_adapters(model, _config("compacter"), name="classifier")
+    compacter.add_adapters(model, _config("compacter++"), name="second")
+    tuned = getattr(model, STATE_ATTR).tuned["second"]
+    assert tuned and not [k for k in tuned if SITE_ATTR in k]
