@@ -1,9 +1,12 @@
 """Adapter-only checkpoints: ``adapter_model.safetensors`` + ``adapter_config.json``.
 
 The JSON holds the format version, the method config, the base model's name and type, and a
-fingerprint (SHA-256 of every tensor name and shape the adapter expects). Loading checks the
-config, the file and every shape *before* the model is touched; saving writes temporary files
-and renames them into place, so a crash never leaves a half-written checkpoint.
+fingerprint (SHA-256 of every tensor name and shape the adapter expects); the safetensors
+metadata holds a SHA-256 of the method config, so weights and config written by two different
+saves (a save interrupted between its two files, files mixed up by hand) do not load as one
+checkpoint. Loading checks the config, the model type, the file and every shape *before* the
+model is touched; saving writes each file to a temporary name and renames it into place, the
+weights first, so a crash never leaves a file half-written or a mismatched pair that loads.
 """
 
 from __future__ import annotations
@@ -15,17 +18,18 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from . import __version__
 from .config import FORMAT_VERSION, CompacterConfig
-from .inject import PendingAdapters, adapter_modules, attach_adapters, build_adapters
+from .inject import PendingAdapters, adapter_modules, attach_adapters, build_adapters, check_adapter_name
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
 _TOP_LEVEL = {"format_version", "library", "config", "base_model", "model_type", "fingerprint", "name"}
+_CONFIG_HASH = "compacter_config_sha256"  # safetensors metadata key binding the weights to their config
 
 
 class CheckpointError(ValueError):
@@ -36,6 +40,11 @@ def fingerprint(shapes: dict[str, tuple[int, ...]]) -> str:
     """SHA-256 over the sorted ``name:shape`` pairs of the adapter's tensors."""
     text = "\n".join(f"{k}:{list(v)}" for k, v in sorted(shapes.items()))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def config_hash(config: dict) -> str:
+    """SHA-256 of a method config's canonical JSON (stored in the weights file's metadata)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
 
 def _shapes(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
@@ -69,7 +78,8 @@ def save_adapters(model: nn.Module, path: str | os.PathLike, name: str | None = 
     }
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    _atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    metadata = {"format": "pt", _CONFIG_HASH: config_hash(meta["config"])}
+    _atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     _atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n"))
     return folder
 
@@ -113,17 +123,21 @@ def read_adapter_config(path: str | os.PathLike) -> tuple[CompacterConfig, dict]
         raise CheckpointError(f"{file}: missing 'config' object")
     try:
         config = CompacterConfig.from_dict(meta["config"])
+        if meta.get("name") is not None:
+            check_adapter_name(meta["name"])
     except (ValueError, TypeError) as err:
         raise CheckpointError(f"{file}: {err}") from None
     return config, meta
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The weights file's tensors and its metadata."""
     file = path / WEIGHTS_NAME
     if not file.is_file():
         raise CheckpointError(f"{file}: no adapter weights here")
     try:
-        return load_file(file)
+        with safe_open(file, framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{file}: truncated or corrupt safetensors file ({err})") from None
 
@@ -144,27 +158,35 @@ def load_adapters(model: nn.Module, path: str | os.PathLike, name: str | None = 
     """Load a saved adapter into ``model`` under ``name`` (default: the saved name) and activate it.
 
     Refuses, with :class:`CheckpointError` and no change to the model, a checkpoint made for
-    other shapes, a truncated or corrupt file, and a config with unknown fields or version.
+    other shapes or another model type (a Llama adapter on a Mistral model: same shapes, but its
+    trained norms and head belong to the other architecture), a truncated or corrupt file,
+    weights and config from different saves, and a config with unknown fields or version.
     """
     folder = Path(path)
     config, meta = read_adapter_config(folder)
-    tensors = _read_weights(folder)
+    tensors, metadata = _read_weights(folder)
     name = name or meta.get("name") or "default"
     found = _shapes(tensors)
     if meta.get("fingerprint") != fingerprint(found):
         raise CheckpointError(f"{folder / CONFIG_NAME}: fingerprint does not match the weights file (mixed-up or edited checkpoint)")
+    if _CONFIG_HASH in metadata and metadata[_CONFIG_HASH] != config_hash(meta["config"]):
+        raise CheckpointError(f"{folder}: {WEIGHTS_NAME} was saved with another config than {CONFIG_NAME}'s "
+                              f"(an interrupted save, or files of two checkpoints); save the adapter again")
+    saved_type, model_type = meta.get("model_type"), getattr(getattr(model, "config", None), "model_type", None)
+    if saved_type and model_type and saved_type != model_type:
+        raise CheckpointError(f"{folder / CONFIG_NAME}: adapter trained on a {saved_type!r} model "
+                              f"({meta.get('base_model') or 'unnamed'}), this model is {model_type!r}")
+    try:
+        pending = build_adapters(model, config, name)
+    except ValueError as err:
+        raise CheckpointError(f"{folder}: cannot build this adapter on {type(model).__name__}: {err}") from None
     if config.train_all:
         _compare(folder / WEIGHTS_NAME, _shapes(_full_state(model)), found)
-        pending = build_adapters(model, config, name)
         with torch.no_grad():
             for full, p in model.named_parameters():
                 if f"model.{full}" in tensors:
                     p.copy_(tensors[f"model.{full}"])
         return attach_adapters(model, pending, activate=activate)
-    try:
-        pending = build_adapters(model, config, name)
-    except ValueError as err:
-        raise CheckpointError(f"{folder}: cannot build this adapter on {type(model).__name__}: {err}") from None
     own = pending.state_dict()
     _compare(folder / WEIGHTS_NAME, _shapes(own), found)
     _copy_into(pending, tensors)

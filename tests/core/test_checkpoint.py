@@ -104,7 +104,21 @@ def test_refuses_other_shapes(tmp_path):
 
 def test_refuses_a_checkpoint_for_another_architecture(tmp_path):
     _saved(tmp_path, "bert", "compacter")
-    _refused(tmp_path, "missing tensor|unexpected tensor|cannot build", arch="t5")
+    _refused(tmp_path, "adapter trained on a 'bert' model", arch="t5")
+
+
+@pytest.mark.parametrize("saved, loaded", [("llama", "mistral"), ("llama", "qwen2"), ("t5", "mt5")])
+def test_refuses_a_checkpoint_of_another_model_type_with_the_same_shapes(tmp_path, saved, loaded):
+    _saved(tmp_path, saved, "compacter++")
+    _refused(tmp_path, f"adapter trained on a '{saved}' model .* this model is '{loaded}'", arch=loaded)
+
+
+def test_refuses_an_invalid_saved_name(tmp_path):
+    _saved(tmp_path)
+    meta = json.loads((tmp_path / CONFIG_NAME).read_text())
+    meta["name"] = "v1.2"  # not covered by the fingerprint; would fail half-way through attaching
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(meta))
+    _refused(tmp_path, "adapter name must be a non-empty string without '.'")
 
 
 def test_refuses_truncated_weights(tmp_path):
@@ -148,6 +162,43 @@ def test_refuses_weights_of_another_config(tmp_path):
     _saved(tmp_path / "b", method="compacter++")
     (tmp_path / "a" / WEIGHTS_NAME).write_bytes((tmp_path / "b" / WEIGHTS_NAME).read_bytes())
     _refused(tmp_path / "a", "fingerprint|missing tensor")
+
+
+def test_refuses_weights_saved_with_another_config_of_the_same_shapes(tmp_path):
+    model, _ = tiny("t5")
+    compacter.add_adapters(model, _config("compacter", non_linearity="relu"))
+    compacter.save_adapters(model, tmp_path / "relu")
+    _saved(tmp_path / "gelu")  # the same shapes: the fingerprints agree
+    (tmp_path / "gelu" / WEIGHTS_NAME).write_bytes((tmp_path / "relu" / WEIGHTS_NAME).read_bytes())
+    _refused(tmp_path / "gelu", "saved with another config")
+
+
+def test_a_save_interrupted_between_its_files_does_not_load(tmp_path, monkeypatch):
+    _saved(tmp_path)
+    model, _ = tiny("t5")
+    compacter.add_adapters(model, _config("compacter", non_linearity="relu"))
+    real = compacter.checkpoint._atomic_write
+
+    def crash_before_config(target, write):
+        if target.name == CONFIG_NAME:
+            raise KeyboardInterrupt
+        real(target, write)
+
+    monkeypatch.setattr("compacter.checkpoint._atomic_write", crash_before_config)
+    with pytest.raises(KeyboardInterrupt):
+        compacter.save_adapters(model, tmp_path)
+    _refused(tmp_path, "saved with another config")
+
+
+def test_loads_checkpoints_written_before_the_config_hash(tmp_path):
+    from safetensors.torch import load_file, save_file
+    model, batch = tiny("t5")
+    compacter.add_adapters(model, _config("compacter"))
+    compacter.save_adapters(model, tmp_path)
+    save_file(load_file(tmp_path / WEIGHTS_NAME), tmp_path / WEIGHTS_NAME, metadata={"format": "pt"})
+    fresh, _ = tiny("t5")
+    compacter.load_adapters(fresh, tmp_path)
+    torch.testing.assert_close(_logits(fresh, batch), _logits(model, batch), rtol=0, atol=0)
 
 
 def test_save_is_atomic(tmp_path, monkeypatch):
