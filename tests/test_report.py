@@ -380,6 +380,21 @@ def test_rates_that_differ_between_tasks_still_make_two_rows(tmp_path):
     assert sorted(r.method for r in load_runs([tmp_path])) == ["full @ 3e-4", "full @ 3e-5"]
 
 
+def test_glue_and_superglue_get_their_own_averages_as_in_the_paper(tmp_path):
+    for task, score in (("mrpc", 80.0), ("rte", 70.0), ("cb", 90.0), ("copa", 60.0), ("superglue-rte", 50.0)):
+        write_run(tmp_path, task, task=task, score=score)
+    write_run(tmp_path, "lone", task="cb", method="bitfit", score=40.0)
+    markdown = results_table(load_runs([tmp_path]))
+    assert header(markdown)[1:9] == ["mrpc", "rte", "cb", "copa", "superglue-rte", "% trained params",
+                                     "GLUE average", "SuperGLUE average"] and header(markdown)[9] == "average"
+    assert table_rows(markdown)["compacter++"][7:10] == ["75.0", "66.7", "70.0"]
+    assert table_rows(markdown)["bitfit"][7:10] == ["—", "40.0*", "40.0*"]
+    glue_only = tmp_path / "glue-only"
+    write_run(glue_only, "mrpc", task="mrpc")
+    write_run(glue_only, "demo", task="demo")
+    assert "GLUE average" not in results_table(load_runs([glue_only]))
+
+
 def test_the_same_run_twice_is_refused(tmp_path):
     write_run(tmp_path / "sweep-a", "rte", config={"epochs": 8})
     write_run(tmp_path / "sweep-b", "rte", config={"epochs": 8})

@@ -17,7 +17,9 @@ Decisions:
 - A cell is the mean over seeds of the test `metric` (0-100); with several runs it reads
   "mean ± std (n=k)", std being the sample standard deviation (ddof=1).
 - "average" is the mean of the row's task cells (the tasks that row has, starred when that
-  is fewer than the table's); "train time" is
+  is fewer than the table's). A table with both GLUE and SuperGLUE tasks also gets a "GLUE"
+  and a "SuperGLUE" average, each over its benchmark's tasks only, as the paper reports them
+  (Tables 1 and 2); "train time" is
   the mean wall time per run, "peak memory" the largest peak over the row's runs (CUDA
   memory allocated on a GPU; on a CPU the process's peak resident set, `peak_rss_bytes`).
 - Runs with different `config["train_samples"]` never share a table: the main table splits
@@ -48,7 +50,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .peers import default_learning_rate
-from .tasks import TASK_NAMES
+from .tasks import TASK_NAMES, get_task
 
 RESULTS_FILE = "results.json"
 #: Row order of the paper's tables; methods not listed come after, alphabetically.
@@ -378,10 +380,20 @@ def _format_memory(peak_bytes: int | None) -> str:
 
 
 def _format_average(row: Row, tasks: Sequence[str]) -> str:
-    """The row's average, starred when the row lacks some of the table's tasks."""
-    if row.average is None:
+    """The row's average over ``tasks``, starred when the row lacks some of them."""
+    present = [row.cells[t].mean for t in tasks if t in row.cells]
+    if not present:
         return MISSING
-    return f"{row.average:.1f}" + ("" if len(row.cells) == len(tasks) else "*")
+    return f"{statistics.fmean(present):.1f}" + ("" if len(present) == len(tasks) else "*")
+
+
+def _benchmark(task: str) -> str | None:
+    """"glue" or "superglue" for a registry task, None for others (the demo, custom tasks)."""
+    return get_task(task).benchmark if task in TASK_NAMES and get_task(task).benchmark in BENCHMARKS else None
+
+
+#: Benchmarks whose tasks get their own average column when a table has tasks of both.
+BENCHMARKS = {"glue": "GLUE", "superglue": "SuperGLUE"}
 
 
 def _markdown_row(cells: Sequence[str]) -> str:
@@ -397,12 +409,16 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def _model_table(rows: Sequence[Row]) -> str:
     """The markdown table of one model's rows."""
     tasks = sorted({t for row in rows for t in row.cells}, key=task_key)
-    header = ["method", *tasks, "% trained params", "average", "train time (mean/run)", "peak memory (GiB, max)"]
+    groups = {label: [t for t in tasks if _benchmark(t) == key] for key, label in BENCHMARKS.items()}
+    groups = groups if all(groups.values()) else {}  # only a table with tasks of both benchmarks
+    header = ["method", *tasks, "% trained params", *(f"{label} average" for label in groups), "average",
+              "train time (mean/run)", "peak memory (GiB, max)"]
     body = [
         [
             row.method,
             *(str(row.cells[t]) if t in row.cells else MISSING for t in tasks),
             _format_percent(row.percent_trainable),
+            *(_format_average(row, group) for group in groups.values()),
             _format_average(row, tasks),
             _format_seconds(row.train_seconds),
             _format_memory(row.peak_memory_bytes),
