@@ -87,7 +87,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     data: dict[str, Any] = {}
     if args.config:
-        data = json.loads(Path(args.config).read_text())
+        data = read_config_file(args.config)
     elif args.task in (None, "demo") and args.train_file is None:
         data = dict(DEMO_DEFAULTS)
         if args.method is None:
@@ -99,13 +99,43 @@ def cmd_train(args: argparse.Namespace) -> int:
         if value is NONE:
             value = None
         elif f.name == "adapter":
-            value = {**data.get("adapter", {}), **parse_key_values(value)}
+            value = {**(data.get("adapter") or {}), **parse_key_values(value)}
         data[f.name] = value
     try:
-        train(TrainConfig.from_dict(data))
+        try:
+            cfg = TrainConfig.from_dict(data)
+        except ValueError as err:
+            if args.config:  # the values may come from the file or from a flag
+                raise ValueError(f"--config {args.config} with the flags given: {err}") from None
+            raise
+        train(cfg)
     finally:
         args.gloo = end_distributed()  # main leaves gloo processes with os._exit, errors too
     return 0
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """The options in a run's config.json (``train --config``), their names and types checked; a
+    problem is a ValueError naming the file (and the line and column of a JSON syntax error)."""
+    from .training import TrainConfig, json_kind
+
+    try:
+        text = Path(path).read_text()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"--config {path}: not a text file ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise ValueError(f"--config {path}: cannot read it ({err.strerror or err})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--config {path}: not valid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path}: expected a JSON object of training options "
+                         f"(like a run's config.json), got {json_kind(data)}")
+    problems = TrainConfig.option_problems(data)
+    if problems:
+        raise ValueError(f"--config {path}: invalid training options:\n  - " + "\n  - ".join(problems))
+    return data
 
 
 def _load_adapted(adapter_dir: str, model: str | None, task_name: str | None):

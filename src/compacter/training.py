@@ -20,12 +20,16 @@ Run directory::
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import os
 import sys
 import time
+import types
+import typing
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -95,27 +99,39 @@ class TrainConfig:
         if self.adapter is None:
             self.adapter = {}
         problems = []
-        if self.method not in METHODS + PEER_METHODS:
+        bad = set()  # fields of the wrong type: their value checks below are skipped
+        for f in dataclasses.fields(self):
+            problem = _type_problem(f.name, getattr(self, f.name))
+            if problem:
+                problems.append(problem)
+                bad.add(f.name)
+            else:
+                setattr(self, f.name, _normalized(f.name, getattr(self, f.name)))
+
+        def check(*names):
+            return [n for n in names if n not in bad]
+
+        if check("method") and self.method not in METHODS + PEER_METHODS:
             problems.append(f"--method {self.method!r} is not one of {', '.join(METHODS + PEER_METHODS)}")
-        if self.mixed_precision not in MIXED_PRECISION:
+        if check("mixed_precision") and self.mixed_precision not in MIXED_PRECISION:
             problems.append(f"--mixed-precision {self.mixed_precision!r} is not one of {', '.join(MIXED_PRECISION)}")
-        if self.dtype not in DTYPES:
+        if check("dtype") and self.dtype not in DTYPES:
             problems.append(f"--dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
-        if self.decoder_predict not in ("score", "generate"):
+        if check("decoder_predict") and self.decoder_predict not in ("score", "generate"):
             problems.append(f"--decoder-predict {self.decoder_predict!r} is not one of score, generate")
-        for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size", "max_source_length", "max_target_length"):
+        for name in check("epochs", "batch_size", "grad_accum", "eval_batch_size", "max_source_length", "max_target_length"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_steps", "eval_every", "early_stopping", "train_samples", "max_eval_samples"):
+        for name in check("max_steps", "eval_every", "early_stopping", "train_samples", "max_eval_samples"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+        if check("max_grad_norm") and self.max_grad_norm is not None and not self.max_grad_norm > 0:
             problems.append(f"--max-grad-norm must be positive (or none to disable clipping), got {self.max_grad_norm}")
-        if self.learning_rate is not None and not self.learning_rate > 0:
+        if check("learning_rate") and self.learning_rate is not None and not self.learning_rate > 0:
             problems.append(f"--learning-rate must be positive, got {self.learning_rate}")
-        if self.warmup_steps is not None and self.warmup_steps < 0:
+        if check("warmup_steps") and self.warmup_steps is not None and self.warmup_steps < 0:
             problems.append(f"--warmup-steps must be 0 or more, got {self.warmup_steps}")
-        if not self.weight_decay >= 0:
+        if check("weight_decay") and not self.weight_decay >= 0:
             problems.append(f"--weight-decay must be 0 or more, got {self.weight_decay}")
         if self.train_file is None and (self.validation_file or self.test_file):
             problems.append("--validation-file/--test-file need --train-file")
@@ -142,12 +158,96 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
+    def option_problems(cls, data: dict[str, Any]) -> list[str]:
+        """What is wrong with the option names and value types of ``data`` (a config.json's object),
+        one line each; the value checks that need every option (ranges, choices) are __post_init__'s."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        problems = []
+        for key in sorted(set(data) - set(names)):
+            close = difflib.get_close_matches(key, names, n=1)
+            problems.append(f"unknown training option {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        problems += [p for key in names if key in data and (p := _type_problem(key, data[key]))]
+        return problems
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown training option(s) {', '.join(unknown)}")
+        if not isinstance(data, dict):
+            raise ValueError(f"training options must be a JSON object of option: value, got {json_kind(data)}")
+        problems = cls.option_problems(data)
+        if any(p.startswith("unknown") for p in problems):  # cannot be passed on: say all that is wrong now
+            raise ValueError("invalid training options:\n  - " + "\n  - ".join(problems))
         return cls(**data)
+
+
+@lru_cache(maxsize=None)
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Is ``value`` of the annotated type? JSON's types: bool is not an int, an int is a float."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is list:
+        return isinstance(value, (list, tuple)) and all(_fits(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items())
+    raise TypeError(f"TrainConfig: no type check for the annotation {hint}")
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is list:
+        return f"a list of {_describe(args[0]).split(' ', 1)[1]}s"
+    if origin is dict:
+        return "an object of KEY: VALUE settings"
+    return {type(None): "null (none)", bool: "true or false", int: "a whole number", float: "a number",
+            str: "a string"}[hint]
+
+
+def json_kind(value: Any) -> str:
+    """``value``'s type in JSON's words."""
+    if value is None:
+        return "null"
+    for kind, name in ((bool, "true/false"), (int, "a whole number"), (float, "a number"), (str, "a string"),
+                       ((list, tuple), "a list"), (dict, "an object")):
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
+def _type_problem(name: str, value: Any) -> str | None:
+    hint = _hints()[name]
+    if name == "adapter" and value is None:  # the default: no overrides
+        return None
+    if _fits(value, hint):
+        return None
+    return f"--{name.replace('_', '-')} ({name}) must be {_describe(hint)}, got {value!r} ({json_kind(value)})"
+
+
+def _normalized(name: str, value: Any) -> Any:
+    """A checked value in the form config.json keeps: lists, not tuples; floats for float options."""
+    hint = _hints()[name]
+    if isinstance(value, tuple):
+        return list(value)
+    if float in (hint, *typing.get_args(hint)) and isinstance(value, int):
+        return float(value)
+    return value
 
 
 class TrainingDiverged(RuntimeError):

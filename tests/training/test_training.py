@@ -203,11 +203,33 @@ def test_epoch_batches_shard_one_global_order():
     (dict(decoder_predict="beam"), "--decoder-predict"), (dict(test_file="x.csv"), "need --train-file"),
     (dict(max_grad_norm=-1.0), "--max-grad-norm must be positive"), (dict(max_grad_norm=0.0), "--max-grad-norm"),
     (dict(learning_rate=0.0), "--learning-rate must be positive"), (dict(warmup_steps=-5), "--warmup-steps"),
-    (dict(weight_decay=-0.1), "--weight-decay"),
+    (dict(weight_decay=-0.1), "--weight-decay"), (dict(epochs="3"), r"--epochs \(epochs\) must be a whole number, got '3'"),
+    (dict(seed=1.0), "--seed"), (dict(resume=0), "--resume"), (dict(dtype=None), "--dtype"),
 ])
 def test_bad_training_options(bad, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**bad)
+
+
+def test_options_of_the_wrong_type_are_refused_all_at_once():
+    """A config.json's "resume": "false" used to resume and "compile": "no" to compile: a string is truthy."""
+    with pytest.raises(ValueError) as err:
+        TrainConfig.from_dict({"resume": "false", "epochs": 1.5, "batch_size": True, "compile": "no", "text_columns": "sentence",
+                               "learning_rate": "3e-3", "adapter": ["r=4"]})
+    lines = str(err.value).splitlines()[1:]
+    for name, expected in (("resume", "true or false"), ("epochs", "a whole number"), ("batch-size", "a whole number"),
+                           ("compile", "true or false"), ("text-columns", "a list of strings or null"),
+                           ("learning-rate", "a number or null"), ("adapter", "an object")):
+        assert any(line.startswith(f"  - --{name} ") and f"must be {expected}" in line for line in lines), (name, lines)
+    assert len(lines) == 7
+
+
+def test_options_of_the_right_type_keep_the_config_json_form():
+    cfg = TrainConfig.from_dict({"learning_rate": 1, "weight_decay": 0, "max_grad_norm": None, "text_columns": ("a", "b"),
+                                 "adapter": None, "model": None})
+    assert cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float) and isinstance(cfg.weight_decay, float)
+    assert cfg.text_columns == ["a", "b"] and cfg.adapter == {} and cfg.max_grad_norm is None
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
 def _soup_csv(path, n, start=0):
