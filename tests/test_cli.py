@@ -139,3 +139,14 @@ def test_every_committed_run_config_still_loads():
     for file in files:
         cfg = TrainConfig.from_dict(read_config_file(str(file)))
         assert cfg.to_dict() == {**cfg.to_dict(), **json.loads(file.read_text())}, file
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+@pytest.mark.parametrize("size", ["0", "-1", "two"])
+def test_evaluate_and_predict_refuse_a_batch_size_below_one(command, size, capsys):
+    """--batch-size -1 printed nothing and exited 0; 0 failed with "range() arg 3 must not be zero"."""
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "no/such/adapter", "--batch-size", size])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--batch-size" in err and ("at least 1" in err), err

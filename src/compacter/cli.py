@@ -64,6 +64,17 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
                                 choices=METHODS + PEER_METHODS if f.name == "method" else None)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1 (a batch size of 0 or -1 predicts nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 #: "none" given for an optional option whose default is not None (argparse's None means "not given")
 NONE = type("NoneGiven", (), {"__repr__": lambda self: "none"})()
 
@@ -252,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("adapter", help="adapter folder (e.g. runs/demo-compacter++-seed42/best)")
         p.add_argument("--model", help="base model (default: the one the run used)")
         p.add_argument("--task", help="task (default: the one the run used)")
-        p.add_argument("--batch-size", type=int, default=64, help="examples per batch (default: 64)")
+        p.add_argument("--batch-size", type=positive_int, default=64, help="examples per batch (default: 64)")
         p.set_defaults(func=func)
         if name == "evaluate":
             p.add_argument("--split", choices=("validation", "test"), default="test", help="which split (default: test)")
