@@ -149,19 +149,26 @@ def read_config_file(path: str) -> dict[str, Any]:
     return data
 
 
-def _load_adapted(adapter_dir: str, model: str | None, task_name: str | None):
-    """Base model + saved adapter, ready to predict; the model and task default to the run's.
+def _load_adapted(adapter_dir: str, model: str | None, task_name: str | None, dtype: str | None = None):
+    """Base model + saved adapter, ready to predict; the model, task and weights dtype default to
+    the run's (a run trained in bfloat16 is evaluated in bfloat16, as its results.json was).
     Returns (model, batcher, task, run config dict, own) where ``own`` is the run's TrainConfig when
     it trained on the user's own files and no other --task is asked for (else None)."""
     from . import load_adapters, read_adapter_config
     from .modeling import Batcher, family_of, load_model, load_tokenizer
     from .tasks import get_task
+    from .training import DTYPES
 
     config, meta = read_adapter_config(adapter_dir)
     run_config = _run_config(adapter_dir)
     model_path = model or run_config.get("model") or meta.get("base_model")
     if not model_path:
         raise SystemExit("error: the adapter does not name its base model: pass --model")
+    # a run directory's config.json without "dtype" predates the option: those runs trained in float32;
+    # an adapter outside a run directory loads the model in the dtype its files were saved in
+    dtype = dtype or (run_config.get("dtype", "float32") if run_config else None)
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"{_run_config_path(adapter_dir)}: dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     own = None
     if task_name is None and run_config.get("train_file"):  # a run on the user's own files: their task again
         from .training import TrainConfig, resolve_task
@@ -173,16 +180,29 @@ def _load_adapted(adapter_dir: str, model: str | None, task_name: str | None):
     import transformers as T
 
     family = family_of(T.AutoConfig.from_pretrained(model_path))
-    net = load_model(model_path, family, task)
+    net = load_model(model_path, family, task, DTYPES[dtype] if dtype else None)
     load_adapters(net, adapter_dir)
     batcher = Batcher(load_tokenizer(model_path, family), family, task,
                       run_config.get("max_source_length", 128), run_config.get("max_target_length", 16))
     return net.eval(), batcher, task, run_config, own
 
 
+def _run_config_path(adapter_dir: str) -> Path:
+    return Path(adapter_dir).parent / "config.json"
+
+
 def _run_config(adapter_dir: str) -> dict:
-    path = Path(adapter_dir).parent / "config.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """The config.json of the run directory that holds the adapter folder ({} when there is none)."""
+    path = _run_config_path(adapter_dir)
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: the run's config is not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: the run's config is not a JSON object")
+    return data
 
 
 def _missing(flag: str):
@@ -193,7 +213,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .training import evaluate
     from .tasks import paper_splits
 
-    net, batcher, task, run_config, own = _load_adapted(args.adapter, args.model, args.task)
+    net, batcher, task, run_config, own = _load_adapted(args.adapter, args.model, args.task, args.dtype)
     if own is not None:  # the run's own files, split as in training
         from .training import load_splits
 
@@ -212,7 +232,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .tasks.base import join_fields
     from .tasks.data import file_rows
 
-    net, batcher, task, run_config, _ = _load_adapted(args.adapter, args.model, args.task)
+    net, batcher, task, run_config, _ = _load_adapted(args.adapter, args.model, args.task, args.dtype)
     rows: list[dict] = []
     for text in args.text or []:
         parsed = _parse_value(text)
@@ -250,6 +270,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .training import DTYPES
+
     parser = argparse.ArgumentParser(prog="compacter", description="Parameter-efficient fine-tuning with Compacter adapters.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     train = sub.add_parser("train", help="fine-tune adapters on a task (no flags: the offline demo)",
@@ -264,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", help="base model (default: the one the run used)")
         p.add_argument("--task", help="task (default: the one the run used)")
         p.add_argument("--batch-size", type=positive_int, default=64, help="examples per batch (default: 64)")
+        p.add_argument("--dtype", choices=tuple(DTYPES),
+                       help="dtype of the loaded weights (default: the run's --dtype, as in its results.json)")
         p.set_defaults(func=func)
         if name == "evaluate":
             p.add_argument("--split", choices=("validation", "test"), default="test", help="which split (default: test)")

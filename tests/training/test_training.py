@@ -448,3 +448,24 @@ def test_grouped_task_subsamples_and_records_questions(model_dirs, tmp_path):
                max_steps=1, eval_every=None)
     results = train(cfg, log=lambda *a: None)
     assert (results["train_units"], results["train_examples"]) == (4, 12)
+
+
+def test_evaluate_and_predict_load_the_model_in_the_runs_dtype(model_dirs, tmp_path, monkeypatch, capsys):
+    """A run trained with --dtype bfloat16 was evaluated in float32 by `compacter evaluate`."""
+    results = train(_cfg(model_dirs, "encoder", tmp_path, dtype="bfloat16", max_steps=2, eval_every=2), log=lambda *a: None)
+    seen = []
+    real = training.evaluate
+    monkeypatch.setattr(training, "evaluate", lambda net, *a, **k: seen.append(next(net.parameters()).dtype) or real(net, *a, **k))
+    import compacter.modeling as modeling
+
+    real_predict = modeling.predict_batch
+    monkeypatch.setattr(modeling, "predict_batch", lambda net, *a, **k: seen.append(next(net.parameters()).dtype) or real_predict(net, *a, **k))
+    best = str(tmp_path / "run-encoder" / "best")
+    capsys.readouterr()
+    assert main(["evaluate", best, "--split", "test"]) == 0
+    assert json.loads(capsys.readouterr().out)["score"] == pytest.approx(results["test"]["score"])
+    assert main(["predict", best, "--text", "The soup was great."]) == 0
+    assert set(seen) == {torch.bfloat16}
+    seen.clear()
+    assert main(["evaluate", best, "--split", "test", "--dtype", "float32"]) == 0  # the user's choice wins
+    assert set(seen) == {torch.float32}
