@@ -187,6 +187,18 @@ def _load_adapted(adapter_dir: str, model: str | None, task_name: str | None, dt
     return net.eval(), batcher, task, run_config, own
 
 
+def _run_autocast(net, run_config: dict):
+    """The autocast the run's own evaluations ran under: Accelerate wraps the model's forward in
+    it for --mixed-precision bf16 (on any device) and fp16 (on a GPU; on a CPU it does not)."""
+    import contextlib
+
+    import torch
+
+    device = next(net.parameters()).device.type
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16 if device == "cuda" else None}.get(run_config.get("mixed_precision"))
+    return torch.autocast(device, dtype=dtype) if dtype else contextlib.nullcontext()
+
+
 def _run_config_path(adapter_dir: str) -> Path:
     return Path(adapter_dir).parent / "config.json"
 
@@ -221,7 +233,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         data_dir = args.data_dir or run_config.get("data_dir")
         examples = paper_splits(task, data_dir, seed=run_config.get("split_seed", 42))[args.split]
-    metrics = evaluate(net, batcher, examples, batch_size=args.batch_size, decoder_predict=run_config.get("decoder_predict", "score"))
+    with _run_autocast(net, run_config):
+        metrics = evaluate(net, batcher, examples, batch_size=args.batch_size,
+                           decoder_predict=run_config.get("decoder_predict", "score"))
     print(json.dumps({"task": task.name, "split": args.split, **metrics}, indent=2))
     return 0
 
@@ -247,8 +261,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     fields = [{f: str(r[f]) for f in task.input_fields} for r in rows]
     examples = [Example(source=join_fields(f), target="", label=None, fields=f) for f in fields]
     predictions = []
-    for start in range(0, len(examples), args.batch_size):
-        predictions += predict_batch(net, batcher, examples[start:start + args.batch_size], run_config.get("decoder_predict", "score"))
+    with _run_autocast(net, run_config):
+        for start in range(0, len(examples), args.batch_size):
+            predictions += predict_batch(net, batcher, examples[start:start + args.batch_size],
+                                         run_config.get("decoder_predict", "score"))
     for row, pred in zip(rows, predictions):
         name = task.label_names[int(pred)] if task.label_texts and pred in task.label_texts else pred
         print(json.dumps({"input": row, "prediction": pred, "label": name}))

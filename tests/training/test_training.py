@@ -469,3 +469,20 @@ def test_evaluate_and_predict_load_the_model_in_the_runs_dtype(model_dirs, tmp_p
     seen.clear()
     assert main(["evaluate", best, "--split", "test", "--dtype", "float32"]) == 0  # the user's choice wins
     assert set(seen) == {torch.float32}
+
+
+def test_evaluate_and_predict_use_the_runs_mixed_precision(model_dirs, tmp_path, monkeypatch, capsys):
+    """Training evaluates under Accelerate's bf16 autocast; `compacter evaluate` ran in full float32."""
+    import compacter.modeling as modeling
+
+    results = train(_cfg(model_dirs, "encoder", tmp_path, mixed_precision="bf16", max_steps=2, eval_every=2), log=lambda *a: None)
+    seen = []
+    real, real_predict = training.evaluate, modeling.predict_batch
+    monkeypatch.setattr(training, "evaluate", lambda *a, **k: seen.append(torch.is_autocast_enabled("cpu")) or real(*a, **k))
+    monkeypatch.setattr(modeling, "predict_batch", lambda *a, **k: seen.append(torch.is_autocast_enabled("cpu")) or real_predict(*a, **k))
+    best = str(tmp_path / "run-encoder" / "best")
+    capsys.readouterr()
+    assert main(["evaluate", best, "--split", "test"]) == 0
+    assert json.loads(capsys.readouterr().out)["score"] == pytest.approx(results["test"]["score"])
+    assert main(["predict", best, "--text", "The soup was great."]) == 0
+    assert seen == [True, True]
