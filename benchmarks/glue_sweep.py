@@ -4,7 +4,8 @@ Each run is an ordinary run directory (config.json, results.json, best/), so any
 repeated with `compacter train --config <run>/config.json`. Each run is its own
 `python -m compacter train` process (its log in <run>.log), so the peak memory a run reports
 is its own. Runs that already have a results.json are skipped, so an interrupted sweep resumes
-where it stopped; a finished run with other settings in the same folder is an error (another --out).
+where it stopped; a run with other settings in the same folder is an error (another --out): the sweep refuses a
+finished one, `compacter train` an unfinished one (options a resume may change aside, see training.RESUME_MAY_CHANGE).
 
 Example (the CPU sweep in docs/RESULTS.md):
     .venv/bin/python benchmarks/glue_sweep.py --data-dir ../shared/data --tasks cb copa mrpc rte stsb \

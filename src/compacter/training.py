@@ -9,7 +9,8 @@ same global batches as a run on one process with an N-times larger batch.
 Run directory::
 
     config.json        the resolved TrainConfig (``compacter train --config run/config.json --output-dir new``
-                       repeats the run; without --output-dir it resumes this one)
+                       repeats the run; without --output-dir it resumes this one, refusing other settings
+                       than RESUME_MAY_CHANGE's)
     metrics.jsonl      one line per evaluation: step, epoch, train_loss (mean since the previous one), validation metrics
     best/              the adapter with the best validation score (adapter-only checkpoint)
     last/              the latest adapter + optimizer/scheduler/RNG state, to resume after a crash
@@ -91,7 +92,8 @@ class TrainConfig:
     dtype: str = _f("float32", "dtype of the loaded weights: float32, bfloat16, float16, float64 (exactness checks)")
     compile: bool = _f(False, "torch.compile the model for training")
     decoder_predict: str = _f("score", "decoder-only models: 'score' each label string, or 'generate'")
-    resume: bool = _f(True, "continue from <output_dir>/last when it exists")
+    resume: bool = _f(True, "continue from <output_dir>/last when it exists, with the run's settings: only --epochs, --max-steps, "
+                      "--early-stopping (to extend it), --eval-batch-size, --compile, --eval-before and --progress may differ")
     eval_before: bool = _f(True, "evaluate the test split before training too (printed beside the result)")
     progress: bool = _f(True, "show a progress bar")
 
@@ -363,12 +365,13 @@ def trained_state(model) -> dict[str, torch.Tensor]:
 
 
 def restore_trained(model, folder: Path) -> None:
-    """Copy the trained tensors saved in ``folder`` (best/ or last/) back into the model."""
-    saved = read_peer(folder) if _peer_of(model) is not None else ckpt._read_weights(folder)
+    """Copy the trained tensors saved in ``folder`` (best/ or last/) back into the model; a file made
+    for other tensor names or shapes is a :class:`~compacter.checkpoint.CheckpointError` that names
+    them, and the model is left unchanged."""
+    peer = _peer_of(model) is not None
+    saved = read_peer(folder) if peer else ckpt._read_weights(folder)
     own = trained_state(model)
-    mismatch = set(own) ^ set(saved)
-    if mismatch:
-        raise ckpt.CheckpointError(f"{folder}: checkpoint does not match this run's trained tensors ({sorted(mismatch)[:3]} ...)")
+    ckpt._compare(folder / (PEER_WEIGHTS if peer else ckpt.WEIGHTS_NAME), ckpt._shapes(own), ckpt._shapes(saved))
     with torch.no_grad():
         for key, p in own.items():
             p.copy_(saved[key].to(p.dtype))
@@ -529,6 +532,7 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     steps_per_epoch = per_epoch // cfg.grad_accum  # an epoch's last (per_epoch mod grad_accum) batches are skipped
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
     run = cfg.run_dir()
+    _refuse_other_settings(cfg, run)
     _refuse_finished(cfg, run, total_steps)
     model_path = cfg.model or default_model_path()
     import transformers as T
@@ -548,7 +552,6 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
         if not cfg.resume:
             _clear_run(run)
         run.mkdir(parents=True, exist_ok=True)
-        (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     validation = splits["validation"][: cfg.max_eval_samples] if cfg.max_eval_samples else splits["validation"]
     say(f"task {task.name}: {len(splits['train'])} train / {len(validation)} validation / {len(splits['test'])} test; "
         f"model {model_path} ({family}); method {cfg.method}: {trainable:,} trainable of {total:,} parameters "
@@ -573,6 +576,8 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     if cfg.resume and (run / "last" / "train_state.json").exists():
         progress = _resume(run / "last", raw_model, optimizer, scheduler)
         say(f"resumed from {run / 'last'} at step {progress['step']} (epoch {progress['epoch']}, batch {progress['batch']})")
+    if main:  # only now: a resume that fails to restore last/ leaves the run's config.json as it was
+        (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     if cfg.eval_before and progress["step"] == 0:
         progress["before"] = evaluate(raw_model, batcher, splits["test"], accelerator, cfg.eval_batch_size, cfg.decoder_predict)
         say(f"before training: test {_fmt(progress['before'])}")
@@ -681,6 +686,67 @@ def adamw(params: list[torch.nn.Parameter], lr: float, weight_decay: float = 0.0
     instead of a loop over them) where the parameters' device has the fused kernel."""
     fused = all(p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
+
+
+#: Options a resumed run may change from its config.json: where the run is (the same folder, named
+#: another way), how long it trains (more --epochs/--max-steps, or more --early-stopping patience,
+#: extend it from last/: the learning-rate schedule then decays over the new length from the step
+#: reached), and how it is run and shown (the same computation). Every other option shapes the adapter,
+#: the data, the optimizer or the evaluation that chooses best/; last/ keeps the old ones (its
+#: scheduler state the old learning rate, its tensors the old shapes), so a change is refused.
+RESUME_MAY_CHANGE = ("output_dir", "epochs", "max_steps", "early_stopping", "eval_batch_size", "compile", "resume",
+                     "eval_before", "progress")
+_PATH_OPTIONS = ("model", "data_dir", "train_file", "validation_file", "test_file")
+
+
+def _resumable(run: Path) -> bool:
+    """Does ``run`` hold a run that resume would continue (last/ or a crashed swap's last.old/), or a finished one?"""
+    return any((run / name).exists() for name in ("last/train_state.json", "last.old/train_state.json", "results.json"))
+
+
+def _refuse_other_settings(cfg: TrainConfig, run: Path) -> None:
+    """With resume on, a run folder whose run would be resumed (last/) or is finished (results.json)
+    is refused, before anything is written, when ``cfg`` differs from its config.json in an option
+    not in :data:`RESUME_MAY_CHANGE`: resuming would silently keep the old learning rate (last/'s
+    scheduler state), train another adapter shape into a crash, or mix two settings in one run
+    while config.json claims one. Differences that are no change are allowed: a learning rate of
+    None and the method's default rate, adapter overrides equal to the preset, one path spelled
+    two ways. A folder without config.json has nothing to compare (restore_trained still checks
+    every tensor's name and shape)."""
+    file = run / "config.json"
+    if not (cfg.resume and _resumable(run) and file.is_file()):
+        return
+    fix = "To train with these settings, give another --output-dir (or --no-resume to start over in this folder, replacing its run files)"
+    try:
+        saved = TrainConfig.from_dict(json.loads(file.read_text()))
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{file}: cannot read the settings of the run to resume: {err}. {fix}") from None
+    changed = []
+    for f in dataclasses.fields(TrainConfig):
+        old, new = getattr(saved, f.name), getattr(cfg, f.name)
+        if f.name in RESUME_MAY_CHANGE or old == new:
+            continue
+        if f.name == "learning_rate" and saved.lr == cfg.lr:  # None: the method's default rate
+            continue
+        if f.name in _PATH_OPTIONS and old is not None and new is not None and os.path.abspath(old) == os.path.abspath(new):
+            continue
+        if f.name == "adapter" and _same_adapter(saved, cfg):
+            continue
+        changed.append(f"--{f.name.replace('_', '-')}: {old!r} in the run, {new!r} now")
+    if changed:
+        raise ValueError(f"{run} holds a run with other settings than these, and resuming it would not train them "
+                         f"(options a resumed run may change: {', '.join(RESUME_MAY_CHANGE)}):\n  - "
+                         + "\n  - ".join(changed) + f"\n{fix}")
+
+
+def _same_adapter(a: TrainConfig, b: TrainConfig) -> bool:
+    """Do two configs' --adapter overrides build the same adapter (``reduction_factor=32`` is the preset's)?"""
+    if a.is_peer or b.is_peer or a.method != b.method:
+        return False
+    try:
+        return a.adapter_config() == b.adapter_config()
+    except (ValueError, TypeError):
+        return False
 
 
 def _refuse_finished(cfg: TrainConfig, run: Path, total_steps: int) -> None:

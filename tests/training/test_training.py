@@ -486,3 +486,79 @@ def test_evaluate_and_predict_use_the_runs_mixed_precision(model_dirs, tmp_path,
     assert json.loads(capsys.readouterr().out)["score"] == pytest.approx(results["test"]["score"])
     assert main(["predict", best, "--text", "The soup was great."]) == 0
     assert seen == [True, True]
+
+
+@pytest.mark.parametrize("change,shown", [
+    (dict(adapter={"reduction_factor": 4, "non_linearity": "relu"}), "--adapter: {'reduction_factor': 4} in the run, "
+                                                                       "{'reduction_factor': 4, 'non_linearity': 'relu'} now"),
+    (dict(adapter={"reduction_factor": 16}), "--adapter: {'reduction_factor': 4} in the run, {'reduction_factor': 16} now"),
+    (dict(learning_rate=0.5), "--learning-rate: 0.01 in the run, 0.5 now"),
+    (dict(batch_size=4, seed=7), "--batch-size: 8 in the run, 4 now\n  - --seed: 42 in the run, 7 now"),
+])
+@pytest.mark.parametrize("finished", [False, True])
+def test_resume_refuses_other_settings_before_writing_anything(model_dirs, tmp_path, change, shown, finished):
+    """A resumed run silently kept last/'s nonlinearity and learning rate (its scheduler state) while
+    config.json said otherwise, or crashed on other adapter shapes after rewriting config.json."""
+    cfg = _cfg(model_dirs, "encoder", tmp_path, max_steps=2, eval_every=2, eval_before=False)
+    train(cfg, log=lambda *a: None)
+    run = tmp_path / "run-encoder"
+    if not finished:
+        (run / "results.json").unlink()  # as if killed while testing best/
+    before = _stamps(run)
+    with pytest.raises(ValueError) as err:
+        train(dataclasses.replace(cfg, max_steps=4, **change), log=lambda *a: None)
+    message = str(err.value)
+    assert message.startswith(f"{run} holds a run with other settings") and shown in message, message
+    assert "--output-dir" in message and "--no-resume" in message
+    assert _stamps(run) == before
+
+
+def test_resume_may_change_the_length_and_how_the_run_is_shown(model_dirs, tmp_path, capsys):
+    cfg = _cfg(model_dirs, "encoder", tmp_path, max_steps=2, eval_every=2, eval_before=False, learning_rate=None)
+    train(cfg, log=lambda *a: None)
+    run = tmp_path / "run-encoder"
+    # the method's default rate spelled out, the preset's reduction factor, the folder named another way: no change
+    same = dict(learning_rate=3e-3, adapter={"reduction_factor": 4, "non_linearity": "gelu_new"},
+                output_dir=str(tmp_path / "." / "run-encoder"), model=model_dirs["encoder"] + "/")
+    results = train(dataclasses.replace(cfg, max_steps=4, early_stopping=5, eval_batch_size=3, eval_before=True, **same),
+                    log=lambda *a: None)
+    assert results["steps"] == 4
+    assert json.loads((run / "config.json").read_text())["max_steps"] == 4
+    # through the CLI, from the run's config.json: refused with the differences, nothing written
+    before = _stamps(run)
+    assert main(["train", "--config", str(run / "config.json"), "--max-steps", "6", "--learning-rate", "0.5", "--weight-decay", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "--learning-rate: 0.003 in the run, 0.5 now" in err and "--weight-decay: 0.0 in the run, 0.1 now" in err
+    assert _stamps(run) == before
+    assert main(["train", "--config", str(run / "config.json"), "--max-steps", "6", "--no-progress"]) == 0
+
+
+def test_restoring_a_checkpoint_of_other_shapes_is_a_checkpoint_error_and_changes_nothing(model_dirs, tmp_path):
+    from compacter import add_adapters
+    from compacter.checkpoint import CheckpointError
+    from compacter.modeling import load_model
+    from compacter.tasks import get_task
+
+    train(_cfg(model_dirs, "encoder", tmp_path, max_steps=2, eval_every=2, eval_before=False), log=lambda *a: None)
+    model = load_model(model_dirs["encoder"], "encoder", get_task("demo"))
+    add_adapters(model, TrainConfig(adapter={"reduction_factor": 8}).adapter_config())
+    state = {k: v.clone() for k, v in training.trained_state(model).items()}
+    with pytest.raises(CheckpointError, match=r"last/adapter_model.safetensors: made for other shapes(.|\n)*"
+                                              r"down.bias: checkpoint has shape \[8\], this model needs \[4\]"):
+        training.restore_trained(model, tmp_path / "run-encoder" / "last")
+    for key, value in training.trained_state(model).items():
+        assert torch.equal(value, state[key]), key
+
+
+def test_a_resume_that_cannot_restore_last_leaves_config_json_as_it_was(model_dirs, tmp_path):
+    from compacter.checkpoint import CheckpointError
+
+    cfg = _cfg(model_dirs, "encoder", tmp_path, max_steps=2, eval_every=2, eval_before=False)
+    train(cfg, log=lambda *a: None)
+    run = tmp_path / "run-encoder"
+    weights = run / "last" / WEIGHTS_NAME
+    weights.write_bytes(weights.read_bytes()[:100])  # a damaged disk, a partial copy
+    config = (run / "config.json").read_text()
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        train(dataclasses.replace(cfg, max_steps=4), log=lambda *a: None)
+    assert (run / "config.json").read_text() == config
