@@ -473,12 +473,39 @@ def _log(folder: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def _tensorboard(folder: Path):
+def _trim_log(folder: Path, step: int) -> None:
+    """Keep only metrics.jsonl's evaluations up to ``step``, the step the run resumes from.
+
+    An evaluation is logged before last/ is saved, so a run killed in between logged a step that
+    its resume evaluates (and logs) again; a kill while writing leaves a torn last line. Both are
+    dropped, by writing the kept lines to a new file that replaces the old one."""
+    file = folder / "metrics.jsonl"
+    if not file.exists():
+        return
+    text = file.read_text()
+    lines = text.splitlines()
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line)
+    if kept != lines or not text.endswith("\n") and text:  # a line without its newline: the next would join it
+        tmp = file.with_name(file.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, file)
+
+
+def _tensorboard(folder: Path, resumed_step: int):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(str(folder / "tensorboard"))
+    # events a killed run logged after the step it resumes from are hidden (logged again from here)
+    purge = resumed_step + 1 if (folder / "tensorboard").exists() else None
+    return SummaryWriter(str(folder / "tensorboard"), purge_step=purge)
 
 
 def _dir_bytes(folder: Path) -> int:
@@ -578,11 +605,12 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
         say(f"resumed from {run / 'last'} at step {progress['step']} (epoch {progress['epoch']}, batch {progress['batch']})")
     if main:  # only now: a resume that fails to restore last/ leaves the run's config.json as it was
         (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        _trim_log(run, progress["step"])
     if cfg.eval_before and progress["step"] == 0:
         progress["before"] = evaluate(raw_model, batcher, splits["test"], accelerator, cfg.eval_batch_size, cfg.decoder_predict)
         say(f"before training: test {_fmt(progress['before'])}")
 
-    writer = _tensorboard(run) if main else None
+    writer = _tensorboard(run, progress["step"]) if main else None
     bar = _progress_bar(cfg, total_steps, progress["step"], main)
     start = time.perf_counter() - progress.get("seconds", 0.0)  # last/ of older versions has no "seconds"
     model.train()
@@ -663,7 +691,7 @@ def _train_loop(cfg, run, model, forward, raw_model, batcher, splits, validation
 
 
 # a run folder's files: --no-resume removes them before starting over
-_RUN_FILES = ("results.json", "metrics.jsonl", "tensorboard", "best", "best.tmp", "best.old", "last", "last.tmp", "last.old")
+_RUN_FILES = ("results.json", "metrics.jsonl", "metrics.jsonl.tmp", "tensorboard", "best", "best.tmp", "best.old", "last", "last.tmp", "last.old")
 
 
 def _clear_run(run: Path) -> None:

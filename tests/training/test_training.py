@@ -562,3 +562,39 @@ def test_a_resume_that_cannot_restore_last_leaves_config_json_as_it_was(model_di
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         train(dataclasses.replace(cfg, max_steps=4), log=lambda *a: None)
     assert (run / "config.json").read_text() == config
+
+
+def test_a_run_killed_between_logging_and_checkpointing_logs_each_evaluation_once(model_dirs, tmp_path, monkeypatch):
+    """metrics.jsonl is appended before last/ is saved: a kill in between made the resumed run
+    evaluate and log that step again (and a kill mid-write left a torn line)."""
+    import sys
+    import types
+
+    cfg = _cfg(model_dirs, "encoder", tmp_path, eval_every=2, max_steps=6, eval_before=False)
+    real_save = training.save_train_state
+    calls = []
+
+    def killed_at_second_save(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real_save(*args, **kw)
+
+    monkeypatch.setattr(training, "save_train_state", killed_at_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, log=lambda *a: None)
+    monkeypatch.setattr(training, "save_train_state", real_save)
+    run = tmp_path / "run-encoder"
+    log = run / "metrics.jsonl"
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [2, 4]  # last/ is at step 2
+    log.write_text(log.read_text() + '{"step": 4, "epo')  # and a kill in the middle of the next line
+    # TensorBoard's events after the resumed step are hidden too (a stand-in records the writer's options)
+    writers = []
+    fake = types.ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = lambda *a, **kw: writers.append(kw) or types.SimpleNamespace(add_scalar=lambda *a: None,
+                                                                                       close=lambda: None)
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    (run / "tensorboard").mkdir(exist_ok=True)
+    train(cfg, log=lambda *a: None)
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [2, 4, 6]
+    assert writers == [{"purge_step": 3}]
