@@ -4,7 +4,8 @@ Each run is an ordinary run directory (config.json, results.json, best/), so any
 repeated with `compacter train --config <run>/config.json`. Each run is its own
 `python -m compacter train` process (its log in <run>.log), so the peak memory a run reports
 is its own. Runs that already have a results.json are skipped, so an interrupted sweep resumes
-where it stopped; a finished run with other settings in the same folder is an error (another --out).
+where it stopped; a run with other settings in the same folder is an error (another --out): the sweep refuses a
+finished one, `compacter train` an unfinished one (options a resume may change aside, see training.RESUME_MAY_CHANGE).
 
 Example (the CPU sweep in docs/RESULTS.md):
     .venv/bin/python benchmarks/glue_sweep.py --data-dir ../shared/data --tasks cb copa mrpc rte stsb \
@@ -23,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from compacter.cli import parse_key_values
+from compacter.cli import parse_key_values, positive_int
 from compacter.config import METHODS
 from compacter.peers import PEER_METHODS
 from compacter.report import report_main
@@ -38,15 +39,17 @@ def main() -> None:
     p.add_argument("--tasks", nargs="+", default=["cola", "sst2", "mrpc", "stsb", "rte", "cb", "copa", "wsc"])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS + PEER_METHODS)
     p.add_argument("--seeds", nargs="+", type=int, default=[42])
-    p.add_argument("--train-samples", type=int, default=None, help="subsample each training set (CPU budgets)")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-eval-samples", type=int, default=None)
+    p.add_argument("--train-samples", type=positive_int, default=None, help="subsample each training set (CPU budgets)")
+    p.add_argument("--epochs", type=positive_int, default=20)
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--max-eval-samples", type=positive_int, default=None)
     p.add_argument("--lr-scale", type=float, default=1.0, help="multiply each method's paper learning rate")
     p.add_argument("--adapter", nargs="*", default=[], metavar="KEY=VALUE", help="CompacterConfig overrides for our methods (and AdapterHub's, which share names such as reduction_factor)")
-    p.add_argument("--max-steps", type=int, default=None, help="cap optimizer steps per run (CPU budgets)")
+    p.add_argument("--max-steps", type=positive_int, default=None, help="cap optimizer steps per run (CPU budgets)")
     p.add_argument("--out", default="runs/sweep")
     args = p.parse_args()
+    if not args.lr_scale > 0:
+        p.error(f"argument --lr-scale: must be positive, got {args.lr_scale}")
     out = Path(args.out)
     overrides = parse_key_values(args.adapter)  # the same KEY=VALUE parsing as `compacter train --adapter`
     for seed in args.seeds:

@@ -1,6 +1,9 @@
 """The compacter command: help for every subcommand, params from a config alone, errors."""
 
 
+import json
+from pathlib import Path
+
 import pytest
 import transformers as T
 
@@ -90,3 +93,60 @@ def test_demo_defaults_apply_only_where_they_belong(monkeypatch, argv, expected)
     assert main(["train", *argv]) == 0
     config = seen[0]
     assert {key: getattr(config, key) for key in expected} == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ('{"epochs": 3,\n "seed": }', r"c\.json: not valid JSON at line 2, column 10"),
+    ('[{"epochs": 3}]', r"c\.json: expected a JSON object of training options .*got a list"),
+    ('{"epochs": "3", "resume": "false", "compile": "no"}', r"c\.json: invalid training options:\n"
+     r"  - --epochs \(epochs\) must be a whole number, got '3' \(a string\)\n"
+     r"  - --compile \(compile\) must be true or false, got 'no' \(a string\)\n"
+     r"  - --resume \(resume\) must be true or false, got 'false'"),
+    ('{"epoch": 3}', r"c\.json: invalid training options:\n  - unknown training option 'epoch' \(did you mean 'epochs'\?\)"),
+    ('{"batch_size": 0}', r"c\.json with the flags given: invalid training options:\n  - --batch-size must be at least 1"),
+])
+def test_a_bad_config_file_is_an_error_naming_the_file_not_a_traceback(tmp_path, monkeypatch, capsys, text, expected):
+    import re
+
+    seen = []
+    monkeypatch.setattr("compacter.training.train", seen.append)
+    (tmp_path / "c.json").write_text(text)
+    assert main(["train", "--config", str(tmp_path / "c.json")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(expected, err), err
+    assert not seen and "Traceback" not in err
+
+
+def test_config_file_null_adapter_merges_with_adapter_flags(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr("compacter.training.train", seen.append)
+    monkeypatch.setattr("compacter.training.end_distributed", lambda: False)
+    (tmp_path / "c.json").write_text('{"adapter": null, "epochs": 2}')
+    assert main(["train", "--config", str(tmp_path / "c.json"), "--adapter", "phm_dim=8"]) == 0
+    assert seen[0].adapter == {"phm_dim": 8} and seen[0].epochs == 2
+
+
+RUNS = Path(__file__).resolve().parents[1] / "docs" / "results" / "runs"
+
+
+def test_every_committed_run_config_still_loads():
+    """The recorded runs' config.json must stay valid for `train --config` (repeat or resume them)."""
+    from compacter.cli import read_config_file
+    from compacter.training import TrainConfig
+
+    files = sorted(RUNS.glob("**/config.json"))
+    assert len(files) > 100
+    for file in files:
+        cfg = TrainConfig.from_dict(read_config_file(str(file)))
+        assert cfg.to_dict() == {**cfg.to_dict(), **json.loads(file.read_text())}, file
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+@pytest.mark.parametrize("size", ["0", "-1", "two"])
+def test_evaluate_and_predict_refuse_a_batch_size_below_one(command, size, capsys):
+    """--batch-size -1 printed nothing and exited 0; 0 failed with "range() arg 3 must not be zero"."""
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "no/such/adapter", "--batch-size", size])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--batch-size" in err and ("at least 1" in err), err

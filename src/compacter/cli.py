@@ -64,6 +64,17 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
                                 choices=METHODS + PEER_METHODS if f.name == "method" else None)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1 (a batch size of 0 or -1 predicts nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 #: "none" given for an optional option whose default is not None (argparse's None means "not given")
 NONE = type("NoneGiven", (), {"__repr__": lambda self: "none"})()
 
@@ -87,7 +98,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     data: dict[str, Any] = {}
     if args.config:
-        data = json.loads(Path(args.config).read_text())
+        data = read_config_file(args.config)
     elif args.task in (None, "demo") and args.train_file is None:
         data = dict(DEMO_DEFAULTS)
         if args.method is None:
@@ -99,28 +110,65 @@ def cmd_train(args: argparse.Namespace) -> int:
         if value is NONE:
             value = None
         elif f.name == "adapter":
-            value = {**data.get("adapter", {}), **parse_key_values(value)}
+            value = {**(data.get("adapter") or {}), **parse_key_values(value)}
         data[f.name] = value
     try:
-        train(TrainConfig.from_dict(data))
+        try:
+            cfg = TrainConfig.from_dict(data)
+        except ValueError as err:
+            if args.config:  # the values may come from the file or from a flag
+                raise ValueError(f"--config {args.config} with the flags given: {err}") from None
+            raise
+        train(cfg)
     finally:
         args.gloo = end_distributed()  # main leaves gloo processes with os._exit, errors too
     return 0
 
 
-def _load_adapted(adapter_dir: str, model: str | None, task_name: str | None):
-    """Base model + saved adapter, ready to predict; the model and task default to the run's.
+def read_config_file(path: str) -> dict[str, Any]:
+    """The options in a run's config.json (``train --config``), their names and types checked; a
+    problem is a ValueError naming the file (and the line and column of a JSON syntax error)."""
+    from .training import TrainConfig, json_kind
+
+    try:
+        text = Path(path).read_text()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"--config {path}: not a text file ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise ValueError(f"--config {path}: cannot read it ({err.strerror or err})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--config {path}: not valid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path}: expected a JSON object of training options "
+                         f"(like a run's config.json), got {json_kind(data)}")
+    problems = TrainConfig.option_problems(data)
+    if problems:
+        raise ValueError(f"--config {path}: invalid training options:\n  - " + "\n  - ".join(problems))
+    return data
+
+
+def _load_adapted(adapter_dir: str, model: str | None, task_name: str | None, dtype: str | None = None):
+    """Base model + saved adapter, ready to predict; the model, task and weights dtype default to
+    the run's (a run trained in bfloat16 is evaluated in bfloat16, as its results.json was).
     Returns (model, batcher, task, run config dict, own) where ``own`` is the run's TrainConfig when
     it trained on the user's own files and no other --task is asked for (else None)."""
     from . import load_adapters, read_adapter_config
     from .modeling import Batcher, family_of, load_model, load_tokenizer
     from .tasks import get_task
+    from .training import DTYPES
 
     config, meta = read_adapter_config(adapter_dir)
     run_config = _run_config(adapter_dir)
     model_path = model or run_config.get("model") or meta.get("base_model")
     if not model_path:
         raise SystemExit("error: the adapter does not name its base model: pass --model")
+    # a run directory's config.json without "dtype" predates the option: those runs trained in float32;
+    # an adapter outside a run directory loads the model in the dtype its files were saved in
+    dtype = dtype or (run_config.get("dtype", "float32") if run_config else None)
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"{_run_config_path(adapter_dir)}: dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     own = None
     if task_name is None and run_config.get("train_file"):  # a run on the user's own files: their task again
         from .training import TrainConfig, resolve_task
@@ -132,16 +180,41 @@ def _load_adapted(adapter_dir: str, model: str | None, task_name: str | None):
     import transformers as T
 
     family = family_of(T.AutoConfig.from_pretrained(model_path))
-    net = load_model(model_path, family, task)
+    net = load_model(model_path, family, task, DTYPES[dtype] if dtype else None)
     load_adapters(net, adapter_dir)
     batcher = Batcher(load_tokenizer(model_path, family), family, task,
                       run_config.get("max_source_length", 128), run_config.get("max_target_length", 16))
     return net.eval(), batcher, task, run_config, own
 
 
+def _run_autocast(net, run_config: dict):
+    """The autocast the run's own evaluations ran under: Accelerate wraps the model's forward in
+    it for --mixed-precision bf16 (on any device) and fp16 (on a GPU; on a CPU it does not)."""
+    import contextlib
+
+    import torch
+
+    device = next(net.parameters()).device.type
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16 if device == "cuda" else None}.get(run_config.get("mixed_precision"))
+    return torch.autocast(device, dtype=dtype) if dtype else contextlib.nullcontext()
+
+
+def _run_config_path(adapter_dir: str) -> Path:
+    return Path(adapter_dir).parent / "config.json"
+
+
 def _run_config(adapter_dir: str) -> dict:
-    path = Path(adapter_dir).parent / "config.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """The config.json of the run directory that holds the adapter folder ({} when there is none)."""
+    path = _run_config_path(adapter_dir)
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: the run's config is not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: the run's config is not a JSON object")
+    return data
 
 
 def _missing(flag: str):
@@ -152,7 +225,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .training import evaluate
     from .tasks import paper_splits
 
-    net, batcher, task, run_config, own = _load_adapted(args.adapter, args.model, args.task)
+    net, batcher, task, run_config, own = _load_adapted(args.adapter, args.model, args.task, args.dtype)
     if own is not None:  # the run's own files, split as in training
         from .training import load_splits
 
@@ -160,7 +233,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         data_dir = args.data_dir or run_config.get("data_dir")
         examples = paper_splits(task, data_dir, seed=run_config.get("split_seed", 42))[args.split]
-    metrics = evaluate(net, batcher, examples, batch_size=args.batch_size, decoder_predict=run_config.get("decoder_predict", "score"))
+    with _run_autocast(net, run_config):
+        metrics = evaluate(net, batcher, examples, batch_size=args.batch_size,
+                           decoder_predict=run_config.get("decoder_predict", "score"))
     print(json.dumps({"task": task.name, "split": args.split, **metrics}, indent=2))
     return 0
 
@@ -171,7 +246,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .tasks.base import join_fields
     from .tasks.data import file_rows
 
-    net, batcher, task, run_config, _ = _load_adapted(args.adapter, args.model, args.task)
+    net, batcher, task, run_config, _ = _load_adapted(args.adapter, args.model, args.task, args.dtype)
     rows: list[dict] = []
     for text in args.text or []:
         parsed = _parse_value(text)
@@ -186,8 +261,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     fields = [{f: str(r[f]) for f in task.input_fields} for r in rows]
     examples = [Example(source=join_fields(f), target="", label=None, fields=f) for f in fields]
     predictions = []
-    for start in range(0, len(examples), args.batch_size):
-        predictions += predict_batch(net, batcher, examples[start:start + args.batch_size], run_config.get("decoder_predict", "score"))
+    with _run_autocast(net, run_config):
+        for start in range(0, len(examples), args.batch_size):
+            predictions += predict_batch(net, batcher, examples[start:start + args.batch_size],
+                                         run_config.get("decoder_predict", "score"))
     for row, pred in zip(rows, predictions):
         name = task.label_names[int(pred)] if task.label_texts and pred in task.label_texts else pred
         print(json.dumps({"input": row, "prediction": pred, "label": name}))
@@ -209,6 +286,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .training import DTYPES
+
     parser = argparse.ArgumentParser(prog="compacter", description="Parameter-efficient fine-tuning with Compacter adapters.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     train = sub.add_parser("train", help="fine-tune adapters on a task (no flags: the offline demo)",
@@ -222,7 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("adapter", help="adapter folder (e.g. runs/demo-compacter++-seed42/best)")
         p.add_argument("--model", help="base model (default: the one the run used)")
         p.add_argument("--task", help="task (default: the one the run used)")
-        p.add_argument("--batch-size", type=int, default=64, help="examples per batch (default: 64)")
+        p.add_argument("--batch-size", type=positive_int, default=64, help="examples per batch (default: 64)")
+        p.add_argument("--dtype", choices=tuple(DTYPES),
+                       help="dtype of the loaded weights (default: the run's --dtype, as in its results.json)")
         p.set_defaults(func=func)
         if name == "evaluate":
             p.add_argument("--split", choices=("validation", "test"), default="test", help="which split (default: test)")

@@ -9,7 +9,8 @@ same global batches as a run on one process with an N-times larger batch.
 Run directory::
 
     config.json        the resolved TrainConfig (``compacter train --config run/config.json --output-dir new``
-                       repeats the run; without --output-dir it resumes this one)
+                       repeats the run; without --output-dir it resumes this one, refusing other settings
+                       than RESUME_MAY_CHANGE's)
     metrics.jsonl      one line per evaluation: step, epoch, train_loss (mean since the previous one), validation metrics
     best/              the adapter with the best validation score (adapter-only checkpoint)
     last/              the latest adapter + optimizer/scheduler/RNG state, to resume after a crash
@@ -20,12 +21,16 @@ Run directory::
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import os
 import sys
 import time
+import types
+import typing
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +92,8 @@ class TrainConfig:
     dtype: str = _f("float32", "dtype of the loaded weights: float32, bfloat16, float16, float64 (exactness checks)")
     compile: bool = _f(False, "torch.compile the model for training")
     decoder_predict: str = _f("score", "decoder-only models: 'score' each label string, or 'generate'")
-    resume: bool = _f(True, "continue from <output_dir>/last when it exists")
+    resume: bool = _f(True, "continue from <output_dir>/last when it exists, with the run's settings: only --epochs, --max-steps, "
+                      "--early-stopping (to extend it), --eval-batch-size, --compile, --eval-before and --progress may differ")
     eval_before: bool = _f(True, "evaluate the test split before training too (printed beside the result)")
     progress: bool = _f(True, "show a progress bar")
 
@@ -95,27 +101,39 @@ class TrainConfig:
         if self.adapter is None:
             self.adapter = {}
         problems = []
-        if self.method not in METHODS + PEER_METHODS:
+        bad = set()  # fields of the wrong type: their value checks below are skipped
+        for f in dataclasses.fields(self):
+            problem = _type_problem(f.name, getattr(self, f.name))
+            if problem:
+                problems.append(problem)
+                bad.add(f.name)
+            else:
+                setattr(self, f.name, _normalized(f.name, getattr(self, f.name)))
+
+        def check(*names):
+            return [n for n in names if n not in bad]
+
+        if check("method") and self.method not in METHODS + PEER_METHODS:
             problems.append(f"--method {self.method!r} is not one of {', '.join(METHODS + PEER_METHODS)}")
-        if self.mixed_precision not in MIXED_PRECISION:
+        if check("mixed_precision") and self.mixed_precision not in MIXED_PRECISION:
             problems.append(f"--mixed-precision {self.mixed_precision!r} is not one of {', '.join(MIXED_PRECISION)}")
-        if self.dtype not in DTYPES:
+        if check("dtype") and self.dtype not in DTYPES:
             problems.append(f"--dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
-        if self.decoder_predict not in ("score", "generate"):
+        if check("decoder_predict") and self.decoder_predict not in ("score", "generate"):
             problems.append(f"--decoder-predict {self.decoder_predict!r} is not one of score, generate")
-        for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size", "max_source_length", "max_target_length"):
+        for name in check("epochs", "batch_size", "grad_accum", "eval_batch_size", "max_source_length", "max_target_length"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_steps", "eval_every", "early_stopping", "train_samples", "max_eval_samples"):
+        for name in check("max_steps", "eval_every", "early_stopping", "train_samples", "max_eval_samples"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+        if check("max_grad_norm") and self.max_grad_norm is not None and not self.max_grad_norm > 0:
             problems.append(f"--max-grad-norm must be positive (or none to disable clipping), got {self.max_grad_norm}")
-        if self.learning_rate is not None and not self.learning_rate > 0:
+        if check("learning_rate") and self.learning_rate is not None and not self.learning_rate > 0:
             problems.append(f"--learning-rate must be positive, got {self.learning_rate}")
-        if self.warmup_steps is not None and self.warmup_steps < 0:
+        if check("warmup_steps") and self.warmup_steps is not None and self.warmup_steps < 0:
             problems.append(f"--warmup-steps must be 0 or more, got {self.warmup_steps}")
-        if not self.weight_decay >= 0:
+        if check("weight_decay") and not self.weight_decay >= 0:
             problems.append(f"--weight-decay must be 0 or more, got {self.weight_decay}")
         if self.train_file is None and (self.validation_file or self.test_file):
             problems.append("--validation-file/--test-file need --train-file")
@@ -142,12 +160,96 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
+    def option_problems(cls, data: dict[str, Any]) -> list[str]:
+        """What is wrong with the option names and value types of ``data`` (a config.json's object),
+        one line each; the value checks that need every option (ranges, choices) are __post_init__'s."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        problems = []
+        for key in sorted(set(data) - set(names)):
+            close = difflib.get_close_matches(key, names, n=1)
+            problems.append(f"unknown training option {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        problems += [p for key in names if key in data and (p := _type_problem(key, data[key]))]
+        return problems
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown training option(s) {', '.join(unknown)}")
+        if not isinstance(data, dict):
+            raise ValueError(f"training options must be a JSON object of option: value, got {json_kind(data)}")
+        problems = cls.option_problems(data)
+        if any(p.startswith("unknown") for p in problems):  # cannot be passed on: say all that is wrong now
+            raise ValueError("invalid training options:\n  - " + "\n  - ".join(problems))
         return cls(**data)
+
+
+@lru_cache(maxsize=None)
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Is ``value`` of the annotated type? JSON's types: bool is not an int, an int is a float."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is list:
+        return isinstance(value, (list, tuple)) and all(_fits(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items())
+    raise TypeError(f"TrainConfig: no type check for the annotation {hint}")
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is list:
+        return f"a list of {_describe(args[0]).split(' ', 1)[1]}s"
+    if origin is dict:
+        return "an object of KEY: VALUE settings"
+    return {type(None): "null (none)", bool: "true or false", int: "a whole number", float: "a number",
+            str: "a string"}[hint]
+
+
+def json_kind(value: Any) -> str:
+    """``value``'s type in JSON's words."""
+    if value is None:
+        return "null"
+    for kind, name in ((bool, "true/false"), (int, "a whole number"), (float, "a number"), (str, "a string"),
+                       ((list, tuple), "a list"), (dict, "an object")):
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
+def _type_problem(name: str, value: Any) -> str | None:
+    hint = _hints()[name]
+    if name == "adapter" and value is None:  # the default: no overrides
+        return None
+    if _fits(value, hint):
+        return None
+    return f"--{name.replace('_', '-')} ({name}) must be {_describe(hint)}, got {value!r} ({json_kind(value)})"
+
+
+def _normalized(name: str, value: Any) -> Any:
+    """A checked value in the form config.json keeps: lists, not tuples; floats for float options."""
+    hint = _hints()[name]
+    if isinstance(value, tuple):
+        return list(value)
+    if float in (hint, *typing.get_args(hint)) and isinstance(value, int):
+        return float(value)
+    return value
 
 
 class TrainingDiverged(RuntimeError):
@@ -263,12 +365,13 @@ def trained_state(model) -> dict[str, torch.Tensor]:
 
 
 def restore_trained(model, folder: Path) -> None:
-    """Copy the trained tensors saved in ``folder`` (best/ or last/) back into the model."""
-    saved = read_peer(folder) if _peer_of(model) is not None else ckpt._read_weights(folder)
+    """Copy the trained tensors saved in ``folder`` (best/ or last/) back into the model; a file made
+    for other tensor names or shapes is a :class:`~compacter.checkpoint.CheckpointError` that names
+    them, and the model is left unchanged."""
+    peer = _peer_of(model) is not None
+    saved = read_peer(folder) if peer else ckpt._read_weights(folder)
     own = trained_state(model)
-    mismatch = set(own) ^ set(saved)
-    if mismatch:
-        raise ckpt.CheckpointError(f"{folder}: checkpoint does not match this run's trained tensors ({sorted(mismatch)[:3]} ...)")
+    ckpt._compare(folder / (PEER_WEIGHTS if peer else ckpt.WEIGHTS_NAME), ckpt._shapes(own), ckpt._shapes(saved))
     with torch.no_grad():
         for key, p in own.items():
             p.copy_(saved[key].to(p.dtype))
@@ -370,12 +473,39 @@ def _log(folder: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def _tensorboard(folder: Path):
+def _trim_log(folder: Path, step: int) -> None:
+    """Keep only metrics.jsonl's evaluations up to ``step``, the step the run resumes from.
+
+    An evaluation is logged before last/ is saved, so a run killed in between logged a step that
+    its resume evaluates (and logs) again; a kill while writing leaves a torn last line. Both are
+    dropped, by writing the kept lines to a new file that replaces the old one."""
+    file = folder / "metrics.jsonl"
+    if not file.exists():
+        return
+    text = file.read_text()
+    lines = text.splitlines()
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line)
+    if kept != lines or not text.endswith("\n") and text:  # a line without its newline: the next would join it
+        tmp = file.with_name(file.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, file)
+
+
+def _tensorboard(folder: Path, resumed_step: int):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(str(folder / "tensorboard"))
+    # events a killed run logged after the step it resumes from are hidden (logged again from here)
+    purge = resumed_step + 1 if (folder / "tensorboard").exists() else None
+    return SummaryWriter(str(folder / "tensorboard"), purge_step=purge)
 
 
 def _dir_bytes(folder: Path) -> int:
@@ -429,6 +559,7 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     steps_per_epoch = per_epoch // cfg.grad_accum  # an epoch's last (per_epoch mod grad_accum) batches are skipped
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
     run = cfg.run_dir()
+    _refuse_other_settings(cfg, run)
     _refuse_finished(cfg, run, total_steps)
     model_path = cfg.model or default_model_path()
     import transformers as T
@@ -448,7 +579,6 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
         if not cfg.resume:
             _clear_run(run)
         run.mkdir(parents=True, exist_ok=True)
-        (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     validation = splits["validation"][: cfg.max_eval_samples] if cfg.max_eval_samples else splits["validation"]
     say(f"task {task.name}: {len(splits['train'])} train / {len(validation)} validation / {len(splits['test'])} test; "
         f"model {model_path} ({family}); method {cfg.method}: {trainable:,} trainable of {total:,} parameters "
@@ -473,11 +603,14 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     if cfg.resume and (run / "last" / "train_state.json").exists():
         progress = _resume(run / "last", raw_model, optimizer, scheduler)
         say(f"resumed from {run / 'last'} at step {progress['step']} (epoch {progress['epoch']}, batch {progress['batch']})")
+    if main:  # only now: a resume that fails to restore last/ leaves the run's config.json as it was
+        (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        _trim_log(run, progress["step"])
     if cfg.eval_before and progress["step"] == 0:
         progress["before"] = evaluate(raw_model, batcher, splits["test"], accelerator, cfg.eval_batch_size, cfg.decoder_predict)
         say(f"before training: test {_fmt(progress['before'])}")
 
-    writer = _tensorboard(run) if main else None
+    writer = _tensorboard(run, progress["step"]) if main else None
     bar = _progress_bar(cfg, total_steps, progress["step"], main)
     start = time.perf_counter() - progress.get("seconds", 0.0)  # last/ of older versions has no "seconds"
     model.train()
@@ -558,7 +691,7 @@ def _train_loop(cfg, run, model, forward, raw_model, batcher, splits, validation
 
 
 # a run folder's files: --no-resume removes them before starting over
-_RUN_FILES = ("results.json", "metrics.jsonl", "tensorboard", "best", "best.tmp", "best.old", "last", "last.tmp", "last.old")
+_RUN_FILES = ("results.json", "metrics.jsonl", "metrics.jsonl.tmp", "tensorboard", "best", "best.tmp", "best.old", "last", "last.tmp", "last.old")
 
 
 def _clear_run(run: Path) -> None:
@@ -581,6 +714,67 @@ def adamw(params: list[torch.nn.Parameter], lr: float, weight_decay: float = 0.0
     instead of a loop over them) where the parameters' device has the fused kernel."""
     fused = all(p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
+
+
+#: Options a resumed run may change from its config.json: where the run is (the same folder, named
+#: another way), how long it trains (more --epochs/--max-steps, or more --early-stopping patience,
+#: extend it from last/: the learning-rate schedule then decays over the new length from the step
+#: reached), and how it is run and shown (the same computation). Every other option shapes the adapter,
+#: the data, the optimizer or the evaluation that chooses best/; last/ keeps the old ones (its
+#: scheduler state the old learning rate, its tensors the old shapes), so a change is refused.
+RESUME_MAY_CHANGE = ("output_dir", "epochs", "max_steps", "early_stopping", "eval_batch_size", "compile", "resume",
+                     "eval_before", "progress")
+_PATH_OPTIONS = ("model", "data_dir", "train_file", "validation_file", "test_file")
+
+
+def _resumable(run: Path) -> bool:
+    """Does ``run`` hold a run that resume would continue (last/ or a crashed swap's last.old/), or a finished one?"""
+    return any((run / name).exists() for name in ("last/train_state.json", "last.old/train_state.json", "results.json"))
+
+
+def _refuse_other_settings(cfg: TrainConfig, run: Path) -> None:
+    """With resume on, a run folder whose run would be resumed (last/) or is finished (results.json)
+    is refused, before anything is written, when ``cfg`` differs from its config.json in an option
+    not in :data:`RESUME_MAY_CHANGE`: resuming would silently keep the old learning rate (last/'s
+    scheduler state), train another adapter shape into a crash, or mix two settings in one run
+    while config.json claims one. Differences that are no change are allowed: a learning rate of
+    None and the method's default rate, adapter overrides equal to the preset, one path spelled
+    two ways. A folder without config.json has nothing to compare (restore_trained still checks
+    every tensor's name and shape)."""
+    file = run / "config.json"
+    if not (cfg.resume and _resumable(run) and file.is_file()):
+        return
+    fix = "To train with these settings, give another --output-dir (or --no-resume to start over in this folder, replacing its run files)"
+    try:
+        saved = TrainConfig.from_dict(json.loads(file.read_text()))
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{file}: cannot read the settings of the run to resume: {err}. {fix}") from None
+    changed = []
+    for f in dataclasses.fields(TrainConfig):
+        old, new = getattr(saved, f.name), getattr(cfg, f.name)
+        if f.name in RESUME_MAY_CHANGE or old == new:
+            continue
+        if f.name == "learning_rate" and saved.lr == cfg.lr:  # None: the method's default rate
+            continue
+        if f.name in _PATH_OPTIONS and old is not None and new is not None and os.path.abspath(old) == os.path.abspath(new):
+            continue
+        if f.name == "adapter" and _same_adapter(saved, cfg):
+            continue
+        changed.append(f"--{f.name.replace('_', '-')}: {old!r} in the run, {new!r} now")
+    if changed:
+        raise ValueError(f"{run} holds a run with other settings than these, and resuming it would not train them "
+                         f"(options a resumed run may change: {', '.join(RESUME_MAY_CHANGE)}):\n  - "
+                         + "\n  - ".join(changed) + f"\n{fix}")
+
+
+def _same_adapter(a: TrainConfig, b: TrainConfig) -> bool:
+    """Do two configs' --adapter overrides build the same adapter (``reduction_factor=32`` is the preset's)?"""
+    if a.is_peer or b.is_peer or a.method != b.method:
+        return False
+    try:
+        return a.adapter_config() == b.adapter_config()
+    except (ValueError, TypeError):
+        return False
 
 
 def _refuse_finished(cfg: TrainConfig, run: Path, total_steps: int) -> None:

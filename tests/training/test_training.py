@@ -203,11 +203,33 @@ def test_epoch_batches_shard_one_global_order():
     (dict(decoder_predict="beam"), "--decoder-predict"), (dict(test_file="x.csv"), "need --train-file"),
     (dict(max_grad_norm=-1.0), "--max-grad-norm must be positive"), (dict(max_grad_norm=0.0), "--max-grad-norm"),
     (dict(learning_rate=0.0), "--learning-rate must be positive"), (dict(warmup_steps=-5), "--warmup-steps"),
-    (dict(weight_decay=-0.1), "--weight-decay"),
+    (dict(weight_decay=-0.1), "--weight-decay"), (dict(epochs="3"), r"--epochs \(epochs\) must be a whole number, got '3'"),
+    (dict(seed=1.0), "--seed"), (dict(resume=0), "--resume"), (dict(dtype=None), "--dtype"),
 ])
 def test_bad_training_options(bad, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**bad)
+
+
+def test_options_of_the_wrong_type_are_refused_all_at_once():
+    """A config.json's "resume": "false" used to resume and "compile": "no" to compile: a string is truthy."""
+    with pytest.raises(ValueError) as err:
+        TrainConfig.from_dict({"resume": "false", "epochs": 1.5, "batch_size": True, "compile": "no", "text_columns": "sentence",
+                               "learning_rate": "3e-3", "adapter": ["r=4"]})
+    lines = str(err.value).splitlines()[1:]
+    for name, expected in (("resume", "true or false"), ("epochs", "a whole number"), ("batch-size", "a whole number"),
+                           ("compile", "true or false"), ("text-columns", "a list of strings or null"),
+                           ("learning-rate", "a number or null"), ("adapter", "an object")):
+        assert any(line.startswith(f"  - --{name} ") and f"must be {expected}" in line for line in lines), (name, lines)
+    assert len(lines) == 7
+
+
+def test_options_of_the_right_type_keep_the_config_json_form():
+    cfg = TrainConfig.from_dict({"learning_rate": 1, "weight_decay": 0, "max_grad_norm": None, "text_columns": ("a", "b"),
+                                 "adapter": None, "model": None})
+    assert cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float) and isinstance(cfg.weight_decay, float)
+    assert cfg.text_columns == ["a", "b"] and cfg.adapter == {} and cfg.max_grad_norm is None
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
 def _soup_csv(path, n, start=0):
@@ -426,3 +448,153 @@ def test_grouped_task_subsamples_and_records_questions(model_dirs, tmp_path):
                max_steps=1, eval_every=None)
     results = train(cfg, log=lambda *a: None)
     assert (results["train_units"], results["train_examples"]) == (4, 12)
+
+
+def test_evaluate_and_predict_load_the_model_in_the_runs_dtype(model_dirs, tmp_path, monkeypatch, capsys):
+    """A run trained with --dtype bfloat16 was evaluated in float32 by `compacter evaluate`."""
+    results = train(_cfg(model_dirs, "encoder", tmp_path, dtype="bfloat16", max_steps=2, eval_every=2), log=lambda *a: None)
+    seen = []
+    real = training.evaluate
+    monkeypatch.setattr(training, "evaluate", lambda net, *a, **k: seen.append(next(net.parameters()).dtype) or real(net, *a, **k))
+    import compacter.modeling as modeling
+
+    real_predict = modeling.predict_batch
+    monkeypatch.setattr(modeling, "predict_batch", lambda net, *a, **k: seen.append(next(net.parameters()).dtype) or real_predict(net, *a, **k))
+    best = str(tmp_path / "run-encoder" / "best")
+    capsys.readouterr()
+    assert main(["evaluate", best, "--split", "test"]) == 0
+    assert json.loads(capsys.readouterr().out)["score"] == pytest.approx(results["test"]["score"])
+    assert main(["predict", best, "--text", "The soup was great."]) == 0
+    assert set(seen) == {torch.bfloat16}
+    seen.clear()
+    assert main(["evaluate", best, "--split", "test", "--dtype", "float32"]) == 0  # the user's choice wins
+    assert set(seen) == {torch.float32}
+
+
+def test_evaluate_and_predict_use_the_runs_mixed_precision(model_dirs, tmp_path, monkeypatch, capsys):
+    """Training evaluates under Accelerate's bf16 autocast; `compacter evaluate` ran in full float32."""
+    import compacter.modeling as modeling
+
+    results = train(_cfg(model_dirs, "encoder", tmp_path, mixed_precision="bf16", max_steps=2, eval_every=2), log=lambda *a: None)
+    seen = []
+    real, real_predict = training.evaluate, modeling.predict_batch
+    monkeypatch.setattr(training, "evaluate", lambda *a, **k: seen.append(torch.is_autocast_enabled("cpu")) or real(*a, **k))
+    monkeypatch.setattr(modeling, "predict_batch", lambda *a, **k: seen.append(torch.is_autocast_enabled("cpu")) or real_predict(*a, **k))
+    best = str(tmp_path / "run-encoder" / "best")
+    capsys.readouterr()
+    assert main(["evaluate", best, "--split", "test"]) == 0
+    assert json.loads(capsys.readouterr().out)["score"] == pytest.approx(results["test"]["score"])
+    assert main(["predict", best, "--text", "The soup was great."]) == 0
+    assert seen == [True, True]
+
+
+@pytest.mark.parametrize("change,shown", [
+    (dict(adapter={"reduction_factor": 4, "non_linearity": "relu"}), "--adapter: {'reduction_factor': 4} in the run, "
+                                                                       "{'reduction_factor': 4, 'non_linearity': 'relu'} now"),
+    (dict(adapter={"reduction_factor": 16}), "--adapter: {'reduction_factor': 4} in the run, {'reduction_factor': 16} now"),
+    (dict(learning_rate=0.5), "--learning-rate: 0.01 in the run, 0.5 now"),
+    (dict(batch_size=4, seed=7), "--batch-size: 8 in the run, 4 now\n  - --seed: 42 in the run, 7 now"),
+])
+@pytest.mark.parametrize("finished", [False, True])
+def test_resume_refuses_other_settings_before_writing_anything(model_dirs, tmp_path, change, shown, finished):
+    """A resumed run silently kept last/'s nonlinearity and learning rate (its scheduler state) while
+    config.json said otherwise, or crashed on other adapter shapes after rewriting config.json."""
+    cfg = _cfg(model_dirs, "encoder", tmp_path, max_steps=2, eval_every=2, eval_before=False)
+    train(cfg, log=lambda *a: None)
+    run = tmp_path / "run-encoder"
+    if not finished:
+        (run / "results.json").unlink()  # as if killed while testing best/
+    before = _stamps(run)
+    with pytest.raises(ValueError) as err:
+        train(dataclasses.replace(cfg, max_steps=4, **change), log=lambda *a: None)
+    message = str(err.value)
+    assert message.startswith(f"{run} holds a run with other settings") and shown in message, message
+    assert "--output-dir" in message and "--no-resume" in message
+    assert _stamps(run) == before
+
+
+def test_resume_may_change_the_length_and_how_the_run_is_shown(model_dirs, tmp_path, capsys):
+    cfg = _cfg(model_dirs, "encoder", tmp_path, max_steps=2, eval_every=2, eval_before=False, learning_rate=None)
+    train(cfg, log=lambda *a: None)
+    run = tmp_path / "run-encoder"
+    # the method's default rate spelled out, the preset's reduction factor, the folder named another way: no change
+    same = dict(learning_rate=3e-3, adapter={"reduction_factor": 4, "non_linearity": "gelu_new"},
+                output_dir=str(tmp_path / "." / "run-encoder"), model=model_dirs["encoder"] + "/")
+    results = train(dataclasses.replace(cfg, max_steps=4, early_stopping=5, eval_batch_size=3, eval_before=True, **same),
+                    log=lambda *a: None)
+    assert results["steps"] == 4
+    assert json.loads((run / "config.json").read_text())["max_steps"] == 4
+    # through the CLI, from the run's config.json: refused with the differences, nothing written
+    before = _stamps(run)
+    assert main(["train", "--config", str(run / "config.json"), "--max-steps", "6", "--learning-rate", "0.5", "--weight-decay", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "--learning-rate: 0.003 in the run, 0.5 now" in err and "--weight-decay: 0.0 in the run, 0.1 now" in err
+    assert _stamps(run) == before
+    assert main(["train", "--config", str(run / "config.json"), "--max-steps", "6", "--no-progress"]) == 0
+
+
+def test_restoring_a_checkpoint_of_other_shapes_is_a_checkpoint_error_and_changes_nothing(model_dirs, tmp_path):
+    from compacter import add_adapters
+    from compacter.checkpoint import CheckpointError
+    from compacter.modeling import load_model
+    from compacter.tasks import get_task
+
+    train(_cfg(model_dirs, "encoder", tmp_path, max_steps=2, eval_every=2, eval_before=False), log=lambda *a: None)
+    model = load_model(model_dirs["encoder"], "encoder", get_task("demo"))
+    add_adapters(model, TrainConfig(adapter={"reduction_factor": 8}).adapter_config())
+    state = {k: v.clone() for k, v in training.trained_state(model).items()}
+    with pytest.raises(CheckpointError, match=r"last/adapter_model.safetensors: made for other shapes(.|\n)*"
+                                              r"down.bias: checkpoint has shape \[8\], this model needs \[4\]"):
+        training.restore_trained(model, tmp_path / "run-encoder" / "last")
+    for key, value in training.trained_state(model).items():
+        assert torch.equal(value, state[key]), key
+
+
+def test_a_resume_that_cannot_restore_last_leaves_config_json_as_it_was(model_dirs, tmp_path):
+    from compacter.checkpoint import CheckpointError
+
+    cfg = _cfg(model_dirs, "encoder", tmp_path, max_steps=2, eval_every=2, eval_before=False)
+    train(cfg, log=lambda *a: None)
+    run = tmp_path / "run-encoder"
+    weights = run / "last" / WEIGHTS_NAME
+    weights.write_bytes(weights.read_bytes()[:100])  # a damaged disk, a partial copy
+    config = (run / "config.json").read_text()
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        train(dataclasses.replace(cfg, max_steps=4), log=lambda *a: None)
+    assert (run / "config.json").read_text() == config
+
+
+def test_a_run_killed_between_logging_and_checkpointing_logs_each_evaluation_once(model_dirs, tmp_path, monkeypatch):
+    """metrics.jsonl is appended before last/ is saved: a kill in between made the resumed run
+    evaluate and log that step again (and a kill mid-write left a torn line)."""
+    import sys
+    import types
+
+    cfg = _cfg(model_dirs, "encoder", tmp_path, eval_every=2, max_steps=6, eval_before=False)
+    real_save = training.save_train_state
+    calls = []
+
+    def killed_at_second_save(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real_save(*args, **kw)
+
+    monkeypatch.setattr(training, "save_train_state", killed_at_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, log=lambda *a: None)
+    monkeypatch.setattr(training, "save_train_state", real_save)
+    run = tmp_path / "run-encoder"
+    log = run / "metrics.jsonl"
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [2, 4]  # last/ is at step 2
+    log.write_text(log.read_text() + '{"step": 4, "epo')  # and a kill in the middle of the next line
+    # TensorBoard's events after the resumed step are hidden too (a stand-in records the writer's options)
+    writers = []
+    fake = types.ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = lambda *a, **kw: writers.append(kw) or types.SimpleNamespace(add_scalar=lambda *a: None,
+                                                                                       close=lambda: None)
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    (run / "tensorboard").mkdir(exist_ok=True)
+    train(cfg, log=lambda *a: None)
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [2, 4, 6]
+    assert writers == [{"purge_step": 3}]
