@@ -369,7 +369,7 @@ def restore_trained(model, folder: Path) -> None:
     for other tensor names or shapes is a :class:`~compacter.checkpoint.CheckpointError` that names
     them, and the model is left unchanged."""
     peer = _peer_of(model) is not None
-    saved = read_peer(folder) if peer else ckpt._read_weights(folder)
+    saved = read_peer(folder) if peer else ckpt._read_weights(folder)[0]
     own = trained_state(model)
     ckpt._compare(folder / (PEER_WEIGHTS if peer else ckpt.WEIGHTS_NAME), ckpt._shapes(own), ckpt._shapes(saved))
     with torch.no_grad():
