@@ -250,6 +250,17 @@ def test_custom_file_errors(tmp_path, content, message):
         load_file(REVIEWS, path)
 
 
+@pytest.mark.parametrize("names", [["true", "false"], ["false", "true"], ["True", "False"], ["no", "yes"]])
+def test_json_booleans_take_the_class_their_name_spells(tmp_path, names):
+    file = tmp_path / "b.jsonl"
+    file.write_text('{"text": "good", "label": true}\n{"text": "bad", "label": false}\n')
+    task = custom_task("x", text_columns=["text"], label_names=names)
+    got = [task.label_names[e.label] for e in load_file(task, file)]
+    # named true/false: that class; otherwise the index (False=0, True=1), as before
+    assert got == ([n for n in names if n.lower() == "true"] + [n for n in names if n.lower() == "false"]
+                   if "true" in [n.lower() for n in names] else [names[1], names[0]])
+
+
 def test_load_files_and_custom_data_dir(tmp_path):
     for split in ("train", "dev", "test"):
         (tmp_path / f"{split}.csv").write_text("title,review,stars\na,b,good\n")

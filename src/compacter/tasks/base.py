@@ -150,11 +150,15 @@ class Task:
 
 
 def label_index(value: Any, names: Sequence[str]) -> int:
-    """Class index of a raw label: its name, a bool (False=0, True=1) or an index."""
-    if isinstance(value, bool):
+    """Class index of a raw label: its name, a bool (by name, "True"/"true", else False=0, True=1)
+    or an index."""
+    names = [str(n) for n in names]
+    if isinstance(value, bool):  # a JSON true/false: its name first, as the names may list "true" before "false"
+        for spelling in (str(value), str(value).lower()):
+            if spelling in names:
+                return names.index(spelling)
         value = int(value)
     text = str(value).strip()
-    names = [str(n) for n in names]
     if text in names:
         return names.index(text)
     if isinstance(value, int) or text.isdigit():
