@@ -20,7 +20,8 @@ Decisions:
   is fewer than the table's). A table with both GLUE and SuperGLUE tasks also gets a "GLUE"
   and a "SuperGLUE" average, each over its benchmark's tasks only, as the paper reports them
   (Tables 1 and 2); "train time" is
-  the mean wall time per run, "peak memory" the largest peak over the row's runs (CUDA
+  the mean wall time per run of the training loop (`train_seconds`: per-epoch validation and
+  checkpoint writes included; runs since 2026-11-29 also record that part as `eval_seconds`), "peak memory" the largest peak over the row's runs (CUDA
   memory allocated on a GPU; on a CPU the process's peak resident set, `peak_rss_bytes`).
 - Runs with different `config["train_samples"]` never share a table: the main table splits
   by training-set size, and `low_resource_table` compares sizes (Figure 4 of the paper). One
@@ -476,7 +477,8 @@ def results_table(runs: Sequence[Run], metric: str = "score", budget: dict[Path,
             title += " (smaller training sets whole: " + ", ".join(f"{t} {n}" for t, n in whole) + ")"
         sections.append(f"{title}\n\nTest {metric} (0-100).\n\n{_model_table(aggregate(subset, metric))}")
     note = ("Cells: mean over seeds; with several runs, mean ± sample std (n = runs). "
-            "\\* average over only the tasks that row has.")
+            "\\* average over only the tasks that row has. Train time: the training loop's wall time, "
+            "per-epoch validation and checkpoint writes included.")
     return "\n\n".join(sections + [note]) + "\n"
 
 

@@ -83,7 +83,7 @@ class TrainConfig:
     max_target_length: int = _f(16, "maximum target tokens")
     eval_every: int | None = _f(None, "evaluate every N optimizer steps (default: every epoch)")
     eval_batch_size: int = _f(64, "examples per evaluation batch")
-    max_eval_samples: int | None = _f(None, "evaluate on at most this many validation examples (speed)")
+    max_eval_samples: int | None = _f(None, "evaluate on the first N validation examples (speed; whole questions for MultiRC/ReCoRD)")
     early_stopping: int | None = _f(None, "stop after this many evaluations without improvement")
     train_samples: int | None = _f(None, "subsample the training set to N examples (low-resource runs; seeded); MultiRC and ReCoRD count questions, whose answers stay together")
     seed: int = _f(42, "seed for the data order, the adapter initialisation and the subsampling")
@@ -286,7 +286,31 @@ def load_splits(cfg: TrainConfig, task: Task) -> dict[str, list[Example]]:
     held-out sets come out of the training file, which then trains on the rest: 10% of its
     examples (at most 1,000, at least 1) for validation, and as many again for the test set
     when there is no test file either, so no reported score is measured on training examples.
+    An empty split is an error here, before any model is loaded, not at the first evaluation.
     """
+    splits = _load_splits(cfg, task)
+    empty = [name for name in ("train", "validation", "test") if not splits.get(name)]
+    if empty:
+        files = ", ".join(f"--{k.replace('_', '-')} {getattr(cfg, k)}" for k in ("train_file", "validation_file", "test_file")
+                          if getattr(cfg, k)) or f"task {task.name}'s files"
+        sizes = ", ".join(f"{name} {len(splits.get(name) or [])}" for name in ("train", "validation", "test"))
+        raise ValueError(f"empty {' and '.join(empty)} split from {files} (examples per split: {sizes}); a validation "
+                         f"file without a test file is halved into both, so it needs at least 2 examples")
+    return splits
+
+
+def first_examples(examples: list[Example], n: int | None) -> list[Example]:
+    """The first ``n`` examples (all when None), extended to the end of the last one's group, so
+    that a grouped task (MultiRC's questions, ReCoRD's queries) is scored on whole groups."""
+    if n is None or n >= len(examples):
+        return examples
+    end = n
+    while end < len(examples) and examples[end].group is not None and examples[end].group == examples[n - 1].group:
+        end += 1
+    return examples[:end]
+
+
+def _load_splits(cfg: TrainConfig, task: Task) -> dict[str, list[Example]]:
     if cfg.train_file is None:
         return paper_splits(task, cfg.data_dir, seed=cfg.split_seed, train_samples=cfg.train_samples, sample_seed=cfg.seed)
     files = load_files(task, train=cfg.train_file, validation=cfg.validation_file, test=cfg.test_file)
@@ -548,6 +572,8 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
                               cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
     say = log if main else (lambda *a, **k: None)
+    if torch.cuda.is_available():  # the peak results.json reports is this run's, not an earlier one's in this process
+        torch.cuda.reset_peak_memory_stats()
     # --- setup
     task = resolve_task(cfg)
     splits = load_splits(cfg, task)
@@ -579,7 +605,7 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
         if not cfg.resume:
             _clear_run(run)
         run.mkdir(parents=True, exist_ok=True)
-    validation = splits["validation"][: cfg.max_eval_samples] if cfg.max_eval_samples else splits["validation"]
+    validation = first_examples(splits["validation"], cfg.max_eval_samples)
     say(f"task {task.name}: {len(splits['train'])} train / {len(validation)} validation / {len(splits['test'])} test; "
         f"model {model_path} ({family}); method {cfg.method}: {trainable:,} trainable of {total:,} parameters "
         f"({100 * trainable / total:.4f}%)")
@@ -592,16 +618,18 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     raw_model = accelerator.unwrap_model(model)
     forward = torch.compile(model) if cfg.compile else model
 
-    # "seconds": training time up to the last checkpoint and "before": the untrained model's test
-    # scores, both kept in last/ so that a resumed run reports the whole run's
+    # "seconds": training time up to the last checkpoint (validations and checkpoint writes included),
+    # "eval_seconds": the part of it spent validating and checkpointing, "before": the untrained
+    # model's test scores; all kept in last/ so that a resumed run reports the whole run's
     progress = {"step": 0, "epoch": 0, "batch": 0, "best_score": None, "best_step": None, "stale": 0, "history": [],
-                "seconds": 0.0, "before": None}
+                "seconds": 0.0, "eval_seconds": 0.0, "before": None}
     if cfg.resume and main:  # a crash inside a checkpoint swap left last.old: put it back
         _recover(run / "last")
         _recover(run / "best")
     accelerator.wait_for_everyone()
     if cfg.resume and (run / "last" / "train_state.json").exists():
         progress = _resume(run / "last", raw_model, optimizer, scheduler)
+        progress.setdefault("eval_seconds", None)  # last/ of older versions did not count it: unknown
         say(f"resumed from {run / 'last'} at step {progress['step']} (epoch {progress['epoch']}, batch {progress['batch']})")
     if main:  # only now: a resume that fails to restore last/ leaves the run's config.json as it was
         (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
@@ -681,8 +709,12 @@ def _train_loop(cfg, run, model, forward, raw_model, batcher, splits, validation
                 train_loss = accelerator.reduce(loss_sum / max(loss_count, 1), "mean").item()  # over processes too
                 loss_sum, loss_count = torch.zeros_like(loss_sum), 0
                 progress["seconds"] = time.perf_counter() - start
+                began = time.perf_counter()
                 stop = _evaluate_and_checkpoint(cfg, run, raw_model, batcher, validation, accelerator, optimizer, scheduler,
                                                 progress, writer, say, train_loss)
+                # like "seconds", the value in last/ stops before this evaluation began
+                if progress.get("eval_seconds") is not None:  # None: resumed from a last/ that did not count it
+                    progress["eval_seconds"] += time.perf_counter() - began
                 done = done or stop
             elif end_of_epoch:
                 progress["epoch"], progress["batch"] = progress["epoch"] + 1, 0
@@ -867,7 +899,7 @@ def _finish(cfg, run, model, batcher, splits, accelerator, task, model_path, tra
         "validation": validation, "test": test, "before": before, "best_step": progress["best_step"],
         "steps": progress["step"], "train_examples": len(splits["train"]),
         "train_units": len(group_units(splits["train"])),  # what train_samples counts: questions for MultiRC/ReCoRD
-        "train_seconds": seconds, "peak_memory_bytes": peak, "peak_rss_bytes": _peak_rss(),
+        "train_seconds": seconds, "eval_seconds": progress.get("eval_seconds"), "peak_memory_bytes": peak, "peak_rss_bytes": _peak_rss(),
         "adapter_bytes": _dir_bytes(best) if best.exists() else None, "config": cfg.to_dict(),
     }
     if accelerator.is_main_process:

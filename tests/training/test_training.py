@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import shutil
+import time
 
 import pytest
 import torch
@@ -105,6 +106,8 @@ def test_resume_after_a_crash_inside_a_checkpoint_swap(model_dirs, tmp_path, mon
     saved = json.loads(state.read_text())
     assert saved["progress"]["seconds"] > 0 and saved["progress"]["before"] is not None
     saved["progress"]["seconds"] = 1000.0  # as if the steps before the crash had taken 1000 s
+    assert saved["progress"]["eval_seconds"] == 0.0  # the first checkpoint: no validation had ended before it
+    saved["progress"]["eval_seconds"] = 400.0  # 400 s of which validated
     state.write_text(json.dumps(saved))
     logs = []
     results = train(cfg, log=logs.append)
@@ -112,7 +115,7 @@ def test_resume_after_a_crash_inside_a_checkpoint_swap(model_dirs, tmp_path, mon
     assert results["steps"] == 4 and not (run / "last.old").exists()
     # the resumed run reports the whole run: the untrained model's scores and the time before the crash
     assert results["before"] == saved["progress"]["before"] and not any("before training" in line for line in logs)
-    assert 1000 < results["train_seconds"] < 1000 + 600
+    assert 1000 < results["train_seconds"] < 1000 + 600 and 400 < results["eval_seconds"] < 400 + 600
 
 
 def _stamps(run):
@@ -267,6 +270,31 @@ def test_custom_files_never_evaluate_on_training_examples(tmp_path, files):
     assert not set(texts["validation"]) & set(texts["test"])
     expected = {"train": (48, 6, 6), "train+validation": (60, 5, 5), "train+test": (54, 6, 8), "train+validation+test": (60, 10, 8)}
     assert tuple(len(splits[s]) for s in ("train", "validation", "test")) == expected[files]
+
+
+def test_a_validation_file_too_small_to_halve_is_refused_before_training(tmp_path):
+    paths = {"train_file": _soup_csv(tmp_path / "train.csv", 20), "validation_file": _soup_csv(tmp_path / "validation.csv", 1)}
+    cfg = TrainConfig(task="soup", text_columns=["text"], label_names=["neg", "pos"], **paths)
+    with pytest.raises(ValueError, match=r"empty validation split from .*validation.csv .*validation 0, test 1"):
+        training.load_splits(cfg, training.resolve_task(cfg))
+
+
+def test_max_eval_samples_keeps_whole_groups():
+    from compacter.tasks import Example
+    rows = [Example("s", "0", 0, group=g) for g in ("q1", "q1", "q2", "q2", "q2", "q3")] + [Example("s", "0", 0)] * 2
+    assert [len(training.first_examples(rows, n)) for n in (1, 2, 3, 4, 5, 6, 7, None, 99)] == [2, 2, 5, 5, 5, 6, 7, 8, 8]
+
+
+def test_validation_time_is_counted_apart(model_dirs, tmp_path, monkeypatch):
+    real = training._evaluate_and_checkpoint
+
+    def slow(*args, **kw):
+        time.sleep(0.5)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(training, "_evaluate_and_checkpoint", slow)
+    results = train(_cfg(model_dirs, "encoder", tmp_path, max_steps=4, eval_every=2, eval_before=False), log=lambda *a: None)
+    assert 1.0 <= results["eval_seconds"] < results["train_seconds"]  # two validations, inside the training time
 
 
 def test_bf16_autocast_runs(model_dirs, tmp_path):
