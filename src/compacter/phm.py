@@ -19,6 +19,7 @@ import math
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 PHM_INITS = ("glorot-uniform", "glorot-normal", "normal")
 RULE_INITS = ("normal", "uniform")
@@ -74,12 +75,26 @@ class PHMRule(nn.Module):
         return f"phm_dim={self.phm_dim}"
 
 
+_OPTIMIZER_STEPS = [0]  # steps of any torch optimizer in this process: part of PHMLinear's eval-cache key
+
+
+def _count_optimizer_step(optimizer, args, kwargs) -> None:
+    _OPTIMIZER_STEPS[0] += 1
+
+
+register_optimizer_step_post_hook(_count_optimizer_step)
+
+
 class PHMLinear(nn.Module):
     """``y = x W + b`` with ``W = Σ_i A_i ⊗ B_i`` (PHM) and optionally ``B_i = s_i t_iᵀ`` (LPHM).
 
     With ``own_rule=False`` the layer holds no ``A``: the caller passes the shared rule to
     :meth:`forward`. In eval mode with gradients off, ``W`` is computed once and reused until
-    a weight changes (in-place updates bump tensor versions, which invalidate the cache).
+    a weight changes: an in-place update (it bumps the tensor's version), a new tensor behind a
+    parameter (``p.data = ...``, ``load_state_dict(assign=True)``), any torch optimizer's step
+    (fused ones update without bumping versions), ``train()``/``eval()``. The one write it cannot
+    see is an in-place edit through ``.data`` (``p.data.copy_(...)``): call ``model.eval()``
+    after one, or write under ``torch.no_grad()`` without ``.data``.
     """
 
     def __init__(
@@ -139,9 +154,10 @@ class PHMLinear(nn.Module):
         return super().train(mode)
 
     def _cached_weight(self, rule: torch.Tensor | None) -> torch.Tensor:
-        # The eval cache keys on the tensors' versions, but some optimizers (fused AdamW) update
-        # parameters without bumping them; so the cache is also dropped by train()/eval() and by
-        # every weight-bank build (a training forward), see CompacterState.weight_bank.
+        # The eval cache keys on the tensors' versions and storage, and on the count of optimizer
+        # steps taken in this process, since some optimizers (fused AdamW) update parameters
+        # without bumping versions; train()/eval() and every weight-bank build (a training
+        # forward, see CompacterState.weight_bank) drop it too.
         if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
             if self._cache is not None:
                 self._cache = None
@@ -150,7 +166,7 @@ class PHMLinear(nn.Module):
         if rule_t is None:
             return self.weight(rule)  # raises the clear "no rule of its own" error
         params = [rule_t] + list(self._fast_params())
-        key = tuple((id(t), t._version, t.device, t.dtype) for t in params)
+        key = (_OPTIMIZER_STEPS[0],) + tuple((id(t), t._version, t.data_ptr(), t.device, t.dtype) for t in params)
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, self._build_weight(rule))
         return self._cache[1]

@@ -150,3 +150,47 @@ def test_evaluation_after_a_fused_adamw_step_sees_the_new_weights(arch, method, 
     expected = model(**batch).logits.detach()  # gradients on: W built afresh from the parameters
     assert not torch.allclose(after, before)
     torch.testing.assert_close(after, expected)
+
+
+def _fused_step_without_a_training_forward(model, batch):
+    """Gradients from a backward in eval mode, a no-grad forward (eval cache filled), then a fused step."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    model(**batch).loss.backward()
+    with torch.no_grad():
+        model(**batch)
+    torch.optim.AdamW(params, lr=1e-2, fused=True).step()
+
+
+def _new_tensors(model, batch):
+    """``p.data = ...`` and vector_to_parameters: new storage behind the same parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    params[0].data = params[0].detach() + 0.5
+    vector = torch.nn.utils.parameters_to_vector(params[1:])
+    torch.nn.utils.vector_to_parameters(vector + 0.1, params[1:])
+
+
+def _fused_sgd(model, batch):
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    torch.optim.SGD(params, lr=0.1, fused=True).step()
+
+
+@pytest.mark.parametrize("update", [_fused_step_without_a_training_forward, _new_tensors, _fused_sgd])
+def test_the_eval_cache_sees_updates_that_bump_no_version(update):
+    """Staying in eval mode, with no training forward between: fused optimizers (the cache key
+    counts optimizer steps) and new tensors behind the parameters (it keys on storage too)."""
+    torch.manual_seed(0)
+    model, batch = _adapted("t5", "compacter")
+    model.eval()
+    with torch.no_grad():
+        before = model(**batch).logits  # fills every layer's eval cache
+    update(model, batch)
+    with torch.no_grad():
+        after = model(**batch).logits
+    for layer in get_state(model)._banked["default"]:
+        layer._cache = None
+    with torch.no_grad():
+        expected = model(**batch).logits  # W built afresh from the parameters
+    assert not torch.allclose(before, expected)
+    torch.testing.assert_close(after, expected, rtol=0, atol=0)
