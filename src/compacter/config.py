@@ -97,8 +97,11 @@ class CompacterConfig:
     # --- what else is trained ---
     train_layer_norms: bool = True
     train_head: bool = True
-    #: Names (last path component) of task-head modules trained when ``train_head``.
-    head_modules: tuple[str, ...] = ("classifier", "pre_classifier", "classification_head", "score", "qa_outputs")
+    #: Task-head modules trained when ``train_head``: a name matches a module's last path component,
+    #: outside the pretrained body (``base_model_prefix``) where the model has one, so DeBERTa's new
+    #: top-level ``pooler`` is trained and BERT's pretrained ``bert.pooler`` is not; a dotted entry
+    #: ("bert.pooler") names one module by its whole path, inside the body too.
+    head_modules: tuple[str, ...] = ("classifier", "pre_classifier", "classification_head", "score", "qa_outputs", "pooler")
     train_biases: bool = False
     #: BitFit on models without biases (T5, Llama): add zero-initialised biases to the block's linear layers.
     add_missing_biases: bool = True

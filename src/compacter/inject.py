@@ -202,8 +202,9 @@ def _tuned_copies(model: nn.Module, config: CompacterConfig, modules: dict[str, 
     modules = {mname: module for mname, module in modules.items()  # the base model's own modules only
                if not (mname == STATE_ATTR or mname.startswith(STATE_ATTR + ".") or isinstance(module, AdapterSite)
                        or f".{SITE_ATTR}" in f".{mname}")}
+    body = body_prefix(model)
     for mname, module in modules.items():
-        head = config.train_head and mname.split(".")[-1] in config.head_modules
+        head = _is_head(mname, config, body)
         norm = config.train_layer_norms and is_norm(module)
         for pname, p in module.named_parameters(recurse=False):
             full = f"{mname}.{pname}" if mname else pname
@@ -213,7 +214,7 @@ def _tuned_copies(model: nn.Module, config: CompacterConfig, modules: dict[str, 
                 and _LAYER_INDEX.fullmatch(mname):
             wanted[f"{mname}.bias"] = None  # no bias in the base model: a zero one is added
     for mname, module in modules.items():  # heads are trained whole, sub-modules included
-        if config.train_head and mname.split(".")[-1] in config.head_modules:
+        if _is_head(mname, config, body):
             for pname, p in module.named_parameters():
                 wanted.setdefault(f"{mname}.{pname}", _base_param(state, f"{mname}.{pname}", p))
     out = {}
@@ -223,6 +224,28 @@ def _tuned_copies(model: nn.Module, config: CompacterConfig, modules: dict[str, 
             base = torch.zeros(module.out_features, device=module.weight.device, dtype=module.weight.dtype)
         out[full] = nn.Parameter(base.detach().clone(), requires_grad=True)
     return out
+
+
+def body_prefix(model: nn.Module) -> str | None:
+    """The name of the pretrained body inside a model with a task head ("bert" in
+    BertForSequenceClassification), None when the model has no such child (T5, custom models)."""
+    prefix = getattr(model, "base_model_prefix", None)
+    child = getattr(model, prefix, None) if isinstance(prefix, str) and prefix else None
+    return prefix if isinstance(child, nn.Module) and child is not model else None
+
+
+def _is_head(mname: str, config: CompacterConfig, body: str | None) -> bool:
+    """A task-head module: a ``head_modules`` entry with a dot names a module by its whole path
+    ("bert.pooler"); one without names a module by its last path component, outside the
+    pretrained body, so that DeBERTa's new top-level ``pooler`` is a head and BERT's pretrained
+    ``bert.pooler`` is not."""
+    if not config.train_head or not mname:
+        return False
+    if mname in config.head_modules:
+        return True
+    if mname.split(".")[-1] not in config.head_modules:
+        return False
+    return body is None or not (mname == body or mname.startswith(body + "."))
 
 
 def _base_param(state: CompacterState | None, full: str, current: torch.Tensor) -> torch.Tensor | None:

@@ -46,8 +46,18 @@ def _add_peft_lora(model: nn.Module, family: str, options: dict) -> nn.Module:
         import peft
     except ImportError:
         raise ImportError("--method peft-lora needs PEFT: pip install 'compacter[bench]'") from None
-    config = peft.LoraConfig(**{"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "task_type": _TASK_TYPES[family], **options})
+    defaults = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "task_type": _TASK_TYPES[family]}
+    if family == "encoder":  # the whole new head, as ours and AdapterHub's train it: PEFT's default
+        # (classifier, score) would leave DistilBERT's pre_classifier and DeBERTa's pooler frozen at random init
+        defaults["modules_to_save"] = _outside_body(model)
+    config = peft.LoraConfig(**{**defaults, **options})
     return peft.get_peft_model(model, config)
+
+
+def _outside_body(model: nn.Module) -> list[str]:
+    """The root's children with parameters outside the pretrained body (an encoder's task head)."""
+    body = getattr(model, model.base_model_prefix)
+    return [name for name, child in model.named_children() if child is not body and any(True for _ in child.parameters())]
 
 
 def _add_adapterhub(model: nn.Module, method: str, family: str, options: dict) -> nn.Module:
@@ -64,11 +74,8 @@ def _add_adapterhub(model: nn.Module, method: str, family: str, options: dict) -
     model.add_adapter("peer", config=config_class(**options))
     model.train_adapter("peer")
     if family == "encoder":
-        body = getattr(model, model.base_model_prefix)
-        in_body = {id(p) for p in body.parameters()}
-        for p in model.parameters():
-            if id(p) not in in_body:
-                p.requires_grad_(True)
+        for name in _outside_body(model):
+            getattr(model, name).requires_grad_(True)
     return model
 
 

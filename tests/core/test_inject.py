@@ -185,9 +185,24 @@ def test_norm_and_head_switches(train_layer_norms, train_head):
 
 def test_custom_head_modules():
     model, _ = tiny("bert")
-    compacter.add_adapters(model, _config("compacter++", head_modules=["pooler"]))
+    compacter.add_adapters(model, _config("compacter++", head_modules=["bert.pooler"]))  # a path: inside the body too
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert "bert.pooler.dense.weight" in trainable and "classifier.weight" not in trainable
+
+
+@pytest.mark.parametrize("arch, head, frozen", [
+    ("bert", {"classifier"}, {"bert.pooler"}),  # BERT's pooler is pretrained: part of the body
+    ("deberta-v2", {"pooler", "classifier"}, set()),  # DeBERTa's pooler is new, outside the body: the head
+    ("distilbert", {"pre_classifier", "classifier"}, set()),
+])
+def test_the_head_is_what_lies_outside_the_pretrained_body(arch, head, frozen):
+    model, _ = tiny(arch)
+    compacter.add_adapters(model, _config("compacter++"))
+    trained = [n for n, p in model.named_parameters() if p.requires_grad]
+    for module in head:  # trained whole
+        params = [n for n, _ in model.get_submodule(module).named_parameters()]
+        assert params and all(f"{module}.{n}" in trained for n in params), module
+    assert not [n for n in trained if n.startswith(tuple(f"{m}." for m in frozen))]
 
 
 @pytest.mark.parametrize("add_missing", [True, False])

@@ -423,6 +423,22 @@ def test_peft_lora_peer_runs_through_the_same_pipeline(model_dirs, family, tmp_p
     assert results["adapter_bytes"] > 0 and results["steps"] == 4
 
 
+@pytest.mark.parametrize("arch, head", [("bert", {"classifier"}), ("deberta-v2", {"pooler", "classifier"}),
+                                        ("distilbert", {"pre_classifier", "classifier"})])
+def test_peers_train_an_encoders_whole_new_head_as_ours_does(arch, head):
+    """PEFT's default modules_to_save (classifier, score) would leave DeBERTa's new pooler and
+    DistilBERT's pre_classifier frozen at their random init."""
+    pytest.importorskip("peft")
+    from compacter.peers import add_peer
+    from tests.core.tiny import tiny
+    model, _ = tiny(arch)
+    options = {"target_modules": ["q_lin", "v_lin"]} if arch == "distilbert" else {}  # PEFT has no default for it
+    model = add_peer(model, "peft-lora", "encoder", options)
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    for module in head:
+        assert any(f".{module}.modules_to_save." in n for n in trained), (module, sorted(trained))
+
+
 def test_adapterhub_peer_without_adapters_installed_says_how(model_dirs, tmp_path, monkeypatch):
     import builtins
 
