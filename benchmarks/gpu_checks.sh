@@ -1,20 +1,25 @@
 #!/bin/bash
 # All of issue 4's GPU measurements in one prepared command (a device lease is ~15 minutes):
 #
-#   device run:  bash benchmarks/gpu_checks.sh        (writes JSON + logs under $OUT)
+#   device run:  bash benchmarks/gpu_checks.sh        (JSON + logs packed in $OUT/gpu-checks.tgz)
 #   dry run here: OUT=/tmp/gpu-dry DEVICE=cpu SIZE=tiny LARGE=tiny bash benchmarks/gpu_checks.sh
 #
 # Uses the machine's own python3 (torch, transformers 5, accelerate, peft are in that image) with
 # this tree's src/ on the path. AdapterHub rows run only when wheels for adapters and its
 # transformers 4.x are carried in .whl/ (see docs/BENCHMARKS.md); otherwise they are skipped.
 # Each step has its own time limit (at most 9 minutes in all, inside one 10-minute device command).
+# The device tool brings back at most 8 files, so logs and JSON are written to a work folder and
+# packed into $OUT/gpu-checks.tgz after every step (a step cut off by the 10-minute limit still
+# leaves the archive of the steps before it).
 set -u
 OUT=${OUT:-/tmp/gpu-checks}
 DEVICE=${DEVICE:-cuda}
 SIZE=${SIZE:-base}
 LARGE=${LARGE:-large}
 PY=${PY:-python3}
+WORK=$(mktemp -d /tmp/gpu-work.XXXXXX)
 mkdir -p "$OUT"
+pack() { tar czf "$OUT/.gpu-checks.tgz" -C "$WORK" . && mv "$OUT/.gpu-checks.tgz" "$OUT/gpu-checks.tgz"; }
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 ROWS=floor,compacter++,compacter,compacter++-nobank,compacter-nobank,full,peft-lora,compacter++-noln
 AH=()
@@ -26,14 +31,15 @@ fi
 step() {  # step NAME SECONDS COMMAND...
   local name=$1 limit=$2; shift 2
   echo "=== $name ($(date +%T))"
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
-  echo "    exit $? ($(date +%T))"; tail -n 14 "$OUT/$name.log"
+  timeout "$limit" "$@" > "$WORK/$name.log" 2>&1
+  echo "    exit $? ($(date +%T))"; tail -n 14 "$WORK/$name.log"
+  pack
 }
-(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; $PY -c "import torch, transformers; print(torch.__version__, transformers.__version__)") > "$OUT/env.txt" 2>&1
-step train-$SIZE-bf16 120 $PY benchmarks/train_step.py --device $DEVICE --size $SIZE --dtype bf16 --methods $ROWS "${AH[@]}" --json "$OUT/train-$SIZE-bf16.json"
-step train-$SIZE-fp32 90 $PY benchmarks/train_step.py --device $DEVICE --size $SIZE --dtype fp32 --methods $ROWS "${AH[@]}" --json "$OUT/train-$SIZE-fp32.json"
-step train-$SIZE-bf16-compile 150 $PY benchmarks/train_step.py --device $DEVICE --size $SIZE --dtype bf16 --compile --methods floor,compacter++,compacter --json "$OUT/train-$SIZE-bf16-compile.json"
-step train-$LARGE-bf16 90 $PY benchmarks/train_step.py --device $DEVICE --size $LARGE --dtype bf16 --batch 32 --methods floor,compacter++,compacter,full,peft-lora "${AH[@]}" --json "$OUT/train-$LARGE-bf16.json"
-step infer-$SIZE-bf16 45 $PY benchmarks/inference.py --device $DEVICE --size $SIZE --dtype bf16 --json "$OUT/infer-$SIZE-bf16.json"
+(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; $PY -c "import torch, transformers; print(torch.__version__, transformers.__version__)") > "$WORK/env.txt" 2>&1
+step train-$SIZE-bf16 120 $PY benchmarks/train_step.py --device $DEVICE --size $SIZE --dtype bf16 --methods $ROWS "${AH[@]}" --json "$WORK/train-$SIZE-bf16.json"
+step train-$SIZE-fp32 90 $PY benchmarks/train_step.py --device $DEVICE --size $SIZE --dtype fp32 --methods $ROWS "${AH[@]}" --json "$WORK/train-$SIZE-fp32.json"
+step train-$SIZE-bf16-compile 150 $PY benchmarks/train_step.py --device $DEVICE --size $SIZE --dtype bf16 --compile --steps 15 --methods floor,compacter++,compacter --json "$WORK/train-$SIZE-bf16-compile.json"
+step train-$LARGE-bf16 90 $PY benchmarks/train_step.py --device $DEVICE --size $LARGE --dtype bf16 --batch 32 --methods floor,compacter++,compacter,full,peft-lora "${AH[@]}" --json "$WORK/train-$LARGE-bf16.json"
+step infer-$SIZE-bf16 45 $PY benchmarks/inference.py --device $DEVICE --size $SIZE --dtype bf16 --steps 8 --warmup 2 --json "$WORK/infer-$SIZE-bf16.json"
 step profile-$SIZE-bf16 45 $PY benchmarks/profile_step.py --device $DEVICE --size $SIZE --dtype bf16 --steps 10 --row-limit 25 --no-micro
-ls -la "$OUT"
+pack && tar tzvf "$OUT/gpu-checks.tgz"

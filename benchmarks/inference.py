@@ -40,8 +40,9 @@ def build(method: str, args, device):
         model.requires_grad_(False)
         params = []
     elif method == "peft-lora-merged":
-        model, params = prepare_model("peft-lora", args.size, device, args.seed)
+        model, _ = prepare_model("peft-lora", args.size, device, args.seed)
         model = model.merge_and_unload()
+        params = []  # merged into the base weights: no separate trained tensors are left
     else:
         model, params = prepare_model(method, args.size, device, args.seed)
     model.eval()

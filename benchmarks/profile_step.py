@@ -30,6 +30,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
+from torch.autograd import DeviceType  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
 
 from _common import (  # noqa: E402
@@ -98,6 +99,12 @@ def profile_rows(rows: list[Row], args, device) -> dict[str, dict]:
                         torch.cuda.synchronize()  # inside the range: its CPU time is the step's wall time
             ops = {}
             for e in prof.key_averages():
+                # CPU-side events only. On cuda, kineto also lists every kernel on its own, its time
+                # already in the device time of the op that launched it (summing both counted it
+                # twice), and a device-side copy of each record_function range under the same
+                # name, with no CPU time (it overwrote the step's and the named ranges' times).
+                if e.device_type != DeviceType.CPU:
+                    continue
                 self_us = e.self_device_time_total if cuda else e.self_cpu_time_total
                 # named ranges (the step, our ranges, the optimizer): wall (CPU) time; ops: device time on cuda
                 named = e.key.startswith(("bench::", "compacter::", "Optimizer."))

@@ -92,7 +92,7 @@ def run_adapters_elsewhere(args, log) -> list[dict] | None:
         cmd = [args.adapters_python, os.path.abspath(__file__), "--methods", ",".join(["floor"] + wanted), "--optim", args.optim,
                "--device", args.device, "--size", args.size, "--dtype", args.dtype, "--batch", str(args.batch),
                "--src-len", str(args.src_len), "--tgt-len", str(args.tgt_len), "--steps", str(args.steps),
-               "--warmup", str(args.warmup), "--seed", str(args.seed), "--json", out, "--quiet"]
+               "--warmup", str(args.warmup), "--seed", str(args.seed), "--mem-steps", str(args.mem_steps), "--json", out, "--quiet"]
         if args.compile:
             cmd.append("--compile")
         if args.threads:
@@ -187,7 +187,8 @@ def main(argv=None) -> list[dict]:
         summarise(elsewhere, "floor (ah venv)", key="ratio_to_floor")
         out += elsewhere
     for r in out:
-        r["env"] = env
+        if r.get("process") == "this":  # rows from --adapters-python carry that interpreter's own env
+            r["env"] = env
 
     columns = [
         ("method", "method", str),
