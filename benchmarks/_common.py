@@ -302,7 +302,8 @@ def summarise(rows: list[dict], ref: str, key: str | None = None) -> list[dict]:
     * ``<key>``: median time of the row / median time of the reference;
     * ``<key>_min``: min / min;
     * ``<key>_paired``: the median over rounds of (row's step / reference's step in the same round):
-      the two steps ran next to each other, so slow phases of a shared machine cancel out.
+      the two steps ran in the same round of the rotation (not always adjacent), so slow phases
+      of a shared machine largely cancel out.
     """
     key = key or f"ratio_to_{ref}"
     base = next((r for r in rows if r["method"] == ref and r.get("ms_median") is not None), None)

@@ -19,6 +19,7 @@ noise of a shared machine hits every row alike; absolute times are not the point
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import statistics
@@ -144,6 +145,7 @@ def main(argv=None) -> list[dict]:
             peak[m] = measure_peak_memory(row, args.mem_steps, device)
             log(f"  peak memory {m}: {fmt_bytes(peak[m])}")
             del row
+            gc.collect()  # a model kept alive by a reference cycle would count in the next row's peak
             torch.cuda.empty_cache()
 
     rows: list[Row] = []
