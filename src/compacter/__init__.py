@@ -2,7 +2,7 @@
 
 >>> import compacter
 >>> config = compacter.CompacterConfig("compacter++")          # or "compacter", "adapter", ...
->>> model = compacter.add_adapters(model, config)               # wraps modules, freezes the base
+>>> model = compacter.add_adapters(model, config)               # adds adapter modules, freezes the base
 >>> compacter.count_parameters(model)                           # (trainable, total)
 >>> compacter.save_adapters(model, "my-adapter")                # adapter_model.safetensors + adapter_config.json
 >>> compacter.load_adapters(base_model, "my-adapter")

@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     train = sub.add_parser("train", help="fine-tune adapters on a task (no flags: the offline demo)",
                            description="Fine-tune a pretrained model's adapters on a task. With no flags: Compacter++ on the "
-                           "bundled MiniLM encoder and the bundled demo task, offline, in a few minutes on a CPU.")
+                           "bundled MiniLM encoder and the bundled demo task, offline, in about 30 s on 2 CPU cores.")
     _add_train_flags(train)
     train.set_defaults(func=cmd_train)
     for name, func, help_text in (("evaluate", cmd_evaluate, "score a saved adapter on a task split"),
@@ -321,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     params.set_defaults(func=cmd_params)
     report = sub.add_parser("report", help="run directories -> markdown tables and the paper's Figure 1/Figure 4 plots",
                             description="Summarise run directories (their results.json) as markdown tables (with a low-resource "
-                            "table when the runs used several training-set sizes), and plot score against %% trained "
+                            "table when the runs used several training-set sizes), and plot score against % trained "
                             "parameters (the paper's Figure 1) and against training-set size (Figure 4).")
     report.add_argument("runs", nargs="+", help="run directories, or folders holding several")
     report.add_argument("--out", help="write the markdown here")
