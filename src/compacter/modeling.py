@@ -89,7 +89,10 @@ class Batcher:
         return self._decoder_batch([self.prompt_ids(e) for e in examples], [e.target for e in examples])
 
     def _sources(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
-        return dict(self.tok([e.source for e in examples], max_length=self.max_source, truncation=True, padding=True, return_tensors="pt"))
+        enc = dict(self.tok([e.source for e in examples], max_length=self.max_source, truncation=True, padding=True, return_tensors="pt"))
+        if self.family == "seq2seq":  # a tokenizer's token_type_ids (transformers 4 gives some): T5/BART take none
+            enc = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        return enc
 
     def prompt_ids(self, example: Example) -> list[int]:
         """Token ids of a decoder prompt ``source + "\nanswer:"``, at most ``max_source_length``.
