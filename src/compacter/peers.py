@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import DEFAULT_LEARNING_RATES
+from .inject import body_prefix
 
 PEER_METHODS = ("peft-lora", "ah-compacter++", "ah-compacter")
 PEER_LEARNING_RATES = {"peft-lora": 3e-4, "ah-compacter++": 3e-3, "ah-compacter": 3e-3}
@@ -55,9 +56,12 @@ def _add_peft_lora(model: nn.Module, family: str, options: dict) -> nn.Module:
 
 
 def _outside_body(model: nn.Module) -> list[str]:
-    """The root's children with parameters outside the pretrained body (an encoder's task head)."""
-    body = getattr(model, model.base_model_prefix)
-    return [name for name, child in model.named_children() if child is not body and any(True for _ in child.parameters())]
+    """The root's children with parameters outside the pretrained body (an encoder's task head):
+    the head our methods train, found by the same ``body_prefix``."""
+    prefix = body_prefix(model)
+    if prefix is None:
+        raise ValueError(f"{type(model).__name__} has no pretrained body named by base_model_prefix: cannot tell its head")
+    return [name for name, child in model.named_children() if name != prefix and any(True for _ in child.parameters())]
 
 
 def _add_adapterhub(model: nn.Module, method: str, family: str, options: dict) -> nn.Module:

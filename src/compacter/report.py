@@ -390,7 +390,8 @@ def _format_average(row: Row, tasks: Sequence[str]) -> str:
 
 def _benchmark(task: str) -> str | None:
     """"glue" or "superglue" for a registry task, None for others (the demo, custom tasks)."""
-    return get_task(task).benchmark if task in TASK_NAMES and get_task(task).benchmark in BENCHMARKS else None
+    benchmark = get_task(task).benchmark if task in TASK_NAMES else None
+    return benchmark if benchmark in BENCHMARKS else None
 
 
 #: Benchmarks whose tasks get their own average column when a table has tasks of both.
