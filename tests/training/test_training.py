@@ -439,6 +439,12 @@ def test_peers_train_an_encoders_whole_new_head_as_ours_does(arch, head):
         assert any(f".{module}.modules_to_save." in n for n in trained), (module, sorted(trained))
 
 
+def test_a_peer_on_an_encoder_without_a_named_body_says_so():
+    from compacter.peers import _outside_body
+    with pytest.raises(ValueError, match="no pretrained body named by base_model_prefix"):
+        _outside_body(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
 def test_adapterhub_peer_without_adapters_installed_says_how(model_dirs, tmp_path, monkeypatch):
     import builtins
 
