@@ -89,7 +89,17 @@ class Batcher:
         return self._decoder_batch([self.prompt_ids(e) for e in examples], [e.target for e in examples])
 
     def _sources(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
-        enc = dict(self.tok([e.source for e in examples], max_length=self.max_source, truncation=True, padding=True, return_tensors="pt"))
+        """Encoder and seq2seq inputs, at most ``max_source_length`` tokens.
+
+        An encoder input that is too long loses the end of its longest field, as a decoder prompt
+        does (``prompt_ids``): a long RTE premise no longer pushes the whole hypothesis out. A
+        seq2seq input loses its end, as the paper's T5 code truncates.
+        """
+        sources = [e.source for e in examples]
+        if self.family == "encoder":
+            lengths = [len(ids) for ids in self.tok(sources, add_special_tokens=True)["input_ids"]]
+            sources = [self._fit_source(e, "{source}")[0] if n > self.max_source else e.source for e, n in zip(examples, lengths)]
+        enc = dict(self.tok(sources, max_length=self.max_source, truncation=True, padding=True, return_tensors="pt"))
         if self.family == "seq2seq":  # a tokenizer's token_type_ids (transformers 4 gives some): T5/BART take none
             enc = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask")}
         return enc
@@ -102,21 +112,32 @@ class Batcher:
         the start token, every other field (a question, a hypothesis) and the answer cue stay.
         An example without separate fields keeps its start token and its last tokens.
         """
-        ids = self.tok(DECODER_PROMPT.format(source=example.source), add_special_tokens=True)["input_ids"]
+        ids = self._fit_source(example, DECODER_PROMPT)[1]
         if len(ids) <= self.max_source:
             return ids
-        fields = dict(example.fields)
-        if fields and join_fields(fields) == example.source:
-            for _ in range(8):  # retokenising the whole prompt can differ by a token or two: a few rounds at most
-                lengths = {name: self.tok(text, add_special_tokens=False)["input_ids"] for name, text in fields.items()}
-                name = max(lengths, key=lambda k: len(lengths[k]))
-                keep = max(0, len(lengths[name]) - (len(ids) - self.max_source))
-                fields[name] = self.tok.decode(lengths[name][:keep]).rstrip()
-                ids = self.tok(DECODER_PROMPT.format(source=join_fields(fields)), add_special_tokens=True)["input_ids"]
-                if len(ids) <= self.max_source:
-                    return ids
         start = len(self.tok("", add_special_tokens=True)["input_ids"])  # BOS, where the tokenizer adds one
         return ids[:start] + ids[len(ids) - (self.max_source - start):]
+
+    def _fit_source(self, example: Example, template: str) -> tuple[str, list[int]]:
+        """``(source, ids)``: the example's source, its longest field cut from the end (repeatedly)
+        until ``template.format(source=source)`` takes at most ``max_source_length`` tokens with
+        the special tokens. Without separate fields (or when they cannot be cut enough) the ids
+        may stay too long; the caller cuts them."""
+        source = example.source
+        ids = self.tok(template.format(source=source), add_special_tokens=True)["input_ids"]
+        fields = dict(example.fields)
+        if len(ids) <= self.max_source or not fields or join_fields(fields) != source:
+            return source, ids
+        for _ in range(8):  # retokenising the whole text can differ by a token or two: a few rounds at most
+            lengths = {name: self.tok(text, add_special_tokens=False)["input_ids"] for name, text in fields.items()}
+            name = max(lengths, key=lambda k: len(lengths[k]))
+            keep = max(0, len(lengths[name]) - (len(ids) - self.max_source))
+            fields[name] = self.tok.decode(lengths[name][:keep]).rstrip()
+            source = join_fields(fields)
+            ids = self.tok(template.format(source=source), add_special_tokens=True)["input_ids"]
+            if len(ids) <= self.max_source:
+                break
+        return source, ids
 
     def _decoder_batch(self, prompts: Sequence[list[int]], targets: Sequence[str]) -> dict[str, torch.Tensor]:
         """Left-padded ``prompt target eos`` rows from prompt token ids.

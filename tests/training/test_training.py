@@ -413,6 +413,29 @@ def test_decoder_prompts_too_long_lose_the_end_of_their_longest_field(model_dirs
     assert [i for i, m in zip(seen[0]["input_ids"][1].tolist(), seen[0]["attention_mask"][1].tolist()) if m] == batcher.prompt_ids(short)
 
 
+def test_encoder_inputs_too_long_lose_the_end_of_their_longest_field_and_seq2seq_inputs_their_end(model_dirs):
+    from compacter.modeling import Batcher, load_tokenizer
+    from compacter.tasks import Example, get_task
+    from compacter.tasks.base import join_fields
+
+    fields = {"text": " ".join(str(i % 10) for i in range(60)), "label": "7 7 7 ."}  # a long premise, a short hypothesis
+    example = Example(join_fields(fields), "1", 1, fields=fields)
+    short = Example(join_fields({"label": "7 ."}), "1", 1, fields={"label": "7 ."})
+    tok = load_tokenizer(model_dirs["encoder"], "encoder")
+    batcher = Batcher(tok, "encoder", get_task("demo"), max_source_length=24)
+    batch = batcher.train_batch([example, short])
+    ids = batch["input_ids"][0].tolist()
+    assert len(ids) == 24 and batch["attention_mask"][0].all()
+    text = tok.decode(ids, skip_special_tokens=True)
+    assert text.startswith("text : 0 1 2") and text.endswith("label : 7 7 7 .")  # the hypothesis stays whole
+    assert batch["input_ids"][1].tolist() == tok(short.source, padding="max_length", max_length=24)["input_ids"]  # untouched
+    bare = batcher.train_batch([Example(example.source, "1", 1)])["input_ids"][0].tolist()  # no fields: the end is cut
+    assert len(bare) == 24 and not tok.decode(bare, skip_special_tokens=True).endswith("7 .")
+    tok5 = load_tokenizer(model_dirs["seq2seq"], "seq2seq")
+    cut = Batcher(tok5, "seq2seq", get_task("demo"), max_source_length=24).train_batch([example])["input_ids"][0].tolist()
+    assert cut == tok5(example.source, max_length=24, truncation=True)["input_ids"]  # T5: the end goes, as in the paper's code
+
+
 @pytest.mark.parametrize("family", ["encoder", "seq2seq"])
 def test_peft_lora_peer_runs_through_the_same_pipeline(model_dirs, family, tmp_path):
     pytest.importorskip("peft")
