@@ -51,6 +51,14 @@ def test_stsb_rounds_to_nearest_fifth_ties_up(score, expected):
     assert round_to_step(score, 0.2) == expected
 
 
+def test_stsb_float32_scores_from_the_hub_round_as_written():
+    np = pytest.importorskip("numpy")
+    for score, expected in [(4.1, "4.2"), (3.1, "3.2"), (0.9, "1.0"), (2.5, "2.6"), (3.8, "3.8")]:
+        assert round_to_step(float(np.float32(score)), 0.2) == expected
+    [example] = get_task("stsb").format({"sentence1": "a", "sentence2": "b", "label": float(np.float32(4.1))})
+    assert example.target == "4.2"
+
+
 # --- WSC ---
 
 WSC_TEXT = "Mark told Pete many lies about himself, which Pete included in his book. He should have been more skeptical."

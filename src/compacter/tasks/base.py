@@ -183,8 +183,11 @@ def round_to_step(value: float | str, step: float = 0.2) -> str:
     """Round to the nearest multiple of `step`, ties upward, e.g. 2.5 -> "2.6", 3.9 -> "4.0".
 
     Exact decimal arithmetic on the value as written, so 4.1 (a tie on the 0.2 grid) goes
-    to "4.2" and never to "4.0" through binary floating-point error.
+    to "4.2" and never to "4.0" through binary floating-point error. A float is read to 6
+    decimals first: the hub's STS-B scores are float32 (4.1 arrives as 4.099999904632568).
     """
+    if isinstance(value, float) and math.isfinite(value):
+        value = repr(round(value, 6))
     try:
         exact, grid = Decimal(str(value)), Decimal(str(step))
     except InvalidOperation:
