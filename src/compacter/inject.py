@@ -66,6 +66,18 @@ class AdapterSite(nn.ModuleDict):
         return f"role={self.role}, d_model={self.d_model}, active={self.active!r}"
 
 
+def _in_checkpointed_region() -> bool:
+    """Whether saved-tensor hooks are on, as inside a non-reentrant ``torch.utils.checkpoint``
+    region: activation checkpointing applied outside transformers' own flag (FSDP's or
+    Accelerate's ``activation_checkpointing``, a user's wrapper) replays such layers in backward,
+    after the root's forward and its bank are gone, and the replay must save what the forward
+    saved. (A reentrant region runs its forward without gradients, which declines the bank too.)"""
+    if torch.compiler.is_compiling():
+        return False
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)  # no public query in torch 2.x
+    return top is not None and top(False) is not None
+
+
 class CompacterState(nn.Module):
     """Owner of what adapters share: the PHM rules and the trained copies of base parameters.
 
@@ -74,7 +86,8 @@ class CompacterState(nn.Module):
     layer: the first adapter called in a forward pass of the model root builds this "bank", the
     root's forward hook drops it. Layers called outside a forward pass of the root, without
     gradients (the per-layer eval cache serves them), or under activation checkpointing (which
-    replays layers after the root's forward has ended) build their own ``W``.
+    replays layers after the root's forward has ended: transformers' flag, or any
+    ``torch.utils.checkpoint`` region, see :func:`_in_checkpointed_region`) build their own ``W``.
     """
 
     def __init__(self):
@@ -100,7 +113,8 @@ class CompacterState(nn.Module):
         if self._bank is None and self._in_forward:
             self._in_forward = False  # build (or decline) once per forward pass
             layers = self._banked.get(self.active) if self.active is not None else None
-            if layers and torch.is_grad_enabled() and not any(m.gradient_checkpointing for m in self._checkpointing):
+            if (layers and torch.is_grad_enabled() and not any(m.gradient_checkpointing for m in self._checkpointing)
+                    and not _in_checkpointed_region()):
                 self._bank = batched_weights(layers, self.rule(self.active))  # in autocast's dtype where it is on
                 for layer in layers:  # a training step follows: a cached eval W would go stale (fused
                     layer._cache = None  # optimizers update parameters without bumping their version)

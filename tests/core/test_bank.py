@@ -104,6 +104,26 @@ def test_activation_checkpointing_builds_layer_by_layer_with_the_same_gradients(
         torch.testing.assert_close(grads[n], grads_ref[n], rtol=1e-5, atol=1e-7, msg=n)
 
 
+@pytest.mark.parametrize("method", ["compacter", "compacter++"])
+def test_checkpointing_outside_transformers_flag_builds_layer_by_layer(method, monkeypatch):
+    """FSDP's and Accelerate's activation checkpointing wrap layers in a non-reentrant
+    torch.utils.checkpoint without transformers' flag; a replayed layer must save what its forward
+    saved (it raised CheckpointError). Reentrant regions run without gradients: see the test above."""
+    from torch.utils.checkpoint import checkpoint
+
+    model, batch = _adapted("llama", method)
+    model.eval()  # no dropout; gradients still on
+    loss_ref, grads_ref = _loss_and_grads(model, batch)
+    for layer in model.model.layers:
+        layer.forward = (lambda f: lambda *a, **k: checkpoint(f, *a, use_reentrant=False, **k))(layer.forward)
+    builds = _builds(monkeypatch)
+    loss, grads = _loss_and_grads(model, batch)
+    assert builds == []
+    torch.testing.assert_close(loss, loss_ref)
+    for n in grads_ref:
+        torch.testing.assert_close(grads[n], grads_ref[n], rtol=1e-5, atol=1e-7, msg=n)
+
+
 def test_methods_without_phm_layers_have_no_bank():
     for method in ("adapter", "pfeiffer", "adapter-lowrank", "bitfit"):
         model, _ = _adapted("t5", method)
