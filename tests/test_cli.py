@@ -150,3 +150,106 @@ def test_evaluate_and_predict_refuse_a_batch_size_below_one(command, size, capsy
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "--batch-size" in err and ("at least 1" in err), err
+
+
+# --- predict: inputs formatted as in training ---
+
+WSC_RELEASE = {"text": "Mark told Pete many lies about himself, which Pete included in his book. He should have been more skeptical.",
+               "target": {"span1_index": 2, "span1_text": "Pete", "span2_index": 19, "span2_text": "He"}, "idx": 0, "label": False}
+WSC_HUB = {"text": "The trophy does not fit in the suitcase because it is too big.",
+           "span1_index": 1, "span1_text": "trophy", "span2_index": 9, "span2_text": "it", "idx": 1}
+MULTIRC_PASSAGE = {"idx": 7, "passage": {"text": "<b>Sent 1: </b>Tom ran home.<br><b>Sent 2: </b>He ate.<br>", "questions": [
+    {"idx": 30, "question": "Who ran?", "answers": [{"idx": 0, "text": "Tom", "label": 1}, {"idx": 1, "text": "<b>Ann</b>", "label": 0}]},
+    {"idx": 31, "question": "What did he do?", "answers": [{"idx": 2, "text": "ate", "label": 1}]}]}}
+
+
+@pytest.fixture(scope="module")
+def wsc_adapter(tmp_path_factory):
+    """A run folder with an untrained Compacter++ adapter on a tiny BERT, trained-for task: WSC."""
+    from compacter import CompacterConfig, add_adapters, save_adapters
+    from compacter.modeling import load_model
+    from compacter.tasks import get_task
+
+    from .training.conftest import make_model_dir
+
+    root = tmp_path_factory.mktemp("wsc-run")
+    model = make_model_dir(root / "model", "encoder")
+    net = load_model(model, "encoder", get_task("wsc"))
+    add_adapters(net, CompacterConfig("compacter++", reduction_factor=4))
+    save_adapters(net, root / "run" / "best")
+    (root / "run" / "config.json").write_text(json.dumps({"model": model, "task": "wsc"}))
+    return str(root / "run" / "best")
+
+
+@pytest.fixture
+def predicted(monkeypatch):
+    """The examples predict hands to the model (the real predict_batch still runs)."""
+    import compacter.modeling as modeling
+
+    seen, real = [], modeling.predict_batch
+    monkeypatch.setattr(modeling, "predict_batch", lambda net, batcher, examples, *a: seen.extend(examples) or real(net, batcher, examples, *a))
+    return seen
+
+
+def _unlabeled(row):
+    """`row` without any label (top level, nested MultiRC answers)."""
+    row = {k: v for k, v in row.items() if k != "label"}
+    if isinstance(row.get("passage"), dict):
+        row["passage"] = {**row["passage"], "questions": [
+            {**q, "answers": [{k: v for k, v in a.items() if k != "label"} for a in q["answers"]]} for q in row["passage"]["questions"]]}
+    return row
+
+
+def test_predict_marks_wsc_spans_as_training_does(wsc_adapter, predicted, tmp_path, capsys):
+    """predict joined the raw text: no ` * ` / ` # ` around the noun and pronoun the model was trained with."""
+    from compacter.tasks import get_task
+
+    task = get_task("wsc")
+    rows = [WSC_RELEASE, _unlabeled(WSC_HUB), {**WSC_HUB, "label": "not a label"}]  # a label given is ignored
+    (tmp_path / "in.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    capsys.readouterr()
+    assert main(["predict", wsc_adapter, "--file", str(tmp_path / "in.jsonl")]) == 0
+    training = [task.format(r)[0] for r in (WSC_RELEASE, {**WSC_HUB, "label": 1}, {**WSC_HUB, "label": 1})]
+    assert [e.source for e in predicted] == [e.source for e in training]
+    assert [e.fields for e in predicted] == [e.fields for e in training]
+    assert predicted[0].source == ("text: Mark told * Pete * many lies about himself, which Pete included in his book. "
+                                   "# He # should have been more skeptical.")
+    assert {(e.target, e.label) for e in predicted} == {("", None)}
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["input"] for line in lines] == rows  # the output keys of a one-example task are unchanged
+    assert all(line["label"] in ("False", "True") and line["prediction"] in ("0", "1") for line in lines)
+
+
+def test_predict_gives_a_line_per_multirc_answer(wsc_adapter, predicted, capsys):
+    """A release-layout MultiRC passage without labels: one example per answer, markup removed, each line
+    naming its input row, group and fields."""
+    from compacter.tasks import get_task
+
+    capsys.readouterr()
+    argv = ["predict", wsc_adapter, "--task", "multirc", "--text", json.dumps(_unlabeled(MULTIRC_PASSAGE)),
+            "--text", json.dumps({"question": "Who ate?", "answer": "<b>Tom</b>", "paragraph": "Tom ate.<br>"})]
+    assert main(argv) == 0
+    training = get_task("multirc").format(MULTIRC_PASSAGE)
+    assert [e.source for e in predicted[:3]] == [e.source for e in training]
+    assert predicted[3].source == "question: Who ate? answer: Tom paragraph: Tom ate. "
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(line["row"], line["group"], line["fields"]["answer"]) for line in lines] == [
+        (0, "7-30", "Tom"), (0, "7-30", "Ann"), (0, "7-31", "ate"), (1, None, "Tom")]
+    assert all(line["label"] in ("False", "True") for line in lines)
+
+
+@pytest.mark.parametrize("argv,where", [
+    (["--text", "The city councilmen refused the demonstrators a permit because they feared violence."], r"input 0 \(--text 1\)"),
+    (["--text", json.dumps(WSC_HUB), "--file", "IN"], r"input 2 \(.*in\.jsonl:2\)"),
+])
+def test_predict_names_the_input_wsc_cannot_read(wsc_adapter, predicted, tmp_path, capsys, argv, where):
+    """WSC needs its spans: plain text was predicted on, unmarked, as if it were a training input."""
+    import re
+
+    (tmp_path / "in.jsonl").write_text(json.dumps(WSC_HUB) + "\n" + json.dumps({"text": "No spans here."}) + "\n")
+    argv = [str(tmp_path / "in.jsonl") if a == "IN" else a for a in argv]
+    assert main(["predict", wsc_adapter, *argv]) == 2
+    err = capsys.readouterr().err
+    assert re.search(where, err), err
+    assert "missing field 'span1_text'" in err and "span1_text, span1_index, span2_text, span2_index" in err, err
+    assert not predicted  # nothing was predicted before the bad input was found

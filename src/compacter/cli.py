@@ -241,33 +241,44 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    """One JSON line per example: rows go through the task's formatter, as in training
+    (`format_unlabeled`), so WSC gets its span marks, MultiRC loses its markup, ReCoRD gets its
+    entity list. Every input is formatted before anything is predicted; a bad one is a
+    ValueError naming it (its index and, from --file, its file:line) and what the task needs.
+    Tasks whose rows give one example print {"input", "prediction", "label"}; MultiRC and
+    ReCoRD print {"row" (the input's index), "group", "fields", "prediction", "label"}."""
     from .modeling import predict_batch
-    from .tasks import Example
-    from .tasks.base import join_fields
+    from .tasks.base import DataError
     from .tasks.data import file_rows
+    from .tasks.formats import format_unlabeled, several_per_row
 
     net, batcher, task, run_config, _ = _load_adapted(args.adapter, args.model, args.task, args.dtype)
-    rows: list[dict] = []
-    for text in args.text or []:
+    inputs: list[tuple[str, Any]] = []  # (where, row)
+    for number, text in enumerate(args.text or [], 1):
         parsed = _parse_value(text)
-        rows.append(parsed if isinstance(parsed, dict) else {task.input_fields[0]: text})
+        inputs.append((f"--text {number}", parsed if isinstance(parsed, dict) else {task.input_fields[0]: text}))
     if args.file:
-        rows += [row for _, row in file_rows(task, args.file)]
-    if not rows:
+        inputs += list(file_rows(task, args.file))
+    if not inputs:
         raise SystemExit("error: give --text (repeatable) or --file")
-    missing = [(i, f) for i, r in enumerate(rows) for f in task.input_fields if f not in r]
-    if missing:
-        raise SystemExit(f"error: input {missing[0][0]} lacks field {missing[0][1]!r}; {task.name} needs {list(task.input_fields)}")
-    fields = [{f: str(r[f]) for f in task.input_fields} for r in rows]
-    examples = [Example(source=join_fields(f), target="", label=None, fields=f) for f in fields]
+    examples, rows = [], []  # rows[i]: the input index of examples[i]
+    for index, (where, row) in enumerate(inputs):
+        try:
+            formatted = format_unlabeled(task, row)
+        except DataError as err:
+            raise DataError(f"input {index} ({where}): {err}") from None
+        examples += formatted
+        rows += [index] * len(formatted)
     predictions = []
     with _run_autocast(net, run_config):
         for start in range(0, len(examples), args.batch_size):
             predictions += predict_batch(net, batcher, examples[start:start + args.batch_size],
                                          run_config.get("decoder_predict", "score"))
-    for row, pred in zip(rows, predictions):
+    several = several_per_row(task)
+    for index, example, pred in zip(rows, examples, predictions):
         name = task.label_names[int(pred)] if task.label_texts and pred in task.label_texts else pred
-        print(json.dumps({"input": row, "prediction": pred, "label": name}))
+        where = {"row": index, "group": example.group, "fields": example.fields} if several else {"input": inputs[index][1]}
+        print(json.dumps({**where, "prediction": pred, "label": name}))
     return 0
 
 
@@ -309,8 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--split", choices=("validation", "test"), default="test", help="which split (default: test)")
             p.add_argument("--data-dir", help="benchmark files folder (default: the run's, else the HF hub)")
         else:
-            p.add_argument("--text", action="append", help="an input: plain text for the first field, or a JSON object of fields")
-            p.add_argument("--file", help="a .jsonl/.csv/.tsv file with the task's input columns")
+            p.add_argument("--text", action="append", help="an input: plain text for the first field, or a JSON object of fields "
+                           "(a row as in the task's data files; labels are not needed)")
+            p.add_argument("--file", help="a .jsonl/.csv/.tsv file of input rows, formatted as in training")
     params = sub.add_parser("params", help="trainable / total parameters of methods on a model (config only, no weights)",
                             description="Count trainable and total parameters of each method on a model built from its config "
                             "(no weights are loaded).")

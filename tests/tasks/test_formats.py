@@ -202,3 +202,52 @@ def test_example_is_frozen_and_hashable():
     assert hash(example) == hash(Example("s", "t", 1))
     with pytest.raises(AttributeError):
         example.source = "x"
+
+
+# --- rows without labels (prediction) ---
+
+
+@pytest.mark.parametrize("name, raw, source, target, label", SINGLE)
+def test_unlabeled_rows_format_as_training_does(name, raw, source, target, label):
+    from compacter.tasks.formats import format_unlabeled
+
+    task = get_task(name)
+    [example] = format_unlabeled(task, {k: v for k, v in raw.items() if k != task.label_field})
+    assert (example.source, example.fields, example.target, example.label) == (source, task.format(raw)[0].fields, "", None)
+
+
+def test_unlabeled_multirc_and_record_release_rows():
+    from compacter.tasks.formats import format_unlabeled
+
+    passage = {**MULTIRC_RELEASE["passage"], "questions": [
+        {**q, "answers": [{k: v for k, v in a.items() if k != "label"} for a in q["answers"]]} for q in MULTIRC_RELEASE["passage"]["questions"]]}
+    examples = format_unlabeled(get_task("multirc"), {**MULTIRC_RELEASE, "passage": passage})
+    assert [(e.source, e.group) for e in examples] == [(e.source, e.group) for e in get_task("multirc").format(MULTIRC_RELEASE)]
+    assert {(e.target, e.label) for e in examples} == {("", None)}
+    # ReCoRD: one example per query, whatever answers the row holds
+    [example] = format_unlabeled(get_task("record"), RECORD_RELEASE)
+    assert (example.source, example.target, example.label, example.answers, example.group) == (RECORD_SOURCE, "", None, None, "3-9")
+
+
+def test_unlabeled_hub_rows_need_no_idx_or_answers():
+    from compacter.tasks.formats import format_unlabeled
+
+    [example] = format_unlabeled(get_task("record"), {"passage": PASSAGE, "query": "@placeholder hosted the talks.",
+                                                       "entities": ["Obama", "Merkel", "Berlin"]})
+    assert (example.source, example.group) == (RECORD_SOURCE, None)
+    [example] = format_unlabeled(get_task("multirc"), {"paragraph": PARAGRAPH, "question": "Who ran?", "answer": "Tom"})
+    assert (example.source, example.group) == (f"question: Who ran? answer: Tom paragraph: {PARAGRAPH_CLEAN}", None)
+
+
+@pytest.mark.parametrize("name, raw, message", [
+    ("wsc", {"text": "Plain."}, "missing field 'span1_text'; wsc inputs need text, span1_text, span1_index, span2_text, span2_index"),
+    ("rte", {"sentence1": "a"}, "missing field 'sentence2'.*rte inputs need sentence1, sentence2"),
+    ("multirc", {"question": "q"}, "multirc inputs need question, answer, paragraph"),
+    ("record", {"query": "q"}, "record inputs need query, entities, passage"),
+    ("rte", ["a", "b"], "expected an object of fields, got list"),
+])
+def test_unlabeled_bad_rows_say_what_the_task_needs(name, raw, message):
+    from compacter.tasks.formats import format_unlabeled
+
+    with pytest.raises(DataError, match=message):
+        format_unlabeled(get_task(name), raw)

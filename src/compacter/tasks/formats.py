@@ -6,6 +6,7 @@ hub layout of the same row.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any, Mapping
 
@@ -154,3 +155,84 @@ def format_record(task: Task, raw: Mapping[str, Any]) -> list[Example]:
         for target in answers or [""]:
             examples.append(Example(join_fields(fields), target, target, group, tuple(answers), fields))
     return examples
+
+
+# --- rows without labels (prediction) ------------------------------------------------------
+
+
+def several_per_row(task: Task) -> bool:
+    """Can one row of `task` give several examples (MultiRC: one per answer, ReCoRD: one per query)?"""
+    return task.formatter in (format_multirc, format_record)
+
+
+def input_description(task: Task) -> str:
+    """What an input row of `task` must hold, for error messages."""
+    if task.formatter is format_wsc:
+        return (f"{task.name} inputs need text, span1_text, span1_index, span2_text, span2_index "
+                "(the spans may also sit under 'target', as in the release files)")
+    if task.formatter is format_multirc:
+        return (f"{task.name} inputs need question, answer, paragraph (one answer per row), or the release layout: "
+                "idx and passage {text, questions [{idx, question, answers [{text}]}]}")
+    if task.formatter is format_record:
+        return (f"{task.name} inputs need query, entities, passage (one query per row), or the release layout: "
+                "idx, passage {text, entities [{start, end}]} and qas [{idx, query}]")
+    return f"{task.name} inputs need {', '.join(task.input_fields)}"
+
+
+def _placeholder_label(task: Task) -> Any:
+    if task.kind == "classification":
+        return task.label_names[0]
+    return 0.0 if task.kind == "regression" else ""
+
+
+def _without_labels(task: Task, raw: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+    """A copy of `raw` with a placeholder wherever the formatter reads a label, and whether a
+    hub-layout MultiRC/ReCoRD row lacked its `idx` (then given a placeholder too)."""
+    row, label = dict(raw), _placeholder_label(task)
+    if task.label_field not in task.input_fields:
+        row[task.label_field] = label
+    release = isinstance(row.get("passage"), Mapping)
+    if task.formatter is format_multirc and release:
+        questions = row["passage"].get("questions")
+        if isinstance(questions, list):
+            row["passage"] = {**row["passage"], "questions": [
+                {**q, "answers": [{**a, "label": label} if isinstance(a, Mapping) else a for a in q["answers"]]}
+                if isinstance(q, Mapping) and isinstance(q.get("answers"), list) else q
+                for q in questions]}
+    elif task.formatter is format_record:
+        if not release:
+            row["answers"] = []
+        elif isinstance(row.get("qas"), list):
+            row["qas"] = [{**qa, "answers": []} if isinstance(qa, Mapping) else qa for qa in row["qas"]]
+    no_group = several_per_row(task) and not release and "idx" not in row
+    if no_group:
+        keys = ("paragraph", "question") if task.formatter is format_multirc else ("passage", "query")
+        row["idx"] = dict.fromkeys(keys, "")
+    return row, no_group
+
+
+def format_unlabeled(task: Task, raw: Mapping[str, Any]) -> list[Example]:
+    """Examples of a row without labels (prediction inputs), formatted exactly as training formats them.
+
+    Training's `Task.format` needs a label, so the row goes through it with placeholders: the
+    label field (any value given there is ignored), every nested answer's label of a
+    release-layout MultiRC passage, and ReCoRD's answers (none, so each query gives one
+    example). A hub-layout MultiRC/ReCoRD row may also omit `idx`; its examples then have
+    group None. The examples come back with target "" and label None (and no `answers`);
+    `source` and `fields` are training's. One row may give several examples (MultiRC: one
+    per answer; ReCoRD: one per query), in the formatter's order.
+
+    A row the formatter cannot read raises `DataError` saying what is missing and what the
+    task's inputs need.
+    """
+    if not isinstance(raw, Mapping):
+        raise DataError(f"expected an object of fields, got {type(raw).__name__}; {input_description(task)}")
+    row, no_group = _without_labels(task, raw)
+    try:
+        examples = task.format(row)
+    except DataError as err:
+        raise DataError(f"{err}; {input_description(task)}") from err
+    if not examples:
+        raise DataError(f"the row gives no examples (no questions or answers?); {input_description(task)}")
+    return [dataclasses.replace(e, target="", label=None, answers=None, group=None if no_group else e.group)
+            for e in examples]
