@@ -134,7 +134,7 @@ class PHMLinear(nn.Module):
             init_fast_weight(self.B, init, fan_in=p, fan_out=q)
         self.rule = PHMRule(n, rule_init, rule_init_range, learn_rule) if own_rule else None
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-        self._cache: tuple[tuple, torch.Tensor] | None = None
+        self._cache: tuple[tuple, torch.Tensor, list[torch.Tensor]] | None = None
         self._bank_index: int | None = None  # position in its adapter's weight bank (see batched_weights)
 
     def fast_weight(self) -> torch.Tensor:
@@ -168,7 +168,9 @@ class PHMLinear(nn.Module):
         params = [rule_t] + list(self._fast_params())
         key = (_OPTIMIZER_STEPS[0],) + tuple((id(t), t._version, t.data_ptr(), t.device, t.dtype) for t in params)
         if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self._build_weight(rule))
+            # the entry holds the keyed storages, so a `p.data = ...` cannot free one for a new
+            # tensor to reuse its address (two such assignments between evaluations gave a stale W)
+            self._cache = (key, self._build_weight(rule), [t.detach() for t in params])
         return self._cache[1]
 
     def _build_weight(self, rule: torch.Tensor | None) -> torch.Tensor:

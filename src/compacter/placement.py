@@ -82,7 +82,7 @@ def output_features(module: nn.Module, name: str) -> int:
         if isinstance(getattr(module, attr, None), int):
             return getattr(module, attr)
     weight = getattr(module, "weight", None)
-    if weight is not None and weight.dim() == 2:
+    if weight is not None and weight.dim() == 2 and not isinstance(module, nn.Embedding):  # an embedding's weight is [vocab, width]
         return weight.shape[0]
     raise ValueError(f"cannot tell the output width of {name} ({type(module).__name__}): target a Linear-like module")
 

@@ -281,6 +281,14 @@ def test_indivisible_dimension_leaves_the_model_unmodified():
     _assert_unchanged(model, snap)
 
 
+def test_an_embedding_target_is_refused_and_changes_nothing():
+    model, _ = tiny("llama")
+    snap = _snapshot(model)
+    with pytest.raises(ValueError, match=r"output width of model\.embed_tokens \(Embedding\)"):
+        compacter.add_adapters(model, CompacterConfig("compacter++", reduction_factor=4, ffn_modules=[r"model\.embed_tokens"]))
+    _assert_unchanged(model, snap)
+
+
 class _Block(torch.nn.Module):
     def __init__(self):
         super().__init__()

@@ -135,6 +135,22 @@ def test_eval_cache_reuses_w_until_a_weight_changes(monkeypatch):
     assert len(calls) == 3 and layer.s.grad is not None
 
 
+def test_eval_cache_sees_parameters_replaced_twice_through_data():
+    """`p.data = ...` keeps the version; two such replacements could free and reuse the cached
+    storage's address, and the cache served the old W."""
+    torch.manual_seed(0)
+    layer = PHMLinear(64, 8, 4, own_rule=True).eval()
+    x = torch.randn(3, 64)
+    stale = 0
+    for _ in range(50):
+        with torch.no_grad():
+            layer(x)
+            layer.s.data = torch.randn_like(layer.s)
+            layer.s.data = torch.randn_like(layer.s)
+            stale += not torch.allclose(layer(x), torch.addmm(layer.bias, x, layer.weight()))
+    assert stale == 0
+
+
 def test_shared_rule_layer_called_without_its_rule_says_so():
     layer = PHMLinear(8, 4, 2).eval()  # no rule of its own
     for grad in (True, False):
