@@ -11,6 +11,11 @@ disabling gives back the base model's exact outputs.
 
 Building is separate from attaching: :func:`build_adapters` makes every module and checks every
 shape before the model is touched, so bad input leaves the model unmodified.
+
+Each adapter sits on its target module's device and dtype, and each trained copy where its base
+parameter sits, so a model split over devices (``device_map="auto"``) computes every adapter
+where its layer computes; the one shared rule of an adapter serves layers on other devices
+through a differentiable copy (see :func:`_place_like_model`).
 """
 
 from __future__ import annotations
@@ -193,18 +198,55 @@ def build_adapters(model: nn.Module, config: CompacterConfig, name: str = "defau
                 pending.roles[target] = role
         if config.adapter_type == "phm" and config.shared_phm_rule:
             pending.rule = PHMRule(config.phm_dim, config.phm_rule_init, config.phm_init_range, config.learn_phm)
-        _place_like_model(pending, model)
+        _place_like_model(pending, model, modules)
     pending.tuned = _tuned_copies(model, config, modules)
     return pending
 
 
-def _place_like_model(pending: PendingAdapters, model: nn.Module) -> None:
-    """Move new adapter modules to the model's device and floating dtype."""
+def _place_like_model(pending: PendingAdapters, model: nn.Module, modules: dict[str, nn.Module]) -> None:
+    """Move each new adapter to the device and floating dtype of its target module's weight, so a
+    model split over devices (``device_map="auto"``, pipeline splits) computes every adapter where
+    its layer computes. The shared rule goes with the first adapter; layers elsewhere use a
+    differentiable copy of it (:func:`~compacter.phm.rule_like`). A target without parameters
+    (or without floating ones) takes the model's first floating parameter's device (dtype)."""
     ref = next((p for p in model.parameters() if p.is_floating_point()), None)
-    if ref is None:
-        return
-    for module in list(pending.sites.values()) + ([pending.rule] if pending.rule is not None else []):
-        module.to(device=ref.device, dtype=ref.dtype)
+    first = None
+    for target, adapter in pending.sites.items():
+        where = _target_placement(modules, target, ref)
+        if where is not None:
+            adapter.to(device=where[0], dtype=where[1])
+            first = first or where
+    if pending.rule is not None and (first or ref is not None):
+        device, dtype = first or (ref.device, ref.dtype)
+        pending.rule.to(device=device, dtype=dtype)
+
+
+def _target_placement(modules: dict[str, nn.Module], target: str, ref: torch.Tensor | None) -> tuple | None:
+    """``(device, dtype)`` for the adapter of ``target``: its weight's (Linear, GPT-2 Conv1D), else
+    its first parameter's; a quantized (integer) weight takes its module's or the model's floating
+    dtype. An offloaded weight (on "meta" under an accelerate hook) takes the hook's execution device."""
+    module = modules[target]
+    weight = getattr(module, "weight", None)
+    tensors = ([weight] if isinstance(weight, torch.Tensor) else []) + list(module.parameters())
+    if not tensors:
+        return (ref.device, ref.dtype) if ref is not None else None
+    device = tensors[0].device
+    if device.type == "meta":
+        device = _execution_device(modules, target) or device
+    floating = next((t for t in tensors if t.is_floating_point()), ref)
+    return device, (floating.dtype if floating is not None else None)
+
+
+def _execution_device(modules: dict[str, nn.Module], name: str) -> torch.device | None:
+    """The device an accelerate hook on module ``name`` or an ancestor computes on, if any."""
+    parts = name.split(".")
+    for i in range(len(parts), -1, -1):
+        hook = getattr(modules.get(".".join(parts[:i])), "_hf_hook", None)
+        for h in (hook, *getattr(hook, "hooks", ())):  # a SequentialHook holds several
+            device = getattr(h, "execution_device", None)
+            if device is not None:
+                return torch.device(device)
+    return None
 
 
 def _tuned_copies(model: nn.Module, config: CompacterConfig, modules: dict[str, nn.Module]) -> dict[str, nn.Parameter]:
