@@ -109,6 +109,23 @@ class CompacterState(nn.Module):
         self._in_forward = False  # between the root's forward pre-hook and the first adapter call
         self._checkpointing: list[nn.Module] = []  # modules with a transformers `gradient_checkpointing` flag
         self._hooks: list = []
+        self._root: list[nn.Module] = []  # the model (a plain reference: the model owns the state)
+
+    def _apply(self, fn, recurse: bool = True):
+        """Convert (``model.to()``, ``.double()``, ...) and point the owners at the converted copies.
+
+        A conversion that makes new Parameter objects instead of updating them in place
+        (``torch.__future__.set_overwrite_module_params_on_conversion(True)``, devices such as XLA)
+        gives each registration of a shared Parameter its own new one: the owner's and this
+        state's copy of a trained base parameter would then diverge (training one, saving or
+        restoring the other). The state is the root's last child, converted after the modules
+        that own those parameters, so pointing the owners at the state's copies (``tuned`` and
+        ``base``) again leaves one Parameter per trained tensor; in-place conversion is unchanged.
+        """
+        super()._apply(fn, recurse)
+        if self._root:
+            _point_owners(self, dict(self._root[0].named_modules()), self.active)
+        return self
 
     def rule(self, name: str) -> torch.Tensor | None:
         return self.rules[name].A if name in self.rules else None
@@ -323,6 +340,7 @@ def attach_adapters(model: nn.Module, pending: PendingAdapters, activate: bool =
         for p in model.parameters():
             p.requires_grad_(False)
         model.add_module(STATE_ATTR, state)
+        state._root.append(model)
         state._checkpointing = [m for m in model.modules() if isinstance(getattr(m, "gradient_checkpointing", None), bool)]
         state._hooks = [model.register_forward_pre_hook(state.start_forward),
                         model.register_forward_hook(state.end_forward, always_call=True)]
@@ -415,6 +433,13 @@ def set_active_adapter(model: nn.Module, name: str | None) -> None:
     for aname, tuned in state.tuned.items():
         for p in tuned.values():
             p.requires_grad_(aname == name)
+    _point_owners(state, modules, name)
+    state.active = name
+
+
+def _point_owners(state: CompacterState, modules: dict[str, nn.Module], name: str | None) -> None:
+    """Point every base parameter that some adapter trains at adapter ``name``'s copy, or at the
+    base model's own (or at nothing: a BitFit bias the base model lacks)."""
     active_tuned = state.tuned[name] if name is not None else {}
     for full in {_unkey(k) for t in state.tuned.values() for k in t}:
         owner, attr = _resolve(modules, full)
@@ -422,7 +447,6 @@ def set_active_adapter(model: nn.Module, name: str | None) -> None:
             owner._parameters[attr] = active_tuned[_key(full)]
         else:
             owner._parameters[attr] = state.base[_key(full)] if _key(full) in state.base else None
-    state.active = name
 
 
 def active_adapter(model: nn.Module) -> str | None:
@@ -471,6 +495,7 @@ def delete_adapter(model: nn.Module, name: str) -> None:
         for handle in state._hooks:
             handle.remove()
         delattr(model, STATE_ATTR)
+        state._root.clear()
         params = dict(model.named_parameters())
         for full, requires_grad in state.base_requires_grad.items():
             if full in params:

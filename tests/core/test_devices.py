@@ -5,14 +5,16 @@ and the CPU part must compute exactly what a single-device model computes.
 """
 
 import contextlib
+import tempfile
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import compacter
 from compacter import CompacterConfig
-from compacter.inject import get_state, iter_sites
+from compacter.inject import STATE_ATTR, _key, get_state, iter_sites
 from compacter.phm import PHMLinear, batched_weights, kronecker_sum
 
 from .tiny import tiny
@@ -139,3 +141,65 @@ def test_single_device_model_makes_no_copy_of_the_rule(train):
     assert copies.count == 0
     if train:
         assert rule.grad is not None and rule.grad.abs().sum() > 0
+
+
+@contextlib.contextmanager
+def _overwrite_on_conversion():
+    """What ``Module._apply`` does on XLA-like devices: new Parameter objects instead of in-place updates."""
+    before = torch.__future__.get_overwrite_module_params_on_conversion()
+    torch.__future__.set_overwrite_module_params_on_conversion(True)
+    try:
+        yield
+    finally:
+        torch.__future__.set_overwrite_module_params_on_conversion(before)
+
+
+NORM = "encoder.final_layer_norm.weight"
+
+
+def _owner_is_state_copy(model, state, name="default"):
+    for key, copy in state.tuned[name].items():
+        assert model.get_parameter(key.replace("/", ".")) is copy, key
+
+
+def test_trained_copies_stay_one_parameter_after_conversion():
+    model, batch = tiny("t5")
+    compacter.add_adapters(model, CompacterConfig("compacter", reduction_factor=4))
+    with _overwrite_on_conversion():
+        model.double()
+    state = get_state(model)
+    _owner_is_state_copy(model, state)
+    assert state.tuned["default"][_key(NORM)].dtype == torch.float64
+    assert all(p.dtype == torch.float64 for p in model.parameters())
+
+    model.train()
+    opt = torch.optim.SGD(compacter.trainable_parameters(model), lr=1.0)
+    model(**batch).loss.backward()
+    opt.step()
+    trained = model.get_parameter(NORM).detach().clone()
+    assert not torch.equal(trained, torch.ones_like(trained))
+    with tempfile.TemporaryDirectory() as folder:
+        compacter.save_adapters(model, folder)
+        saved = load_file(f"{folder}/adapter_model.safetensors")[f"tuned.{NORM}"]
+    torch.testing.assert_close(saved, trained, rtol=0, atol=0)
+
+    compacter.set_active_adapter(model, None)  # the base original: converted, and the owner's again
+    base = model.get_parameter(NORM)
+    assert base is state.base[_key(NORM)] and base.dtype == torch.float64 and torch.equal(base, torch.ones_like(base))
+    compacter.set_active_adapter(model, "default")
+    torch.testing.assert_close(model.get_parameter(NORM).detach(), trained, rtol=0, atol=0)
+    _owner_is_state_copy(model, state)
+
+
+def test_base_originals_stay_one_parameter_after_conversion_while_inactive():
+    model, _ = tiny("t5")
+    compacter.add_adapters(model, CompacterConfig("compacter", reduction_factor=4))
+    compacter.set_active_adapter(model, None)
+    with _overwrite_on_conversion():
+        model.double()
+    state = get_state(model)
+    assert model.get_parameter(NORM) is state.base[_key(NORM)]
+    compacter.set_active_adapter(model, "default")
+    _owner_is_state_copy(model, state)
+    compacter.delete_adapter(model, "default")  # the base model back, converted
+    assert not hasattr(model, STATE_ATTR) and all(p.dtype == torch.float64 for p in model.parameters())
