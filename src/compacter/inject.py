@@ -7,7 +7,9 @@ adapter. The model root gets one :class:`CompacterState` child, ``compacter``, t
 shared: the slow PHM weights ``A`` (one :class:`~compacter.phm.PHMRule` per adapter name) and the
 per-adapter trained copies of base parameters (layer norms, task head, BitFit biases). Activating
 an adapter points those base parameters at its copies, so switching costs nothing per forward and
-disabling gives back the base model's exact outputs.
+disabling gives back the base model's exact outputs. Owner and state share one Parameter object
+per trained tensor, also after a conversion that makes new Parameters (see
+:meth:`CompacterState._apply`).
 
 Building is separate from attaching: :func:`build_adapters` makes every module and checks every
 shape before the model is touched, so bad input leaves the model unmodified.
