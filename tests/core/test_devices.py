@@ -203,3 +203,17 @@ def test_base_originals_stay_one_parameter_after_conversion_while_inactive():
     _owner_is_state_copy(model, state)
     compacter.delete_adapter(model, "default")  # the base model back, converted
     assert not hasattr(model, STATE_ATTR) and all(p.dtype == torch.float64 for p in model.parameters())
+
+
+def test_offloaded_layer_gets_its_adapter_on_the_execution_device():
+    """accelerate's offload keeps a layer's weights on "meta" and computes it on the hook's
+    execution device: the adapter belongs there, not on meta."""
+    from types import SimpleNamespace
+
+    model, _ = tiny("llama")
+    model.model.embed_tokens.to("meta")  # the model's first parameter: where adapters went before
+    model.model.layers[1].to("meta")
+    model.model.layers[1]._hf_hook = SimpleNamespace(hooks=[SimpleNamespace(execution_device="cpu")])  # a SequentialHook
+    compacter.add_adapters(model, CompacterConfig("compacter", reduction_factor=4))
+    for target, site in iter_sites(model):
+        assert {p.device.type for p in site.parameters()} == {"cpu"}, target
