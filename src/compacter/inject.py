@@ -7,10 +7,17 @@ adapter. The model root gets one :class:`CompacterState` child, ``compacter``, t
 shared: the slow PHM weights ``A`` (one :class:`~compacter.phm.PHMRule` per adapter name) and the
 per-adapter trained copies of base parameters (layer norms, task head, BitFit biases). Activating
 an adapter points those base parameters at its copies, so switching costs nothing per forward and
-disabling gives back the base model's exact outputs.
+disabling gives back the base model's exact outputs. Owner and state share one Parameter object
+per trained tensor, also after a conversion that makes new Parameters (see
+:meth:`CompacterState._apply`).
 
 Building is separate from attaching: :func:`build_adapters` makes every module and checks every
 shape before the model is touched, so bad input leaves the model unmodified.
+
+Each adapter sits on its target module's device and dtype, and each trained copy where its base
+parameter sits, so a model split over devices (``device_map="auto"``) computes every adapter
+where its layer computes; the one shared rule of an adapter serves layers on other devices
+through a differentiable copy (see :func:`_place_like_model`).
 """
 
 from __future__ import annotations
@@ -104,6 +111,23 @@ class CompacterState(nn.Module):
         self._in_forward = False  # between the root's forward pre-hook and the first adapter call
         self._checkpointing: list[nn.Module] = []  # modules with a transformers `gradient_checkpointing` flag
         self._hooks: list = []
+        self._root: list[nn.Module] = []  # the model (a plain reference: the model owns the state)
+
+    def _apply(self, fn, recurse: bool = True):
+        """Convert (``model.to()``, ``.double()``, ...) and point the owners at the converted copies.
+
+        A conversion that makes new Parameter objects instead of updating them in place
+        (``torch.__future__.set_overwrite_module_params_on_conversion(True)``, devices such as XLA)
+        gives each registration of a shared Parameter its own new one: the owner's and this
+        state's copy of a trained base parameter would then diverge (training one, saving or
+        restoring the other). The state is the root's last child, converted after the modules
+        that own those parameters, so pointing the owners at the state's copies (``tuned`` and
+        ``base``) again leaves one Parameter per trained tensor; in-place conversion is unchanged.
+        """
+        super()._apply(fn, recurse)
+        if self._root:
+            _point_owners(self, dict(self._root[0].named_modules()), self.active)
+        return self
 
     def rule(self, name: str) -> torch.Tensor | None:
         return self.rules[name].A if name in self.rules else None
@@ -193,18 +217,55 @@ def build_adapters(model: nn.Module, config: CompacterConfig, name: str = "defau
                 pending.roles[target] = role
         if config.adapter_type == "phm" and config.shared_phm_rule:
             pending.rule = PHMRule(config.phm_dim, config.phm_rule_init, config.phm_init_range, config.learn_phm)
-        _place_like_model(pending, model)
+        _place_like_model(pending, model, modules)
     pending.tuned = _tuned_copies(model, config, modules)
     return pending
 
 
-def _place_like_model(pending: PendingAdapters, model: nn.Module) -> None:
-    """Move new adapter modules to the model's device and floating dtype."""
+def _place_like_model(pending: PendingAdapters, model: nn.Module, modules: dict[str, nn.Module]) -> None:
+    """Move each new adapter to the device and floating dtype of its target module's weight, so a
+    model split over devices (``device_map="auto"``, pipeline splits) computes every adapter where
+    its layer computes. The shared rule goes with the first adapter; layers elsewhere use a
+    differentiable copy of it (:func:`~compacter.phm.rule_like`). A target without parameters
+    (or without floating ones) takes the model's first floating parameter's device (dtype)."""
     ref = next((p for p in model.parameters() if p.is_floating_point()), None)
-    if ref is None:
-        return
-    for module in list(pending.sites.values()) + ([pending.rule] if pending.rule is not None else []):
-        module.to(device=ref.device, dtype=ref.dtype)
+    first = None
+    for target, adapter in pending.sites.items():
+        where = _target_placement(modules, target, ref)
+        if where is not None:
+            adapter.to(device=where[0], dtype=where[1])
+            first = first or where
+    if pending.rule is not None and (first or ref is not None):
+        device, dtype = first or (ref.device, ref.dtype)
+        pending.rule.to(device=device, dtype=dtype)
+
+
+def _target_placement(modules: dict[str, nn.Module], target: str, ref: torch.Tensor | None) -> tuple | None:
+    """``(device, dtype)`` for the adapter of ``target``: its weight's (Linear, GPT-2 Conv1D), else
+    its first parameter's; a quantized (integer) weight takes its module's or the model's floating
+    dtype. An offloaded weight (on "meta" under an accelerate hook) takes the hook's execution device."""
+    module = modules[target]
+    weight = getattr(module, "weight", None)
+    tensors = ([weight] if isinstance(weight, torch.Tensor) else []) + list(module.parameters())
+    if not tensors:
+        return (ref.device, ref.dtype) if ref is not None else None
+    device = tensors[0].device
+    if device.type == "meta":
+        device = _execution_device(modules, target) or device
+    floating = next((t for t in tensors if t.is_floating_point()), ref)
+    return device, (floating.dtype if floating is not None else None)
+
+
+def _execution_device(modules: dict[str, nn.Module], name: str) -> torch.device | None:
+    """The device an accelerate hook on module ``name`` or an ancestor computes on, if any."""
+    parts = name.split(".")
+    for i in range(len(parts), -1, -1):
+        hook = getattr(modules.get(".".join(parts[:i])), "_hf_hook", None)
+        for h in (hook, *getattr(hook, "hooks", ())):  # a SequentialHook holds several
+            device = getattr(h, "execution_device", None)
+            if device is not None:
+                return torch.device(device)
+    return None
 
 
 def _tuned_copies(model: nn.Module, config: CompacterConfig, modules: dict[str, nn.Module]) -> dict[str, nn.Parameter]:
@@ -281,6 +342,7 @@ def attach_adapters(model: nn.Module, pending: PendingAdapters, activate: bool =
         for p in model.parameters():
             p.requires_grad_(False)
         model.add_module(STATE_ATTR, state)
+        state._root.append(model)
         state._checkpointing = [m for m in model.modules() if isinstance(getattr(m, "gradient_checkpointing", None), bool)]
         state._hooks = [model.register_forward_pre_hook(state.start_forward),
                         model.register_forward_hook(state.end_forward, always_call=True)]
@@ -373,6 +435,13 @@ def set_active_adapter(model: nn.Module, name: str | None) -> None:
     for aname, tuned in state.tuned.items():
         for p in tuned.values():
             p.requires_grad_(aname == name)
+    _point_owners(state, modules, name)
+    state.active = name
+
+
+def _point_owners(state: CompacterState, modules: dict[str, nn.Module], name: str | None) -> None:
+    """Point every base parameter that some adapter trains at adapter ``name``'s copy, or at the
+    base model's own (or at nothing: a BitFit bias the base model lacks)."""
     active_tuned = state.tuned[name] if name is not None else {}
     for full in {_unkey(k) for t in state.tuned.values() for k in t}:
         owner, attr = _resolve(modules, full)
@@ -380,7 +449,6 @@ def set_active_adapter(model: nn.Module, name: str | None) -> None:
             owner._parameters[attr] = active_tuned[_key(full)]
         else:
             owner._parameters[attr] = state.base[_key(full)] if _key(full) in state.base else None
-    state.active = name
 
 
 def active_adapter(model: nn.Module) -> str | None:
@@ -429,6 +497,7 @@ def delete_adapter(model: nn.Module, name: str) -> None:
         for handle in state._hooks:
             handle.remove()
         delattr(model, STATE_ATTR)
+        state._root.clear()
         params = dict(model.named_parameters())
         for full, requires_grad in state.base_requires_grad.items():
             if full in params:

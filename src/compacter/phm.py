@@ -7,7 +7,8 @@ A PHM layer computes ``y = x W + b`` with
 and the low-rank variant (LPHM) factorises each fast weight as ``B_i = s_i t_iᵀ`` with
 ``s_i ∈ R^{(k/n)×r}`` and ``t_i ∈ R^{r×(d/n)}``. The ``A_i`` ("slow" weights, the *rule*) may be
 shared by every PHM layer of a model: they then live in one :class:`PHMRule` module that the
-caller owns and passes to :meth:`PHMLinear.forward` explicitly.
+caller owns and passes to :meth:`PHMLinear.forward` explicitly. Layers on another device (or in
+another dtype) than the shared rule use a differentiable copy of it (:func:`rule_like`).
 
 Shapes used throughout: ``n`` = phm_dim, ``k`` = in_features, ``d`` = out_features,
 ``p = k / n``, ``q = d / n``, ``r`` = rank.
@@ -15,6 +16,7 @@ Shapes used throughout: ``n`` = phm_dim, ``k`` = in_features, ``d`` = out_featur
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -52,6 +54,29 @@ def init_fast_weight(weight: torch.Tensor, method: str, fan_in: int, fan_out: in
         nn.init.normal_(weight, std=std)
     else:
         raise ValueError(f"unknown fast-weight init {method!r}; allowed: {', '.join(PHM_INITS)}")
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """Autocast's dtype where it is on for ``device_type``; None where off or unsupported ("meta")."""
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+def _no_autocast(device_type: str):
+    """Autocast off for ``device_type`` (nothing to turn off where it is unsupported)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def rule_like(rule: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The shared rule on ``like``'s device and in its dtype: ``rule`` itself where they match (no
+    copy, no sync), else a differentiable copy (``.to``), so one ``A`` serves layers on several
+    devices and its gradient gathers on its own device."""
+    if rule.device == like.device and rule.dtype == like.dtype:
+        return rule
+    return rule.to(device=like.device, dtype=like.dtype)
 
 
 class PHMRule(nn.Module):
@@ -142,12 +167,19 @@ class PHMLinear(nn.Module):
         return torch.bmm(self.s, self.t) if self.factorized else self.B  # [n, p, r] @ [n, r, q]
 
     def weight(self, rule: torch.Tensor | None = None) -> torch.Tensor:
-        """The full weight ``W`` [k, d] from the rule (own or given) and the fast weights."""
+        """The full weight ``W`` [k, d] from the rule (own or given) and the fast weights.
+
+        A given rule on another device or in another dtype than this layer (a model split over
+        devices shares one ``A``) is used through a differentiable copy: its gradient reaches it.
+        """
+        fast = self.fast_weight()
         if self.rule is not None:
             rule = self.rule.A
-        if rule is None:
+        elif rule is None:
             raise ValueError("PHMLinear has no rule of its own: pass the shared rule A [n, n, n]")
-        return kronecker_sum(rule, self.fast_weight())
+        else:
+            rule = rule_like(rule, fast)
+        return kronecker_sum(rule, fast)
 
     def train(self, mode: bool = True) -> "PHMLinear":
         self._cache = None  # model.train()/.eval() around every evaluation: never carry W across them
@@ -176,7 +208,7 @@ class PHMLinear(nn.Module):
     def _build_weight(self, rule: torch.Tensor | None) -> torch.Tensor:
         # W is built in the parameters' dtype even under autocast: it is tiny, and low-precision
         # bmm of these shapes is both slower on CPU and less accurate. It is cast once in forward.
-        with torch.autocast(device_type=self._fast_params()[0].device.type, enabled=False):
+        with _no_autocast(self._fast_params()[0].device.type):
             return self.weight(rule)
 
     def _fast_params(self) -> tuple[torch.Tensor, ...]:
@@ -185,7 +217,7 @@ class PHMLinear(nn.Module):
     def forward(self, x: torch.Tensor, rule: torch.Tensor | None = None, bank: list[torch.Tensor] | None = None) -> torch.Tensor:
         # bank: every layer's W, built at once for this forward pass by batched_weights
         w = bank[self._bank_index] if bank is not None and self._bank_index is not None else self._cached_weight(rule)  # [k, d]
-        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        dtype = _autocast_dtype(x.device.type) or x.dtype
         if w.dtype != dtype:
             w = w.to(dtype)
         x2 = x.reshape(-1, self.in_features)  # [N, k]
@@ -205,11 +237,13 @@ def batched_weights(layers: list[PHMLinear], rule: torch.Tensor | None, dtype: t
     """``W`` of every layer in ``layers``, in their order; ``rule``: the shared ``A`` of the layers
     that have no rule of their own.
 
-    Layers of one shape are built together: their fast weights (and own rules) are stacked and
-    contracted in one batched product, so a step costs a few kernels instead of a few per layer
-    (T5-base Compacter: 96 PHM layers, 2 shapes). ``dtype``: the dtype of the returned W, cast once
-    per group instead of once per layer; default: autocast's dtype where autocast is on for the
-    layers' device, else the layers' own.
+    Layers of one shape, dtype and device are built together: their fast weights (and own rules)
+    are stacked and contracted in one batched product, so a step costs a few kernels instead of a
+    few per layer (T5-base Compacter: 96 PHM layers, 2 shapes). Each ``W`` is built on its layer's
+    device; a group on another device or dtype than ``rule`` uses a differentiable copy of it (see
+    :func:`rule_like`), so a model split over devices shares one ``A``. ``dtype``: the dtype of
+    the returned W, cast once per group instead of once per layer; default: autocast's dtype where
+    autocast is on for the group's device, else the layers' own.
     """
     groups: dict[tuple, list[int]] = {}
     for i, layer in enumerate(layers):
@@ -217,12 +251,10 @@ def batched_weights(layers: list[PHMLinear], rule: torch.Tensor | None, dtype: t
         key = (layer.factorized, layer.rule is not None, layer.in_features, layer.out_features, layer.rank, ref.dtype, ref.device)
         groups.setdefault(key, []).append(i)
     out: list[torch.Tensor] = [None] * len(layers)  # type: ignore[list-item]  # every slot is filled below
-    device = layers[0]._fast_params()[0].device.type if layers else "cpu"
-    if dtype is None and torch.is_autocast_enabled(device):
-        dtype = torch.get_autocast_dtype(device)
-    with torch.autocast(device_type=device, enabled=False):
-        for (factorized, own_rule, *_), members in groups.items():
-            group = [layers[i] for i in members]
+    for (factorized, own_rule, *_, device), members in groups.items():
+        group = [layers[i] for i in members]
+        group_dtype = dtype if dtype is not None else _autocast_dtype(device.type)
+        with _no_autocast(device.type):
             if factorized:  # B = s t: [L, n, p, r] @ [L, n, r, q]
                 fast = torch.matmul(torch.stack([m.s for m in group]), torch.stack([m.t for m in group]))
             else:
@@ -232,12 +264,12 @@ def batched_weights(layers: list[PHMLinear], rule: torch.Tensor | None, dtype: t
             elif rule is None:
                 raise ValueError("batched_weights: these PHM layers share a rule; pass it")
             else:
-                rules = rule
+                rules = rule_like(rule, fast)
             w = kronecker_sum(rules, fast)  # [L, k, d]
-            if dtype is not None and w.dtype != dtype:
-                w = w.to(dtype)
-            for i, wi in zip(members, w.unbind(0)):
-                out[i] = wi
+            if group_dtype is not None and w.dtype != group_dtype:
+                w = w.to(group_dtype)
+        for i, wi in zip(members, w.unbind(0)):
+            out[i] = wi
     return out
 
 
