@@ -154,15 +154,22 @@ def _compare(file: Path, expected: dict[str, tuple[int, ...]], found: dict[str, 
         raise CheckpointError(f"{file}: made for other shapes than this model's:\n  - " + "\n  - ".join(shown))
 
 
-def load_adapters(model: nn.Module, path: str | os.PathLike, name: str | None = None, activate: bool = True) -> nn.Module:
+def load_adapters(model: nn.Module, path: str | os.PathLike, name: str | None = None, activate: bool = True, *,
+                  revision: str | None = None, token: str | bool | None = None) -> nn.Module:
     """Load a saved adapter into ``model`` under ``name`` (default: the saved name) and activate it.
+
+    ``path``: a local folder, or a Hugging Face Hub repo id ``"namespace/name"`` that is not a
+    local path (as :func:`push_adapters` writes; ``revision``: a branch, tag or commit; ``token``
+    for private repos; files are cached by ``huggingface_hub`` and ``HF_HUB_OFFLINE=1`` uses the
+    cache only).
 
     Refuses, with :class:`CheckpointError` and no change to the model, a checkpoint made for
     other shapes or another model type (a Llama adapter on a Mistral model: same shapes, but its
     trained norms and head belong to the other architecture), a truncated or corrupt file,
-    weights and config from different saves, and a config with unknown fields or version.
+    weights and config from different saves, a config with unknown fields or version, and a
+    repo that cannot be read.
     """
-    folder = Path(path)
+    folder = adapter_folder(path, revision=revision, token=token)
     config, meta = read_adapter_config(folder)
     tensors, metadata = _read_weights(folder)
     name = name or meta.get("name") or "default"
@@ -191,6 +198,69 @@ def load_adapters(model: nn.Module, path: str | os.PathLike, name: str | None = 
     _compare(folder / WEIGHTS_NAME, _shapes(own), found)
     _copy_into(pending, tensors)
     return attach_adapters(model, pending, activate=activate)
+
+
+def _is_repo_id(path: str | os.PathLike) -> bool:
+    """``"namespace/name"``, as the Hub spells a repo (a bare "name" is taken as a local folder)."""
+    text = str(path)
+    if isinstance(path, Path) or text.count("/") != 1 or text.startswith((".", "~")):
+        return False
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
+
+
+def adapter_folder(path: str | os.PathLike, revision: str | None = None, token: str | bool | None = None) -> Path:
+    """The local folder holding an adapter checkpoint: ``path`` itself where it exists or is not a
+    Hub repo id; else the ``huggingface_hub`` cache folder its two files are downloaded into."""
+    folder = Path(path)
+    if folder.exists() or not _is_repo_id(path):
+        return folder
+    from huggingface_hub import hf_hub_download
+
+    try:
+        files = [Path(hf_hub_download(str(path), file, revision=revision, token=token)) for file in (CONFIG_NAME, WEIGHTS_NAME)]
+    except Exception as err:  # offline, no such repo or file, no access: one clear error, model untouched
+        raise CheckpointError(f"{path}: no such local folder, and the Hugging Face Hub repo {str(path)!r} could not be "
+                              f"read ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no message'})") from None
+    if files[0].parent != files[1].parent:  # the revision moved between the two downloads
+        raise CheckpointError(f"{path}: {CONFIG_NAME} and {WEIGHTS_NAME} came from different revisions; pass revision=<commit>")
+    return files[0].parent
+
+
+def push_adapters(model: nn.Module, repo_id: str, name: str | None = None, *, private: bool | None = None,
+                  token: str | bool | None = None, revision: str | None = None,
+                  commit_message: str | None = None) -> str:
+    """Save adapter ``name`` (default: the active one) and upload it to the Hugging Face Hub repo
+    ``repo_id`` (created if missing), with a short model card; returns the commit's URL.
+    ``load_adapters(model, repo_id)`` loads it back. Nothing is uploaded if saving fails."""
+    from huggingface_hub import HfApi
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_adapters(model, tmp, name)
+        meta = json.loads((folder / CONFIG_NAME).read_text())
+        (folder / "README.md").write_text(_model_card(meta, repo_id))
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision,
+                                 commit_message=commit_message or f"compacter adapter {meta['name']!r} ({meta['config']['method']})")
+    return getattr(info, "commit_url", str(info))
+
+
+def _model_card(meta: dict, repo_id: str) -> str:
+    base = meta.get("base_model")
+    what = f"`{base}`" if base else f"a {meta.get('model_type') or 'transformers'} model"
+    front = ["---", "library_name: compacter", "tags:", "- compacter", "- adapter"] + ([f"base_model: {base}"] if base else []) + ["---"]
+    return "\n".join(front + [
+        "", f"# {repo_id}", "",
+        f"A {meta['config']['method']} adapter ({meta['library']}) for {what}: the adapter's weights only.", "",
+        "```python", "import compacter, transformers", "",
+        f"model = transformers.AutoModel.from_pretrained({base or '<the base model>'!r})  # the Auto class of its task",
+        f"compacter.load_adapters(model, {repo_id!r})", "```", ""])
 
 
 def _copy_into(pending: PendingAdapters, tensors: dict[str, torch.Tensor]) -> None:

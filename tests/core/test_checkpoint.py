@@ -223,3 +223,75 @@ def test_save_needs_adapters(tmp_path):
     model, _ = tiny("t5")
     with pytest.raises(ValueError, match="add_adapters"):
         compacter.save_adapters(model, tmp_path)
+
+
+class _FakeHub:
+    """A Hugging Face Hub in a folder: upload_folder copies, hf_hub_download serves from a cache."""
+
+    def __init__(self, root):
+        self.root, self.repos, self.calls = root, {}, []
+
+    def install(self, monkeypatch):
+        import huggingface_hub
+
+        hub = self
+
+        class Api:
+            def __init__(self, token=None):
+                hub.calls.append(("token", token))
+
+            def create_repo(self, repo_id, private=None, exist_ok=False):
+                hub.calls.append(("create", repo_id, private))
+                hub.repos.setdefault(repo_id, {})
+
+            def upload_folder(self, repo_id, folder_path, revision=None, commit_message=None):
+                hub.calls.append(("upload", repo_id, commit_message))
+                hub.repos[repo_id] = {p.name: p.read_bytes() for p in __import__("pathlib").Path(folder_path).iterdir()}
+                return type("Commit", (), {"commit_url": f"https://hub/{repo_id}/commit/1"})()
+
+        def download(repo_id, filename, revision=None, token=None):
+            hub.calls.append(("download", repo_id, filename, revision))
+            if repo_id not in hub.repos:
+                raise OSError(f"Repository Not Found for url: https://hub/{repo_id}")
+            cached = hub.root / repo_id.replace("/", "--") / (revision or "main") / filename
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            cached.write_bytes(hub.repos[repo_id][filename])
+            return str(cached)
+
+        monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+        monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+        return self
+
+
+def test_push_then_load_from_the_hub(tmp_path, monkeypatch):
+    hub = _FakeHub(tmp_path / "cache").install(monkeypatch)
+    model, batch = tiny("llama")
+    compacter.add_adapters(model, _config("compacter++"))
+    _train(model, batch, steps=2)
+    expected = _logits(model, batch)
+    url = compacter.push_adapters(model, "someone/rte-adapter", private=True)
+    assert url == "https://hub/someone/rte-adapter/commit/1" and ("create", "someone/rte-adapter", True) in hub.calls
+    assert set(hub.repos["someone/rte-adapter"]) == {CONFIG_NAME, WEIGHTS_NAME, "README.md"}
+    card = hub.repos["someone/rte-adapter"]["README.md"].decode()
+    assert "library_name: compacter" in card and "compacter.load_adapters(model, 'someone/rte-adapter')" in card
+    fresh, _ = tiny("llama")
+    compacter.load_adapters(fresh, "someone/rte-adapter", revision="v1")
+    assert ("download", "someone/rte-adapter", WEIGHTS_NAME, "v1") in hub.calls
+    torch.testing.assert_close(_logits(fresh, batch), expected, rtol=0, atol=0)
+
+
+def test_an_unreadable_hub_repo_is_one_clear_error_and_changes_nothing(tmp_path, monkeypatch):
+    hub = _FakeHub(tmp_path / "cache").install(monkeypatch)
+    model, _ = tiny("t5")
+    snap = _snapshot(model)
+    with pytest.raises(CheckpointError, match=r"someone/missing: no such local folder, and the Hugging Face Hub repo .*Repository Not Found"):
+        compacter.load_adapters(model, "someone/missing")
+    _assert_unchanged(model, snap)
+    monkeypatch.chdir(tmp_path)  # a bare name or a path is a local folder: no Hub call
+    for local in ("missing-adapter", "./someone/missing", str(tmp_path / "someone" / "missing")):
+        with pytest.raises(CheckpointError, match="no adapter config here"):
+            compacter.load_adapters(model, local)
+    assert [c for c in hub.calls if c[0] == "download"] == [("download", "someone/missing", CONFIG_NAME, None)]
+    _saved(tmp_path / "someone" / "local")  # an existing local folder wins over a repo of the same name
+    compacter.load_adapters(model, "someone/local")
+    assert [c for c in hub.calls if c[0] == "download"] == [("download", "someone/missing", CONFIG_NAME, None)]
