@@ -39,6 +39,16 @@ def _builds(monkeypatch) -> list[int]:
     return calls
 
 
+def _assert_layer_by_layer(model, batch, loss_ref, grads_ref, monkeypatch):
+    """A training step builds no bank and gives the reference loss and gradients."""
+    builds = _builds(monkeypatch)
+    loss, grads = _loss_and_grads(model, batch)
+    assert builds == []
+    torch.testing.assert_close(loss, loss_ref)
+    for n in grads_ref:
+        torch.testing.assert_close(grads[n], grads_ref[n], rtol=1e-5, atol=1e-7, msg=n)
+
+
 @pytest.mark.parametrize("factorized", [True, False])
 @pytest.mark.parametrize("own_rule", [True, False])
 def test_batched_weights_equal_layer_by_layer(factorized, own_rule):
@@ -96,12 +106,7 @@ def test_activation_checkpointing_builds_layer_by_layer_with_the_same_gradients(
     loss_ref, grads_ref = _loss_and_grads(model, batch)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
     model.config.use_cache = False
-    builds = _builds(monkeypatch)
-    loss, grads = _loss_and_grads(model, batch)
-    assert builds == []
-    torch.testing.assert_close(loss, loss_ref)
-    for n in grads_ref:
-        torch.testing.assert_close(grads[n], grads_ref[n], rtol=1e-5, atol=1e-7, msg=n)
+    _assert_layer_by_layer(model, batch, loss_ref, grads_ref, monkeypatch)
 
 
 @pytest.mark.parametrize("method", ["compacter", "compacter++"])
@@ -116,12 +121,7 @@ def test_checkpointing_outside_transformers_flag_builds_layer_by_layer(method, m
     loss_ref, grads_ref = _loss_and_grads(model, batch)
     for layer in model.model.layers:
         layer.forward = (lambda f: lambda *a, **k: checkpoint(f, *a, use_reentrant=False, **k))(layer.forward)
-    builds = _builds(monkeypatch)
-    loss, grads = _loss_and_grads(model, batch)
-    assert builds == []
-    torch.testing.assert_close(loss, loss_ref)
-    for n in grads_ref:
-        torch.testing.assert_close(grads[n], grads_ref[n], rtol=1e-5, atol=1e-7, msg=n)
+    _assert_layer_by_layer(model, batch, loss_ref, grads_ref, monkeypatch)
 
 
 def test_methods_without_phm_layers_have_no_bank():
