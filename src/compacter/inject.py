@@ -112,6 +112,16 @@ class CompacterState(nn.Module):
         self._checkpointing: list[nn.Module] = []  # modules with a transformers `gradient_checkpointing` flag
         self._hooks: list = []
         self._root: list[nn.Module] = []  # the model (a plain reference: the model owns the state)
+        self.register_state_dict_post_hook(_drop_shared)
+        self.register_load_state_dict_post_hook(_restore_shared)
+
+    def _shared_keys(self) -> dict[str, str]:
+        """``{key under this state: the owner's key}`` of the parameters registered twice: the
+        active adapter's trained copies (or, with none active, the base originals) also sit in
+        their owner modules. Keys are relative to the model root."""
+        held = (("tuned." + self.active, self.tuned[self.active]) if self.active is not None and self.active in self.tuned
+                else ("base", self.base))
+        return {f"{held[0]}.{key}": _unkey(key) for key in held[1]}
 
     def _apply(self, fn, recurse: bool = True):
         """Convert (``model.to()``, ``.double()``, ...) and point the owners at the converted copies.
@@ -154,6 +164,25 @@ class CompacterState(nn.Module):
 
     def extra_repr(self) -> str:
         return f"adapters={list(self.configs)}, active={self.active!r}"
+
+
+def _drop_shared(state: CompacterState, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    """``state_dict`` keeps each twice-registered tensor once, under its owner's key (the key
+    ``from_pretrained`` knows): safetensors refuses shared tensors, so ``save_pretrained`` and
+    the Trainer's checkpoints failed on an adapted model."""
+    for key in state._shared_keys():
+        state_dict.pop(prefix + key, None)
+
+def _restore_shared(state: CompacterState, incompatible_keys) -> None:
+    """``load_state_dict`` of a ``state_dict`` without those keys: the owners' keys load the same
+    Parameter objects, so they are not missing (``load_state_dict(model.state_dict())`` stays
+    strict-clean); still missing where the owner's key is missing too."""
+    missing = incompatible_keys.missing_keys
+    for key, owner_key in state._shared_keys().items():
+        for full in [m for m in missing if m.endswith(f"{STATE_ATTR}.{key}")]:
+            root = full[: len(full) - len(f"{STATE_ATTR}.{key}")]
+            if root + owner_key not in missing:
+                missing.remove(full)
 
 
 @dataclass

@@ -94,9 +94,10 @@ def test_adapters_train_unchanged_under_seq2seq_trainer(model_dirs, tmp_path):
     rule_before = model.compacter.rules["default"].A.detach().clone()
     batcher = Batcher(tokenizer, "seq2seq", get_task("demo"))
     args = T.Seq2SeqTrainingArguments(output_dir=str(tmp_path / "s2s"), per_device_train_batch_size=8, max_steps=2, learning_rate=1e-2,
-                                      report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True)
+                                      report_to=[], save_strategy="steps", save_steps=2, use_cpu=True, disable_tqdm=True)
     trainer = T.Seq2SeqTrainer(model=model, args=args, train_dataset=load_split("demo", "train")[:16], data_collator=batcher.train_batch)
-    trainer.train()
+    trainer.train()  # its checkpoint (save_pretrained) failed on the twice-registered layer norms
+    assert (tmp_path / "s2s" / "checkpoint-2" / "model.safetensors").exists()
     assert not torch.equal(model.compacter.rules["default"].A, rule_before)  # the shared rule was trained
     with compacter.disable_adapters(model):
         assert all(torch.equal(p, base[n]) for n, p in model.named_parameters() if n in base)
