@@ -60,10 +60,14 @@ class AdapterSite(nn.ModuleDict):
         self._handle = None
 
     def hook(self, module: nn.Module, args: tuple, output):
+        """Forward hook of the target module (registered as :func:`_site_hook`)."""
         if self.active is None:
             return output
         state = self._state[0]
-        rule, bank = state.rule(self.active), state.weight_bank()
+        # a DataParallel replica (a shallow copy: `_state` is the original's) builds no bank and
+        # leaves the shared state alone; the original rule reaches its device through a copy
+        bank = None if getattr(self, "_is_replica", False) else state.weight_bank()
+        rule = state.rule(self.active)
         adapter = self[self.active]
         if isinstance(output, tuple):  # a sub-layer that returns (hidden, extras...)
             return (adapter(output[0], rule, bank),) + tuple(output[1:])
@@ -83,6 +87,17 @@ def _in_checkpointed_region() -> bool:
         return False
     top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)  # no public query in torch 2.x
     return top is not None and top(False) is not None
+
+
+def _site_hook(module: nn.Module, args: tuple, output):
+    """Forward hook of every placement target: the target's own site applies its active adapter.
+
+    A plain function that finds the site through ``module``, not a method bound to one site:
+    ``nn.DataParallel`` (the Trainer's choice on several GPUs without a distributed launch)
+    copies the hook dicts into replicas whose sites hold the replica's adapter copies; a bound
+    method would run the original adapters (on the first GPU) on every replica.
+    """
+    return getattr(module, SITE_ATTR).hook(module, args, output)
 
 
 class CompacterState(nn.Module):
@@ -155,12 +170,15 @@ class CompacterState(nn.Module):
         return self._bank
 
     def start_forward(self, module: nn.Module, args: tuple) -> None:
-        """Forward pre-hook of the model root."""
-        self._bank, self._in_forward = None, True
+        """Forward pre-hook of the model root (a DataParallel replica's root, running in a thread
+        of its own beside the others, leaves the shared state alone: its layers build their W)."""
+        if not getattr(module, "_is_replica", False):
+            self._bank, self._in_forward = None, True
 
     def end_forward(self, module: nn.Module, args: tuple, output) -> None:
         """Forward hook of the model root: the bank's W live on only in the autograd graph."""
-        self._bank, self._in_forward = None, False
+        if not getattr(module, "_is_replica", False):
+            self._bank, self._in_forward = None, False
 
     def extra_repr(self) -> str:
         return f"adapters={list(self.configs)}, active={self.active!r}"
@@ -382,7 +400,7 @@ def attach_adapters(model: nn.Module, pending: PendingAdapters, activate: bool =
             site = AdapterSite(pending.roles[target], adapter.d_model)
             site._state.append(state)
             modules[target].add_module(SITE_ATTR, site)
-            site._handle = modules[target].register_forward_hook(site.hook)
+            site._handle = modules[target].register_forward_hook(_site_hook)
         site[pending.name] = adapter
     if pending.rule is not None:
         state.rules[pending.name] = pending.rule

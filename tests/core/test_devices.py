@@ -217,3 +217,52 @@ def test_offloaded_layer_gets_its_adapter_on_the_execution_device():
     compacter.add_adapters(model, CompacterConfig("compacter", reduction_factor=4))
     for target, site in iter_sites(model):
         assert {p.device.type for p in site.parameters()} == {"cpu"}, target
+
+
+@pytest.mark.parametrize("arch,method", [("t5", "compacter"), ("llama", "compacter++"), ("bert", "bitfit")])
+def test_data_parallel_replicas_compute_with_their_own_copies(arch, method, monkeypatch):
+    """nn.DataParallel (the Trainer's choice on several GPUs without a distributed launch) runs
+    shallow copies of the model whose parameters are broadcast copies. Simulated on the CPU: each
+    replica's copies of the trained tensors are scaled by its own factor, so its output matches a
+    model holding those values only if every adapter, norm and head it runs is its own copy (the
+    shared rule aside: replicas use the original's, whose values the real broadcast copies equal).
+    The replicas' hooks also leave the original's forward state (the weight bank) alone."""
+    import copy
+    import importlib
+
+    replicate_module = importlib.import_module("torch.nn.parallel.replicate")  # the module, not the function
+
+    model, batch = tiny(arch)
+    compacter.add_adapters(model, CompacterConfig(method, reduction_factor=4))
+    model.eval()  # no dropout; gradients on
+    torch.manual_seed(0)
+    with torch.no_grad():  # trained-looking adapters: at init their output is ~0 and copies would not show
+        for p in compacter.trainable_parameters(model):
+            p.normal_(0, 0.3)
+    state = get_state(model)
+    rule = state.rules["default"].A if "default" in state.rules else None
+    factors = [1.5, 0.5]
+
+    def broadcast(tensors, devices, detach=False):  # the real one needs CUDA
+        return [[t * factors[j] if t.requires_grad and t is not rule else t for t in tensors] for j in range(len(devices))]
+
+    monkeypatch.setattr(replicate_module, "_broadcast_coalesced_reshape", broadcast)
+    replicas = replicate_module.replicate(model, [0, 1])
+    loss = 0
+    for replica, factor in zip(replicas, factors):
+        reference = copy.deepcopy(model)
+        with torch.no_grad():
+            for p in compacter.trainable_parameters(reference):
+                if p is not reference.compacter.rules["default"].A if rule is not None else True:
+                    p.mul_(factor)
+        out = replica(**batch)
+        torch.testing.assert_close(out.logits, _logits(reference, batch), rtol=1e-5, atol=1e-6)
+        assert state._bank is None and not state._in_forward
+        loss = loss + out.loss
+    loss.backward()  # the gradients reach the original parameters
+    assert all(p.grad is not None for p in compacter.trainable_parameters(model))
+
+
+def _logits(model, batch):
+    with torch.no_grad():
+        return model(**batch).logits
