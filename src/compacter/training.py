@@ -4,7 +4,9 @@ One code path runs on one CPU, one GPU, or many processes (``accelerate launch``
 DDP; FSDP and DeepSpeed through an Accelerate config). ``batch_size`` is per process;
 the global batch is ``batch_size × processes × grad_accum``. Each process takes its slice
 of every global batch of one seeded permutation per epoch, so a run on N processes sees the
-same global batches as a run on one process with an N-times larger batch.
+same global batches as a run on one process with an N-times larger batch. Each process draws
+its own dropout masks, so the two runs end with the same weights only for a model without
+dropout (or with its dropout set to 0).
 
 Run directory::
 
