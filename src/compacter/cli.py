@@ -292,8 +292,11 @@ def cmd_params(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import report_main
 
-    print(report_main(args.runs, args.out, args.plot, low_resource_plot_path=args.low_resource_plot))
-    return 0
+    problems: list[str] = []
+    print(report_main(args.runs, args.out, args.plot, low_resource_plot_path=args.low_resource_plot, warn=problems.append))
+    for problem in problems:  # after the table: the last thing on the terminal
+        print(f"warning: {problem}", file=sys.stderr)
+    return 1 if problems else 0  # a figure asked for is missing; what could be written was
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -334,7 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="run directories -> markdown tables and the paper's Figure 1/Figure 4 plots",
                             description="Summarise run directories (their results.json) as markdown tables (with a low-resource "
                             "table when the runs used several training-set sizes), and plot score against % trained "
-                            "parameters (the paper's Figure 1) and against training-set size (Figure 4).")
+                            "parameters (the paper's Figure 1) and against training-set size (Figure 4). A figure the runs cannot "
+                            "fill (Figure 4 without --train-samples runs, Figure 1 without a row that has every task) is not "
+                            "written: a warning on stderr says why, the table and the other figure are still written, and the "
+                            "exit status is 1.")
     report.add_argument("runs", nargs="+", help="run directories, or folders holding several")
     report.add_argument("--out", help="write the markdown here")
     report.add_argument("--plot", help="write Figure 1 here (PNG): average score against %% trained parameters")
