@@ -155,7 +155,7 @@ def _load_adapted(adapter_dir: str, model: str | None, task_name: str | None, dt
     Returns (model, batcher, task, run config dict, own) where ``own`` is the run's TrainConfig when
     it trained on the user's own files and no other --task is asked for (else None)."""
     from . import load_adapters, read_adapter_config
-    from .modeling import Batcher, family_of, load_model, load_tokenizer
+    from .modeling import Batcher, check_model_path, family_of, load_model, load_tokenizer
     from .tasks import get_task
     from .training import DTYPES
 
@@ -164,6 +164,9 @@ def _load_adapted(adapter_dir: str, model: str | None, task_name: str | None, dt
     model_path = model or run_config.get("model") or meta.get("base_model")
     if not model_path:
         raise SystemExit("error: the adapter does not name its base model: pass --model")
+    check_model_path(model_path, "--model" if model else
+                     f"the model {_run_config_path(adapter_dir)} names" if run_config.get("model") else
+                     f"the base model {adapter_dir} names")
     # a run directory's config.json without "dtype" predates the option: those runs trained in float32;
     # an adapter outside a run directory loads the model in the dtype its files were saved in
     dtype = dtype or (run_config.get("dtype", "float32") if run_config else None)
