@@ -415,7 +415,8 @@ def save_train_state(folder: Path, model, optimizer, scheduler, progress: dict) 
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     meta["scheduler"] = scheduler.state_dict()
     meta["progress"] = progress
-    save_file(tensors, tmp / "train_state.safetensors")
+    # safetensors writes owner-only (0600) files; the run's other files have the umask's mode
+    ckpt._atomic_write(tmp / "train_state.safetensors", lambda path: save_file(tensors, path))
     (tmp / "train_state.json").write_text(json.dumps(meta, indent=1))
     _swap_in(tmp, folder)
 
