@@ -253,3 +253,40 @@ def test_predict_names_the_input_wsc_cannot_read(wsc_adapter, predicted, tmp_pat
     assert re.search(where, err), err
     assert "missing field 'span1_text'" in err and "span1_text, span1_index, span2_text, span2_index" in err, err
     assert not predicted  # nothing was predicted before the bad input was found
+
+
+@pytest.mark.parametrize("model", ["./minilm", "../models/minilm", "/no/such/minilm", "~/minilm", "models/minilm/v2"])
+def test_train_names_a_missing_local_model_before_writing_anything(model, tmp_path, monkeypatch, capsys):
+    """A local-looking --model that does not exist used to reach transformers as a repo id
+    ("OSError: Repo id must use alphanumeric chars"); now it is an error naming the option and the path."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert main(["train", "--model", model, "--task", "demo", "--output-dir", "run", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--model {model}: no such file or folder" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # no run folder, nothing else
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_evaluate_and_predict_name_a_missing_local_model(command, wsc_adapter, capsys):
+    extra = ["--text", "x"] if command == "predict" else []
+    assert main([command, wsc_adapter, "--model", "./no-such-model", *extra]) == 2
+    assert "--model ./no-such-model: no such file or folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model", ["t5-small", "google-t5/t5-base", "sentence-transformers/all-MiniLM-L6-v2"])
+def test_hub_ids_still_go_to_transformers(model, tmp_path, monkeypatch):
+    from compacter.modeling import check_model_path
+
+    monkeypatch.chdir(tmp_path)
+    check_model_path(model)  # no error: not found here, so transformers tries the Hub, as before
+    asked = []
+
+    def from_pretrained(name, *a, **k):
+        asked.append(name)
+        raise OSError("offline")
+
+    monkeypatch.setattr(T.AutoConfig, "from_pretrained", from_pretrained)
+    with pytest.raises(OSError, match="offline"):
+        main(["train", "--model", model, "--task", "demo", "--output-dir", "run", "--no-progress"])
+    assert asked == [model]

@@ -8,6 +8,7 @@ import pytest
 
 from compacter.report import (
     METHOD_ORDER,
+    NothingToPlot,
     aggregate,
     format_lr,
     method_key,
@@ -241,15 +242,42 @@ def test_figure1_labels_of_equal_scores_do_not_overlap(tmp_path, monkeypatch):
 
 
 @needs_matplotlib
-def test_figure4_of_runs_without_sizes_is_an_error_and_writes_nothing(tmp_path):
+def test_figure4_of_runs_without_sizes_is_skipped_with_a_warning_and_the_rest_written(tmp_path, capsys):
     from compacter.cli import main
 
     write_run(tmp_path / "runs", "rte", task="rte", train_samples=None, train_examples=2490)
     write_run(tmp_path / "runs", "mrpc", task="mrpc", train_samples=None, train_examples=3668)
     out = tmp_path / "out"
     assert main(["report", str(tmp_path / "runs"), "--out", str(out / "t.md"), "--plot", str(out / "f1.png"),
-                 "--low-resource-plot", str(out / "f4.png")]) == 2
-    assert not out.exists()
+                 "--low-resource-plot", str(out / "f4.png")]) == 1
+    assert "compacter++" in (out / "t.md").read_text()
+    assert (out / "f1.png").read_bytes()[:8] == PNG_MAGIC
+    assert not (out / "f4.png").exists()
+    err = capsys.readouterr().err
+    assert f"warning: --low-resource-plot {out / 'f4.png'} not written" in err and "--train-samples" in err
+    with pytest.raises(NothingToPlot, match="training-set size"):
+        low_resource_plot(load_runs([tmp_path / "runs"]), tmp_path / "f4.png")
+    with pytest.warns(UserWarning, match="--low-resource-plot"):  # the library call warns the Python way
+        report_main([str(tmp_path / "runs")], low_resource_plot_path=str(tmp_path / "lib" / "f4.png"))
+    assert not (tmp_path / "lib").exists()
+
+
+@needs_matplotlib
+def test_figure1_without_a_row_on_every_task_is_not_written_empty(tmp_path, capsys):
+    from compacter.cli import main
+
+    write_run(tmp_path / "runs", "a", task="rte", method="compacter++")
+    write_run(tmp_path / "runs", "b", task="mrpc", method="bitfit")  # each row lacks the other's task
+    out = tmp_path / "out"
+    assert main(["report", str(tmp_path / "runs"), "--out", str(out / "t.md"), "--plot", str(out / "f1.png")]) == 1
+    assert (out / "t.md").exists() and not (out / "f1.png").exists()
+    err = capsys.readouterr().err
+    assert f"warning: --plot {out / 'f1.png'} not written" in err
+    assert "no row has a score on every task" in err
+    assert "compacter++ lacks mrpc" in err and "bitfit lacks rte" in err
+    with pytest.raises(NothingToPlot, match="bitfit lacks rte"):
+        results_plot(load_runs([tmp_path / "runs"]), tmp_path / "f1.png")
+    assert not (tmp_path / "f1.png").exists()
 
 
 def test_missing_matplotlib_gives_a_clear_error(tmp_path, monkeypatch):

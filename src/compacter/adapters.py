@@ -7,6 +7,8 @@ dense ones. The adapter takes the shared PHM rule (if any) as an explicit argume
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -40,12 +42,38 @@ def make_projection(config: CompacterConfig, in_features: int, out_features: int
     raise ValueError(f"adapter_type={config.adapter_type!r} builds no projection")
 
 
+def _check_phm_bottleneck(config: CompacterConfig, d_model: int, k: int, name: str) -> None:
+    """PHM projections need phm_dim n to divide the model width and the bottleneck: a ValueError
+    that says which setting to change (the layer's own message can only list divisors, and none
+    exists when the bottleneck comes out as 1, e.g. reduction_factor=200 on a 384-wide model)."""
+    n = config.phm_dim
+    if d_model % n == 0 and k % n == 0:
+        return
+    both = [i for i in range(2, min(math.gcd(d_model, k), 64) + 1) if d_model % i == 0 and k % i == 0]
+    other_n = f"choose phm_dim among {both}" if both else f"no phm_dim > 1 divides both {d_model} and {k}"
+    needs = (f"{name}: PHM needs phm_dim n={n} to divide both dimensions of the adapter's down projection "
+             f"[in={d_model}, out={k}] (and of its up projection)")
+    if d_model % n:
+        raise ValueError(f"{needs}; {other_n}")
+    made = (f"bottleneck_dim is {k}" if config.bottleneck_dim is not None
+            else f"the bottleneck is {d_model} // reduction_factor {config.reduction_factor} = {k}")
+    fix = f"set bottleneck_dim to a multiple of {n}"
+    if config.bottleneck_dim is None:
+        factor = next((f for f in range(min(config.reduction_factor, d_model // n), 0, -1) if (d_model // f) % n == 0), None)
+        if factor is not None:
+            fix = f"lower reduction_factor (e.g. reduction_factor={factor}: bottleneck {d_model // factor}) or " + fix
+    raise ValueError(f"{needs}, but {made}: {fix}"
+                     + (f"; or {other_n}" if both else f" ({other_n})"))
+
+
 class BottleneckAdapter(nn.Module):
     """``A(x) = up(act(down(x))) + x`` with ``x`` [..., d_model] and a bottleneck of ``k`` units."""
 
     def __init__(self, config: CompacterConfig, d_model: int, name: str = "adapter"):
         super().__init__()
         k = config.bottleneck(d_model)
+        if config.adapter_type == "phm":
+            _check_phm_bottleneck(config, d_model, k, name)
         self.d_model, self.bottleneck = d_model, k
         self.down = make_projection(config, d_model, k, f"{name}.down")  # [..., d] -> [..., k]
         self.act = _ACTIVATIONS[config.non_linearity]()

@@ -155,7 +155,7 @@ def _load_adapted(adapter_dir: str, model: str | None, task_name: str | None, dt
     Returns (model, batcher, task, run config dict, own) where ``own`` is the run's TrainConfig when
     it trained on the user's own files and no other --task is asked for (else None)."""
     from . import load_adapters, read_adapter_config
-    from .modeling import Batcher, family_of, load_model, load_tokenizer
+    from .modeling import Batcher, check_model_path, family_of, load_model, load_tokenizer
     from .tasks import get_task
     from .training import DTYPES
 
@@ -164,6 +164,9 @@ def _load_adapted(adapter_dir: str, model: str | None, task_name: str | None, dt
     model_path = model or run_config.get("model") or meta.get("base_model")
     if not model_path:
         raise SystemExit("error: the adapter does not name its base model: pass --model")
+    check_model_path(model_path, "--model" if model else
+                     f"the model {_run_config_path(adapter_dir)} names" if run_config.get("model") else
+                     f"the base model {adapter_dir} names")
     # a run directory's config.json without "dtype" predates the option: those runs trained in float32;
     # an adapter outside a run directory loads the model in the dtype its files were saved in
     dtype = dtype or (run_config.get("dtype", "float32") if run_config else None)
@@ -292,8 +295,11 @@ def cmd_params(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import report_main
 
-    print(report_main(args.runs, args.out, args.plot, low_resource_plot_path=args.low_resource_plot))
-    return 0
+    problems: list[str] = []
+    print(report_main(args.runs, args.out, args.plot, low_resource_plot_path=args.low_resource_plot, warn=problems.append))
+    for problem in problems:  # after the table: the last thing on the terminal
+        print(f"warning: {problem}", file=sys.stderr)
+    return 1 if problems else 0  # a figure asked for is missing; what could be written was
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -334,7 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="run directories -> markdown tables and the paper's Figure 1/Figure 4 plots",
                             description="Summarise run directories (their results.json) as markdown tables (with a low-resource "
                             "table when the runs used several training-set sizes), and plot score against % trained "
-                            "parameters (the paper's Figure 1) and against training-set size (Figure 4).")
+                            "parameters (the paper's Figure 1) and against training-set size (Figure 4). A figure the runs cannot "
+                            "fill (Figure 4 without --train-samples runs, Figure 1 without a row that has every task) is not "
+                            "written: a warning on stderr says why, the table and the other figure are still written, and the "
+                            "exit status is 1.")
     report.add_argument("runs", nargs="+", help="run directories, or folders holding several")
     report.add_argument("--out", help="write the markdown here")
     report.add_argument("--plot", help="write Figure 1 here (PNG): average score against %% trained parameters")

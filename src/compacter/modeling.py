@@ -43,6 +43,29 @@ def family_of(model_config) -> str:
     return "encoder" if model_config.model_type in ENCODER_TYPES else "decoder"
 
 
+def check_model_path(path: str, option: str = "--model") -> None:
+    """A ValueError naming ``option`` when ``path`` is neither an existing file or folder nor a
+    possible Hugging Face Hub id ("t5-small", "google-t5/t5-base"): a local path that does not
+    exist ("./minilm", "../models/t5", "/data/t5", "~/t5") would otherwise reach transformers as a
+    repo id and fail there with "Repo id must use alphanumeric chars". Hub ids pass unchecked, so
+    a missing "namespace/name" folder is still tried on the Hub, as before."""
+    import os
+
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if os.path.exists(path):
+        return
+    looks_local = path.startswith(("./", "../", "/", "~", ".\\", "..\\")) or (os.sep != "/" and os.sep in path)
+    try:
+        validate_repo_id(path)
+    except HFValidationError:
+        looks_local = True
+    if looks_local:
+        where = os.path.abspath(os.path.expanduser(path))
+        raise ValueError(f"{option} {path}: no such file or folder ({where}); a model is a local folder with its "
+                         "config.json, or a Hugging Face Hub id such as 'google-t5/t5-base'")
+
+
 def load_model(path: str, family: str, task: Task, dtype: torch.dtype | None = None) -> nn.Module:
     """The pretrained model of ``family`` for ``task`` (a new head for encoders)."""
     import transformers as T

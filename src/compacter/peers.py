@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .checkpoint import _atomic_write
 from .config import DEFAULT_LEARNING_RATES
 from .inject import body_prefix
 
@@ -95,7 +96,9 @@ def trained_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_peer(model: nn.Module, folder: Path, method: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in trained_tensors(model).items()}, folder / PEER_WEIGHTS)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in trained_tensors(model).items()}
+    # safetensors writes owner-only (0600) files; give this one the umask's mode, as our adapter files get
+    _atomic_write(folder / PEER_WEIGHTS, lambda path: save_file(tensors, path))
     (folder / "peer_config.json").write_text(json.dumps({"method": method}) + "\n")
 
 

@@ -141,10 +141,13 @@ class PHMLinear(nn.Module):
         super().__init__()
         n = phm_dim
         if in_features % n or out_features % n:
+            divisors = _common_divisors(in_features, out_features)
             raise ValueError(
                 f"{name}: PHM needs phm_dim n={n} to divide both dimensions of the weight "
-                f"[in={in_features}, out={out_features}]; choose n among the common divisors "
-                f"{_common_divisors(in_features, out_features)}"
+                f"[in={in_features}, out={out_features}]; "
+                + (f"choose n among the common divisors {divisors}" if divisors else
+                   "no n > 1 divides both: make the dimensions multiples of n (for an adapter: "
+                   "a larger bottleneck, i.e. a lower reduction_factor or a larger bottleneck_dim)")
             )
         self.in_features, self.out_features, self.phm_dim = in_features, out_features, n
         self.rank, self.factorized = rank, factorized

@@ -45,10 +45,11 @@ import json
 import math
 import re
 import statistics
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from .peers import default_learning_rate
 from .tasks import TASK_NAMES, get_task
@@ -582,22 +583,37 @@ def _save(plt: Any, fig: Any, path: str | Path) -> None:
     plt.close(fig)
 
 
+class NothingToPlot(ValueError):
+    """A figure was asked for that the runs cannot fill: no file is written, the message says why."""
+
+
 def results_plot(runs: Sequence[Run], path: str | Path, metric: str = "score", budget: dict[Path, int | None] | None = None) -> None:
     """Average test `metric` vs % trained parameters (log x), a labelled point per method (Figure 1);
     one series per model and training-set budget (as the tables split them). Rows that lack some
     of their table's tasks (starred averages) are left out: their averages are not comparable.
-    `budget`: as for `results_table`."""
+    When that leaves no point at all, `NothingToPlot` (a ValueError) names what each row lacks and
+    nothing is written. `budget`: as for `results_table`."""
     _check_metric(runs, metric)
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
     budget = _budgets(runs) if budget is None else budget
     several = len(set(budget.values())) > 1
+    series, lacking = [], []
     for model, samples, subset in _by_model_and_budget(runs, budget):  # a series per model and training-set size
         rows = aggregate(subset, metric)
         tasks = {t for row in rows for t in row.cells}
         points = [row for row in rows if row.average is not None and set(row.cells) == tasks]  # partial averages: not comparable
-        if not points:
-            continue
+        if points:
+            series.append((model, samples, points))
+        else:
+            where = _model_label(model) + (f", {_samples_label(samples)} training samples" if several else "")
+            lacking.append(f"{where}: " + "; ".join(
+                f"{row.method} lacks {', '.join(sorted(tasks - set(row.cells), key=task_key))}" for row in rows))
+    if not series:
+        raise NothingToPlot("no row has a score on every task of its table, and Figure 1 plots only those (an average "
+                            "over fewer tasks is not comparable): " + " | ".join(lacking)
+                            + "; run the missing tasks, or report the runs of each task set separately")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for model, samples, points in series:
         label = _model_label(model) + (f", {_samples_label(samples)} training samples" if several else "")
         ax.scatter([r.percent_trainable for r in points], [r.average for r in points], label=label)
         names: dict[tuple[float, float], list[str]] = defaultdict(list)  # methods on one point share a label
@@ -647,12 +663,13 @@ def _separate_labels(fig: Any, ax: Any) -> None:
 def low_resource_plot(runs: Sequence[Run], path: str | Path, metric: str = "score") -> None:
     """Average test `metric` vs training samples per task, a line per (model, method) (Figure 4).
 
-    Runs on whole training sets of several sizes ("all") have no x value and are left out.
+    Runs on whole training sets of several sizes ("all") have no x value and are left out; when
+    no run has a size, `NothingToPlot` (a ValueError) says so and nothing is written.
     """
     _check_metric(runs, metric)
     scores = low_resource_scores(runs, metric)
     if not any(size is not None for by_size in scores.values() for size in by_size):
-        raise ValueError("no run has a training-set size to plot against: Figure 4 needs runs made with --train-samples "
+        raise NothingToPlot("no run has a training-set size to plot against: Figure 4 needs runs made with --train-samples "
                          "(or whole-set runs of a single task)")
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -682,12 +699,16 @@ def _write_text(path: str | Path, text: str) -> None:
 
 
 def report_main(run_dirs: list[str], out: str | None = None, plot: str | None = None, metric: str = "score",
-                low_resource_plot_path: str | None = None) -> str:
+                low_resource_plot_path: str | None = None, warn: Callable[[str], None] | None = None) -> str:
     """`compacter report`: the markdown for `run_dirs`, written to `out` if given; Figure 1 (score
     against % trained parameters) to `plot` and Figure 4 (score against training-set size) to
     `low_resource_plot_path` if given.
 
     When the runs use several training-set budgets, the low-resource table is appended.
+    A figure the runs cannot fill (`NothingToPlot`: Figure 4 of runs without a training-set size,
+    Figure 1 without a row that has every task) is not written and does not stop the others: its
+    reason goes to `warn` ("--plot FILE not written: ..."; default: a UserWarning), and the
+    `compacter report` command then exits with status 1.
     """
     if not run_dirs:
         raise ValueError("report needs at least one run directory")
@@ -696,10 +717,20 @@ def report_main(run_dirs: list[str], out: str | None = None, plot: str | None = 
     markdown = results_table(runs, metric, budget)
     if len(set(budget.values())) > 1:
         markdown += "\n## Low-resource\n\n" + low_resource_table(runs, metric)
-    if low_resource_plot_path is not None:  # first: the one that can refuse the runs; then nothing is written
-        low_resource_plot(runs, low_resource_plot_path, metric)
-    if plot is not None:
-        results_plot(runs, plot, metric, budget)
+    if plot is not None or low_resource_plot_path is not None:
+        _pyplot()  # matplotlib missing is an error before anything is written
     if out is not None:
         _write_text(out, markdown)
+    for option, path, draw in (("--plot", plot, lambda p: results_plot(runs, p, metric, budget)),
+                               ("--low-resource-plot", low_resource_plot_path, lambda p: low_resource_plot(runs, p, metric))):
+        if path is None:
+            continue
+        try:
+            draw(path)
+        except NothingToPlot as reason:  # the table and the other figure are still worth having
+            message = f"{option} {path} not written: {reason}"
+            if warn is None:
+                warnings.warn(message, stacklevel=2)
+            else:
+                warn(message)
     return markdown

@@ -4,7 +4,9 @@ One code path runs on one CPU, one GPU, or many processes (``accelerate launch``
 DDP; FSDP and DeepSpeed through an Accelerate config). ``batch_size`` is per process;
 the global batch is ``batch_size × processes × grad_accum``. Each process takes its slice
 of every global batch of one seeded permutation per epoch, so a run on N processes sees the
-same global batches as a run on one process with an N-times larger batch.
+same global batches as a run on one process with an N-times larger batch. Each process draws
+its own dropout masks, so the two runs end with the same weights only for a model without
+dropout (or with its dropout set to 0).
 
 Run directory::
 
@@ -40,7 +42,7 @@ from safetensors.torch import load_file, save_file
 from . import checkpoint as ckpt
 from .config import METHODS, CompacterConfig
 from .inject import add_adapters, count_parameters, trainable_parameters
-from .modeling import Batcher, decoder_loss, family_of, load_model, load_tokenizer, predict_batch, target_span
+from .modeling import Batcher, check_model_path, decoder_loss, family_of, load_model, load_tokenizer, predict_batch, target_span
 from .peers import PEER_METHODS, PEER_WEIGHTS, add_peer, default_learning_rate, read_peer, save_peer, trained_tensors
 from .tasks import Example, Task, custom_task, get_task, load_files, paper_splits
 from .tasks.splits import VALIDATION_FROM_TRAIN, apply_protocol, carve, group_units, split_half
@@ -57,7 +59,7 @@ def _f(default, help: str, **kw):
 class TrainConfig:
     """Everything one training run needs; each field is a ``compacter train`` flag."""
 
-    model: str | None = _f(None, "pretrained model: a local folder or a hub name (default: the bundled MiniLM encoder)")
+    model: str | None = _f(None, "pretrained model: a local folder or a hub name (default: the bundled MiniLM encoder); a local path that does not exist is an error, not a hub lookup")
     task: str = _f("demo", "task name (GLUE, SuperGLUE, 'demo') or a name for your own files with --train-file")
     method: str = _f("compacter++", f"method: {', '.join(METHODS + PEER_METHODS)} (peft-lora, ah-*: PEFT and AdapterHub peers, for comparisons)")
     adapter: dict[str, Any] = _f(None, "CompacterConfig overrides as KEY=VALUE (repeatable), e.g. phm_dim=8 reduction_factor=16; "
@@ -413,7 +415,8 @@ def save_train_state(folder: Path, model, optimizer, scheduler, progress: dict) 
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     meta["scheduler"] = scheduler.state_dict()
     meta["progress"] = progress
-    save_file(tensors, tmp / "train_state.safetensors")
+    # safetensors writes owner-only (0600) files; the run's other files have the umask's mode
+    ckpt._atomic_write(tmp / "train_state.safetensors", lambda path: save_file(tensors, path))
     (tmp / "train_state.json").write_text(json.dumps(meta, indent=1))
     _swap_in(tmp, folder)
 
@@ -575,6 +578,8 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     if torch.cuda.is_available():  # the peak results.json reports is this run's, not an earlier one's in this process
         torch.cuda.reset_peak_memory_stats()
     # --- setup
+    if cfg.model:  # a mistyped local path: a clear error before any data is read or folder made
+        check_model_path(cfg.model)
     task = resolve_task(cfg)
     splits = load_splits(cfg, task)
     per_epoch = len(epoch_batches(len(splits["train"]), 0, cfg.seed, cfg.batch_size, 0, accelerator.num_processes))

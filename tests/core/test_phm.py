@@ -79,6 +79,44 @@ def test_indivisible_dimension_names_module_shape_and_n(shape):
     assert "encoder.block.0.adapter.down" in msg and f"in={shape[0]}" in msg and f"out={shape[1]}" in msg and "n=4" in msg
 
 
+
+def test_no_common_divisor_points_at_the_bottleneck_not_an_empty_list():
+    with pytest.raises(ValueError) as err:
+        PHMLinear(384, 1, 4, name="down")
+    msg = str(err.value)
+    assert "divisors []" not in msg and "no n > 1 divides both" in msg and "reduction_factor" in msg
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    ({"reduction_factor": 200}, ["384 // reduction_factor 200 = 1", "reduction_factor=96: bottleneck 4",
+                                 "bottleneck_dim to a multiple of 4", "no phm_dim > 1 divides both 384 and 1"]),
+    ({"reduction_factor": 50}, ["= 7", "reduction_factor=48: bottleneck 8"]),
+    ({"bottleneck_dim": 6}, ["bottleneck_dim is 6", "multiple of 4", "choose phm_dim among [2, 3, 6]"]),
+])
+def test_adapter_bottleneck_that_phm_dim_cannot_divide_says_what_to_change(overrides, expected):
+    """A bottleneck of 1 (reduction_factor=200 on a 384-wide model) used to end in
+    'choose n among the common divisors []'."""
+    from compacter import CompacterConfig
+    from compacter.adapters import BottleneckAdapter
+
+    with pytest.raises(ValueError) as err:
+        BottleneckAdapter(CompacterConfig("compacter++", **overrides), 384, name="encoder.layer.0.output")
+    msg = str(err.value)
+    assert msg.startswith("encoder.layer.0.output: ") and "divisors []" not in msg
+    for part in expected:
+        assert part in msg, (part, msg)
+
+
+def test_add_adapters_with_a_bottleneck_of_one_names_reduction_factor():
+    import transformers as T
+
+    import compacter
+
+    model = T.BertModel(T.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=96))
+    with pytest.raises(ValueError, match="32 // reduction_factor 64 = 1") as err:
+        compacter.add_adapters(model, compacter.CompacterConfig("compacter++", reduction_factor=64))
+    assert "reduction_factor=8: bottleneck 4" in str(err.value)
+
 @pytest.mark.parametrize("method,check", [
     ("glorot-uniform", lambda w, fi, fo: w.abs().max() <= math.sqrt(6 / (fi + fo)) and w.std() > 0.5 * math.sqrt(2 / (fi + fo))),
     ("glorot-normal", lambda w, fi, fo: abs(w.std() - math.sqrt(2 / (fi + fo))) < 0.1 * math.sqrt(2 / (fi + fo))),

@@ -1,4 +1,5 @@
-"""Two CPU processes (DDP over gloo) end where one process with the same global batch ends;
+"""Two CPU processes (DDP over gloo) end where one process with the same global batch ends (dropout-free models:
+with dropout each process draws its own masks);
 the library's adapters also train unchanged under the transformers Trainer."""
 
 from __future__ import annotations

@@ -671,3 +671,35 @@ def test_a_run_killed_between_logging_and_checkpointing_logs_each_evaluation_onc
     train(cfg, log=lambda *a: None)
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [2, 4, 6]
     assert writers == [{"purge_step": 3}]
+
+
+@pytest.mark.parametrize("method", ["compacter++", "peft-lora"])
+def test_last_checkpoint_files_get_an_ordinary_files_mode(method, tmp_path):
+    """safetensors writes owner-only (0600) files: last/train_state.safetensors (and a peer's
+    weights) were 0600 beside the run's 0644 files."""
+    import os
+
+    import compacter
+    from tests.core.tiny import tiny
+
+    model, batch = tiny("bert")
+    if method == "peft-lora":
+        pytest.importorskip("peft")
+        from compacter.peers import add_peer
+
+        model = add_peer(model, method, "encoder", {})
+        model._compacter_peer = method
+    else:
+        compacter.add_adapters(model, compacter.CompacterConfig(method, reduction_factor=4))
+    optimizer = training.adamw(training.trainable_parameters(model), 1e-3)
+    scheduler = training._scheduler(optimizer, 0, 2)
+    model.train()(**batch).loss.backward()
+    optimizer.step()
+    scheduler.step()
+    mask = os.umask(0o022)
+    try:
+        training.save_train_state(tmp_path / "last", model, optimizer, scheduler, {"step": 1})
+    finally:
+        os.umask(mask)
+    modes = {f.name: oct(f.stat().st_mode & 0o777) for f in (tmp_path / "last").iterdir()}
+    assert "train_state.safetensors" in modes and set(modes.values()) == {"0o644"}, modes
