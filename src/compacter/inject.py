@@ -131,12 +131,18 @@ class CompacterState(nn.Module):
         self.register_load_state_dict_post_hook(_restore_shared)
 
     def _shared_keys(self) -> dict[str, str]:
-        """``{key under this state: the owner's key}`` of the parameters registered twice: the
-        active adapter's trained copies (or, with none active, the base originals) also sit in
-        their owner modules. Keys are relative to the model root."""
-        held = (("tuned." + self.active, self.tuned[self.active]) if self.active is not None and self.active in self.tuned
-                else ("base", self.base))
-        return {f"{held[0]}.{key}": _unkey(key) for key in held[1]}
+        """``{key under this state: the owner's key}`` of the parameters registered twice, as
+        :func:`_point_owners` registers them: a base parameter some adapter trains sits in its
+        owner module as the active adapter's copy, or else as the base original. Keys are
+        relative to the model root."""
+        active = self.tuned[self.active] if self.active is not None and self.active in self.tuned else {}
+        shared = {}
+        for key in {k for tuned in self.tuned.values() for k in tuned}:
+            if key in active:
+                shared[f"tuned.{self.active}.{key}"] = _unkey(key)
+            elif key in self.base:
+                shared[f"base.{key}"] = _unkey(key)
+        return shared
 
     def _apply(self, fn, recurse: bool = True):
         """Convert (``model.to()``, ``.double()``, ...) and point the owners at the converted copies.
@@ -194,13 +200,22 @@ def _drop_shared(state: CompacterState, state_dict: dict, prefix: str, local_met
 def _restore_shared(state: CompacterState, incompatible_keys) -> None:
     """``load_state_dict`` of a ``state_dict`` without those keys: the owners' keys load the same
     Parameter objects, so they are not missing (``load_state_dict(model.state_dict())`` stays
-    strict-clean); still missing where the owner's key is missing too."""
+    strict-clean); still missing where the owner's key is missing too. A load with
+    ``assign=True`` puts new Parameters into the owners: the state takes them, so there is still
+    one Parameter per trained tensor (saving and switching see the loaded values)."""
     missing = incompatible_keys.missing_keys
+    modules = dict(state._root[0].named_modules()) if state._root else None
     for key, owner_key in state._shared_keys().items():
         for full in [m for m in missing if m.endswith(f"{STATE_ATTR}.{key}")]:
             root = full[: len(full) - len(f"{STATE_ATTR}.{key}")]
             if root + owner_key not in missing:
                 missing.remove(full)
+        if modules is not None:
+            owner, attr = _resolve(modules, owner_key)
+            held, _, name = key.rpartition(".")
+            holder = state.base if held == "base" else state.tuned[held.split(".", 1)[1]]
+            if owner._parameters.get(attr) is not None and owner._parameters[attr] is not holder[name]:
+                holder[name] = owner._parameters[attr]
 
 
 @dataclass

@@ -260,32 +260,46 @@ def test_named_adapters_switch_and_delete():
     torch.testing.assert_close(_logits(model, batch), base, rtol=0, atol=0)
 
 
+def _adapted_pair(arch, method):
+    """``method`` as "default" beside an adapter that trains other base parameters ("other":
+    BitFit's biases beside Compacter++, Compacter++ beside BitFit), "default" active."""
+    model, batch = tiny(arch)
+    compacter.add_adapters(model, _config(method))
+    compacter.add_adapters(model, _config("bitfit" if method != "bitfit" else "compacter++"), name="other")
+    compacter.set_active_adapter(model, "default")
+    return model, batch
+
+
 @pytest.mark.parametrize("arch", list(ARCHS))
 @pytest.mark.parametrize("method", ["compacter++", "bitfit"])
 def test_state_dict_holds_each_tensor_once_and_round_trips(arch, method, tmp_path):
-    """A trained layer norm (head, BitFit bias) is registered in its owner and in the state:
+    """A trained layer norm (head, BitFit bias) is registered in its owner and in the state (as
+    the active adapter's copy, or as the base original where only another adapter trains it):
     state_dict keeps it once, under the owner's key, so save_pretrained (and the Trainer's
-    checkpoints) work; load_state_dict of that state_dict is strict-clean and restores it."""
-    model, batch = tiny(arch)
-    compacter.add_adapters(model, _config(method))
-    compacter.add_adapters(model, _config("compacter"), name="other")  # an inactive adapter keeps its own keys
-    compacter.set_active_adapter(model, "default")
+    checkpoints) work; load_state_dict of that state_dict is strict-clean and restores it, also
+    with assign=True (the state takes the new Parameters)."""
+    model, batch = _adapted_pair(arch, method)
     _train(model, batch, steps=2)
     expected = _logits(model, batch)
-    for active in ("default", None):
+    for active in ("default", "other", None):
         compacter.set_active_adapter(model, active)
         state = model.state_dict()
         storages = [(v.untyped_storage().data_ptr(), v.storage_offset(), v.shape) for k, v in state.items()]
         tied = {k for k in state if k.endswith(("embed_tokens.weight", "lm_head.weight", "shared.weight", "word_embeddings.weight"))}
         assert len(set(storages)) >= len(storages) - len(tied), active  # only transformers' own tied embeddings repeat
+        model.save_pretrained(tmp_path / f"full-{active}")
     compacter.set_active_adapter(model, "default")
-    model.save_pretrained(tmp_path / "full")
-    fresh, _ = tiny(arch)
-    compacter.add_adapters(fresh, _config(method))
-    compacter.add_adapters(fresh, _config("compacter"), name="other")
-    compacter.set_active_adapter(fresh, "default")
-    assert not fresh.load_state_dict(model.state_dict(), strict=True).missing_keys
-    torch.testing.assert_close(_logits(fresh, batch), expected, rtol=0, atol=0)
+    for assign in (False, True):
+        fresh, _ = _adapted_pair(arch, method)
+        assert not fresh.load_state_dict(model.state_dict(), strict=True, assign=assign).missing_keys
+        torch.testing.assert_close(_logits(fresh, batch), expected, rtol=0, atol=0)
+        compacter.save_adapters(fresh, tmp_path / f"adapter-{assign}")
+        compacter.set_active_adapter(fresh, "other")
+        compacter.set_active_adapter(fresh, "default")  # switching restores what was loaded
+        torch.testing.assert_close(_logits(fresh, batch), expected, rtol=0, atol=0)
+        again, _ = tiny(arch)
+        compacter.load_adapters(again, tmp_path / f"adapter-{assign}")
+        torch.testing.assert_close(_logits(again, batch), expected, rtol=0, atol=0)  # the saved adapter holds it
 
 
 def _snapshot(model):
