@@ -238,6 +238,20 @@ def test_predict_gives_a_line_per_multirc_answer(wsc_adapter, predicted, capsys)
     assert all(line["label"] in ("False", "True") for line in lines)
 
 
+@pytest.mark.parametrize("name,text", [
+    ("test.tsv", "index\tsentence1\tsentence2\n0\tA man sleeps.\tSomeone sleeps.\n"),  # GLUE's test layout: no label
+    ("in.csv", "sentence1,sentence2\nA man sleeps.,Someone sleeps.\n"),
+])
+def test_predict_reads_tables_without_a_label_column(wsc_adapter, predicted, tmp_path, capsys, name, text):
+    """--file needs no labels: a .tsv/.csv without the label column was refused ("missing column(s) ['label']")."""
+    (tmp_path / name).write_text(text)
+    capsys.readouterr()
+    assert main(["predict", wsc_adapter, "--task", "rte", "--file", str(tmp_path / name)]) == 0
+    assert [e.source for e in predicted] == ["sentence1: A man sleeps. sentence2: Someone sleeps."]
+    [line] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert line["label"] in ("entailment", "not_entailment")
+
+
 @pytest.mark.parametrize("argv,where", [
     (["--text", "The city councilmen refused the demonstrators a permit because they feared violence."], r"input 0 \(--text 1\)"),
     (["--text", json.dumps(WSC_HUB), "--file", "IN"], r"input 2 \(.*in\.jsonl:2\)"),

@@ -261,7 +261,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         parsed = _parse_value(text)
         inputs.append((f"--text {number}", parsed if isinstance(parsed, dict) else {task.input_fields[0]: text}))
     if args.file:
-        inputs += list(file_rows(task, args.file))
+        inputs += list(file_rows(task, args.file, labels=False))
     if not inputs:
         raise SystemExit("error: give --text (repeatable) or --file")
     examples, rows = [], []  # rows[i]: the input index of examples[i]

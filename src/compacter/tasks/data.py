@@ -138,22 +138,25 @@ def _read_json_array(path: Path, text: str) -> Rows:
         yield f"{path}: item {i}", row
 
 
-def _glue_rows(layout: TsvLayout, path: Path) -> Rows:
-    """GLUE tsv rows renamed to the hub's field names."""
-    rows = read_table(path, "\t", csv.QUOTE_NONE, layout.header, layout.columns.values())
+def _glue_rows(layout: TsvLayout, path: Path, labels: bool = True) -> Rows:
+    """GLUE tsv rows renamed to the hub's field names (without ``labels``, the label column may
+    be absent, as in GLUE's test files)."""
+    needed = {key: column for key, column in layout.columns.items() if labels or key != "label"}
+    rows = read_table(path, "\t", csv.QUOTE_NONE, layout.header, needed.values())
     for where, row in rows:
-        yield where, {key: row[column] for key, column in layout.columns.items()}
+        yield where, {key: row[column] for key, column in layout.columns.items() if column in row}
 
 
-def file_rows(task: Task, path: str | Path) -> Rows:
-    """Raw rows of one file, read by the task's layout (GLUE tsv) or the file's suffix."""
+def file_rows(task: Task, path: str | Path, labels: bool = True) -> Rows:
+    """Raw rows of one file, read by the task's layout (GLUE tsv) or the file's suffix;
+    ``labels=False`` (prediction inputs): a table need not have the label column."""
     path = Path(path)
     if task.name in GLUE_LAYOUTS and path.suffix == ".tsv":
-        return _glue_rows(GLUE_LAYOUTS[task.name], path)
+        return _glue_rows(GLUE_LAYOUTS[task.name], path, labels)
     if path.suffix in (".jsonl", ".json"):
         return read_jsonl(path)
     if path.suffix in (".csv", ".tsv"):
-        required = (*task.input_fields, task.label_field) if task.benchmark == "custom" else ()
+        required = (*task.input_fields, *[task.label_field] * labels) if task.benchmark == "custom" else ()
         if path.suffix == ".csv":
             return read_table(path, ",", csv.QUOTE_MINIMAL, required=required)
         return read_table(path, "\t", csv.QUOTE_NONE, required=required)
