@@ -269,6 +269,16 @@ def test_predict_names_the_input_wsc_cannot_read(wsc_adapter, predicted, tmp_pat
     assert not predicted  # nothing was predicted before the bad input was found
 
 
+def test_a_quoted_tilde_model_path_says_it_is_not_expanded(tmp_path, monkeypatch, capsys):
+    """'~/minilm' that exists once expanded was called "no such file or folder (/home/.../minilm)"."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "minilm").mkdir()
+    assert main(["train", "--model", "~/minilm", "--output-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "'~' is not expanded here" in err and str(tmp_path / "minilm") in err, err
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("model", ["./minilm", "../models/minilm", "/no/such/minilm", "~/minilm", "models/minilm/v2"])
 def test_train_names_a_missing_local_model_before_writing_anything(model, tmp_path, monkeypatch, capsys):
     """A local-looking --model that does not exist used to reach transformers as a repo id

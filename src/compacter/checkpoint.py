@@ -200,10 +200,11 @@ def load_adapters(model: nn.Module, path: str | os.PathLike, name: str | None = 
     return attach_adapters(model, pending, activate=activate)
 
 
-def _is_repo_id(path: str | os.PathLike) -> bool:
-    """``"namespace/name"``, as the Hub spells a repo (a bare "name" is taken as a local folder)."""
+def _is_repo_id(path: str | os.PathLike, bare: bool = False) -> bool:
+    """``"namespace/name"``, as the Hub spells a repo (a bare "name" is taken as a local folder,
+    unless ``bare``: "t5-small" is a Hub model id)."""
     text = str(path)
-    if isinstance(path, Path) or text.count("/") != 1 or text.startswith((".", "~")):
+    if isinstance(path, Path) or text.count("/") > 1 or (text.count("/") == 0 and not bare) or text.startswith((".", "~")):
         return False
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -252,7 +253,11 @@ def push_adapters(model: nn.Module, repo_id: str, name: str | None = None, *, pr
 
 
 def _model_card(meta: dict, repo_id: str) -> str:
+    """README.md for the Hub; ``base_model`` only where it is a Hub id (the Hub refuses a card
+    whose base_model is a local path, as a model loaded from disk records)."""
     base = meta.get("base_model")
+    if base and (os.path.exists(base) or not _is_repo_id(base, bare=True)):
+        base = None
     what = f"`{base}`" if base else f"a {meta.get('model_type') or 'transformers'} model"
     front = ["---", "library_name: compacter", "tags:", "- compacter", "- adapter"] + ([f"base_model: {base}"] if base else []) + ["---"]
     return "\n".join(front + [

@@ -62,6 +62,8 @@ def check_model_path(path: str, option: str = "--model") -> None:
         looks_local = True
     if looks_local:
         where = os.path.abspath(os.path.expanduser(path))
+        if where != os.path.abspath(path) and os.path.exists(where):  # a quoted "~": the shell did not expand it
+            raise ValueError(f"{option} {path}: '~' is not expanded here; give the path as {where}")
         raise ValueError(f"{option} {path}: no such file or folder ({where}); a model is a local folder with its "
                          "config.json, or a Hugging Face Hub id such as 'google-t5/t5-base'")
 

@@ -295,3 +295,15 @@ def test_an_unreadable_hub_repo_is_one_clear_error_and_changes_nothing(tmp_path,
     _saved(tmp_path / "someone" / "local")  # an existing local folder wins over a repo of the same name
     compacter.load_adapters(model, "someone/local")
     assert [c for c in hub.calls if c[0] == "download"] == [("download", "someone/missing", CONFIG_NAME, None)]
+
+
+def test_model_card_names_a_base_model_only_by_hub_id(tmp_path):
+    """The Hub refuses a card whose base_model is a local path, which a model loaded from disk records."""
+    from compacter.checkpoint import _model_card
+
+    meta = {"config": {"method": "compacter++"}, "library": "compacter 0", "model_type": "bert"}
+    assert "base_model: google-t5/t5-base" in _model_card({**meta, "base_model": "google-t5/t5-base"}, "a/b")
+    assert "base_model: t5-small" in _model_card({**meta, "base_model": "t5-small"}, "a/b")
+    for local in (str(tmp_path), "./minilm", "/data/models/minilm", "models/smollm2/v2"):
+        card = _model_card({**meta, "base_model": local}, "a/b")
+        assert "base_model" not in card and "a bert model" in card, local
