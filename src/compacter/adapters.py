@@ -7,13 +7,12 @@ dense ones. The adapter takes the shared PHM rule (if any) as an explicit argume
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
 
 from .config import CompacterConfig
-from .phm import LowRankLinear, PHMLinear, PlainLinear
+from .phm import LowRankLinear, PHMLinear, PlainLinear, _common_divisors
 
 _ACTIVATIONS = {
     "gelu_new": lambda: nn.GELU(approximate="tanh"),
@@ -49,7 +48,7 @@ def _check_phm_bottleneck(config: CompacterConfig, d_model: int, k: int, name: s
     n = config.phm_dim
     if d_model % n == 0 and k % n == 0:
         return
-    both = [i for i in range(2, min(math.gcd(d_model, k), 64) + 1) if d_model % i == 0 and k % i == 0]
+    both = _common_divisors(d_model, k)
     other_n = f"choose phm_dim among {both}" if both else f"no phm_dim > 1 divides both {d_model} and {k}"
     needs = (f"{name}: PHM needs phm_dim n={n} to divide both dimensions of the adapter's down projection "
              f"[in={d_model}, out={k}] (and of its up projection)")
