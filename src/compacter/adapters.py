@@ -7,7 +7,6 @@ dense ones. The adapter takes the shared PHM rule (if any) as an explicit argume
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 
