@@ -144,20 +144,23 @@ class Batcher:
         return ids[:start] + ids[len(ids) - (self.max_source - start):]
 
     def _fit_source(self, example: Example, template: str) -> tuple[str, list[int]]:
-        """``(source, ids)``: the example's source, its longest field cut from the end (repeatedly)
-        until ``template.format(source=source)`` takes at most ``max_source_length`` tokens with
-        the special tokens. Without separate fields (or when they cannot be cut enough) the ids
-        may stay too long; the caller cuts them."""
+        """``(source, ids)``: the example's source with its longest fields cut from the end until
+        ``template.format(source=source)`` takes at most ``max_source_length`` tokens with the
+        special tokens: every field longer than a common cap is cut to that cap, the largest cap
+        that removes enough (Hugging Face's "longest_first": a long premise is cut before a short
+        hypothesis, two long ones evenly). Without separate fields (or when they cannot be cut
+        enough) the ids may stay too long; the caller cuts them."""
         source = example.source
         ids = self.tok(template.format(source=source), add_special_tokens=True)["input_ids"]
         fields = dict(example.fields)
         if len(ids) <= self.max_source or not fields or join_fields(fields) != source:
             return source, ids
         for _ in range(8):  # retokenising the whole text can differ by a token or two: a few rounds at most
-            lengths = {name: self.tok(text, add_special_tokens=False)["input_ids"] for name, text in fields.items()}
-            name = max(lengths, key=lambda k: len(lengths[k]))
-            keep = max(0, len(lengths[name]) - (len(ids) - self.max_source))
-            fields[name] = self.tok.decode(lengths[name][:keep]).rstrip()
+            tokens = {name: self.tok(text, add_special_tokens=False)["input_ids"] for name, text in fields.items()}
+            cap = _cap([len(t) for t in tokens.values()], len(ids) - self.max_source)
+            for name, toks in tokens.items():
+                if len(toks) > cap:
+                    fields[name] = self.tok.decode(toks[:cap]).rstrip()
             source = join_fields(fields)
             ids = self.tok(template.format(source=source), add_special_tokens=True)["input_ids"]
             if len(ids) <= self.max_source:
@@ -192,6 +195,15 @@ class Batcher:
         """The token ids a decoder is trained to produce for ``target``: `` target`` and eos."""
         eos = [self.tok.eos_token_id] if self.tok.eos_token_id is not None else []
         return (self.tok(" " + target, add_special_tokens=False)["input_ids"] + eos)[: self.max_target]
+
+
+def _cap(lengths: Sequence[int], excess: int) -> int:
+    """The largest ``c >= 0`` with ``sum(max(0, n - c) for n in lengths) >= excess``: cutting every
+    field longer than ``c`` to ``c`` removes at least ``excess`` tokens, the longest first."""
+    cap = max(lengths, default=0)
+    while cap > 0 and sum(max(0, n - cap) for n in lengths) < excess:
+        cap -= 1
+    return cap
 
 
 def target_span(labels: torch.Tensor) -> int:

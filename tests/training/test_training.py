@@ -413,6 +413,25 @@ def test_decoder_prompts_too_long_lose_the_end_of_their_longest_field(model_dirs
     assert [i for i, m in zip(seen[0]["input_ids"][1].tolist(), seen[0]["attention_mask"][1].tolist()) if m] == batcher.prompt_ids(short)
 
 
+@pytest.mark.parametrize("family", ["encoder", "decoder"])
+def test_two_long_fields_are_cut_evenly(model_dirs, family):
+    """Hugging Face's longest_first: the longest field is cut first, two long ones end even; the
+    first longest was cut to nothing before (an RTE pair of 40 + 40 tokens at 32 lost its premise)."""
+    from compacter.modeling import Batcher, load_tokenizer
+    from compacter.tasks import Example, get_task
+    from compacter.tasks.base import join_fields
+
+    tok = load_tokenizer(model_dirs[family], family)
+    batcher = Batcher(tok, family, get_task("demo"), max_source_length=24)
+    fields = {"text": " ".join("1" * 30), "label": " ".join("2" * 30)}
+    example = Example(join_fields(fields), "1", 1, fields=fields)
+    ids = batcher.prompt_ids(example) if family == "decoder" else batcher.train_batch([example])["input_ids"][0].tolist()
+    text = tok.decode(ids, skip_special_tokens=True)
+    assert len(ids) <= 24 and "label :" in text
+    ones, twos = text.count("1"), text.count("2")
+    assert ones > 0 and twos > 0 and abs(ones - twos) <= 1, text
+
+
 def test_encoder_inputs_too_long_lose_the_end_of_their_longest_field_and_seq2seq_inputs_their_end(model_dirs):
     from compacter.modeling import Batcher, load_tokenizer
     from compacter.tasks import Example, get_task
