@@ -63,6 +63,12 @@ def test_parser_flags_map_to_train_config():
     assert {f.name for f in dataclasses.fields(TrainConfig)} <= set(vars(args))
 
 
+def test_parse_key_values_reads_python_constants():
+    """train_layer_norms=False was the text 'False', refused as not a bool."""
+    assert parse_key_values(["train_layer_norms=False", "learn_phm=True", "bottleneck_dim=None", "x=Falsey"]) == {
+        "train_layer_norms": False, "learn_phm": True, "bottleneck_dim": None, "x": "Falsey"}
+
+
 def test_parse_key_values_reads_json_values_and_normalizes_dashes():
     assert parse_key_values(["reduction_factor=16", "phm-dim=4", "non_linearity=gelu", "shared_phm_rule=false"]) == {
         "reduction_factor": 16, "phm_dim": 4, "non_linearity": "gelu", "shared_phm_rule": False}

@@ -26,16 +26,20 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+_PYTHON_CONSTANTS = {"True": True, "False": False, "None": None}  # train_layer_norms=False reads as a bool, not text
+
+
 def parse_key_values(items: list[str] | None) -> dict[str, Any]:
     """``["reduction_factor=16", "phm-dim=4"]`` -> ``{"reduction_factor": 16, "phm_dim": 4}``: the
-    ``--adapter KEY=VALUE`` parsing (values read as JSON where they parse, else kept as text; dashes
-    in keys become underscores), shared with `benchmarks/glue_sweep.py`."""
+    ``--adapter KEY=VALUE`` parsing (values read as JSON where they parse, Python's True / False /
+    None as well, else kept as text; dashes in keys become underscores), shared with
+    `benchmarks/glue_sweep.py`."""
     out = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise SystemExit(f"error: --adapter expects KEY=VALUE, got {item!r}")
-        out[key.replace("-", "_")] = _parse_value(value)
+        out[key.replace("-", "_")] = _PYTHON_CONSTANTS[value] if value in _PYTHON_CONSTANTS else _parse_value(value)
     return out
 
 
