@@ -130,20 +130,6 @@ class CompacterState(nn.Module):
         self.register_state_dict_post_hook(_drop_shared)
         self.register_load_state_dict_post_hook(_restore_shared)
 
-    def _shared_keys(self) -> dict[str, str]:
-        """``{key under this state: the owner's key}`` of the parameters registered twice, as
-        :func:`_point_owners` registers them: a base parameter some adapter trains sits in its
-        owner module as the active adapter's copy, or else as the base original. Keys are
-        relative to the model root."""
-        active = self.tuned[self.active] if self.active is not None and self.active in self.tuned else {}
-        shared = {}
-        for key in {k for tuned in self.tuned.values() for k in tuned}:
-            if key in active:
-                shared[f"tuned.{self.active}.{key}"] = _unkey(key)
-            elif key in self.base:
-                shared[f"base.{key}"] = _unkey(key)
-        return shared
-
     def _apply(self, fn, recurse: bool = True):
         """Convert (``model.to()``, ``.double()``, ...) and point the owners at the converted copies.
 
@@ -190,12 +176,29 @@ class CompacterState(nn.Module):
         return f"adapters={list(self.configs)}, active={self.active!r}"
 
 
+def _owner_registrations(state: CompacterState, name: str | None) -> Iterator[tuple[str, str | None, nn.ParameterDict | None, str]]:
+    """``(owner's parameter name, its holder's key under the state, the holder, the key in it)``
+    for every base parameter some adapter trains, as it sits in its owner while adapter ``name``
+    is active: the adapter's copy (``"tuned.<name>"``), else the base original (``"base"``), else
+    nothing (a BitFit bias the base model lacks: holder None)."""
+    active = state.tuned[name] if name is not None else {}
+    for key in {k for tuned in state.tuned.values() for k in tuned}:
+        if key in active:
+            yield _unkey(key), f"tuned.{name}", active, key
+        elif key in state.base:
+            yield _unkey(key), "base", state.base, key
+        else:
+            yield _unkey(key), None, None, key
+
+
 def _drop_shared(state: CompacterState, state_dict: dict, prefix: str, local_metadata: dict) -> None:
     """``state_dict`` keeps each twice-registered tensor once, under its owner's key (the key
     ``from_pretrained`` knows): safetensors refuses shared tensors, so ``save_pretrained`` and
     the Trainer's checkpoints failed on an adapted model."""
-    for key in state._shared_keys():
-        state_dict.pop(prefix + key, None)
+    for _, holder_key, _, key in _owner_registrations(state, state.active):
+        if holder_key is not None:
+            state_dict.pop(f"{prefix}{holder_key}.{key}", None)
+
 
 def _restore_shared(state: CompacterState, incompatible_keys) -> None:
     """``load_state_dict`` of a ``state_dict`` without those keys: the owners' keys load the same
@@ -205,17 +208,17 @@ def _restore_shared(state: CompacterState, incompatible_keys) -> None:
     one Parameter per trained tensor (saving and switching see the loaded values)."""
     missing = incompatible_keys.missing_keys
     modules = dict(state._root[0].named_modules()) if state._root else None
-    for key, owner_key in state._shared_keys().items():
-        for full in [m for m in missing if m.endswith(f"{STATE_ATTR}.{key}")]:
-            root = full[: len(full) - len(f"{STATE_ATTR}.{key}")]
-            if root + owner_key not in missing:
+    for owner_key, holder_key, holder, key in _owner_registrations(state, state.active):
+        if holder is None:
+            continue
+        suffix = f"{STATE_ATTR}.{holder_key}.{key}"
+        for full in [m for m in missing if m.endswith(suffix)]:
+            if full[: len(full) - len(suffix)] + owner_key not in missing:
                 missing.remove(full)
         if modules is not None:
             owner, attr = _resolve(modules, owner_key)
-            held, _, name = key.rpartition(".")
-            holder = state.base if held == "base" else state.tuned[held.split(".", 1)[1]]
-            if owner._parameters.get(attr) is not None and owner._parameters[attr] is not holder[name]:
-                holder[name] = owner._parameters[attr]
+            if owner._parameters.get(attr) is not None and owner._parameters[attr] is not holder[key]:
+                holder[key] = owner._parameters[attr]
 
 
 @dataclass
@@ -504,13 +507,9 @@ def set_active_adapter(model: nn.Module, name: str | None) -> None:
 def _point_owners(state: CompacterState, modules: dict[str, nn.Module], name: str | None) -> None:
     """Point every base parameter that some adapter trains at adapter ``name``'s copy, or at the
     base model's own (or at nothing: a BitFit bias the base model lacks)."""
-    active_tuned = state.tuned[name] if name is not None else {}
-    for full in {_unkey(k) for t in state.tuned.values() for k in t}:
+    for full, _, holder, key in _owner_registrations(state, name):
         owner, attr = _resolve(modules, full)
-        if _key(full) in active_tuned:
-            owner._parameters[attr] = active_tuned[_key(full)]
-        else:
-            owner._parameters[attr] = state.base[_key(full)] if _key(full) in state.base else None
+        owner._parameters[attr] = holder[key] if holder is not None else None
 
 
 def active_adapter(model: nn.Module) -> str | None:
