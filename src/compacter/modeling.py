@@ -121,10 +121,13 @@ class Batcher:
         seq2seq input loses its end, as the paper's T5 code truncates.
         """
         sources = [e.source for e in examples]
-        if self.family == "encoder":
-            lengths = [len(ids) for ids in self.tok(sources, add_special_tokens=True)["input_ids"]]
+        encoder = self.family == "encoder"  # an encoder batch is tokenized whole first: one call where all fit
+        cut = {} if encoder else {"max_length": self.max_source, "truncation": True}
+        enc = dict(self.tok(sources, padding=True, return_tensors="pt", **cut))
+        if encoder and enc["input_ids"].shape[1] > self.max_source:
+            lengths = enc["attention_mask"].sum(1).tolist()
             sources = [self._fit_source(e, "{source}")[0] if n > self.max_source else e.source for e, n in zip(examples, lengths)]
-        enc = dict(self.tok(sources, max_length=self.max_source, truncation=True, padding=True, return_tensors="pt"))
+            enc = dict(self.tok(sources, max_length=self.max_source, truncation=True, padding=True, return_tensors="pt"))
         if self.family == "seq2seq":  # a tokenizer's token_type_ids (transformers 4 gives some): T5/BART take none
             enc = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask")}
         return enc
@@ -132,9 +135,9 @@ class Batcher:
     def prompt_ids(self, example: Example) -> list[int]:
         """Token ids of a decoder prompt ``source + "\nanswer:"``, at most ``max_source_length``.
 
-        A prompt that is too long loses the end of its longest input field (a passage, a premise;
-        repeated until it fits), as Hugging Face's "longest_first" truncation does for text pairs:
-        the start token, every other field (a question, a hypothesis) and the answer cue stay.
+        A prompt that is too long loses the end of its longest input fields (a passage, a premise;
+        see ``_fit_source``), as Hugging Face's "longest_first" truncation does for text pairs:
+        the start token, the short fields (a question, a hypothesis) and the answer cue stay.
         An example without separate fields keeps its start token and its last tokens.
         """
         ids = self._fit_source(example, DECODER_PROMPT)[1]
