@@ -200,9 +200,10 @@ def load_adapters(model: nn.Module, path: str | os.PathLike, name: str | None = 
     return attach_adapters(model, pending, activate=activate)
 
 
-def _is_repo_id(path: str | os.PathLike, bare: bool = False) -> bool:
+def is_hub_id(path: str | os.PathLike, bare: bool = False) -> bool:
     """``"namespace/name"``, as the Hub spells a repo (a bare "name" is taken as a local folder,
-    unless ``bare``: "t5-small" is a Hub model id)."""
+    unless ``bare``: "t5-small" is a Hub model id). A path ("./x", "~/x", "/x", "a/b/c", a Path)
+    is not: adapters and ``--model`` (:func:`~compacter.modeling.check_model_path`) share this rule."""
     text = str(path)
     if isinstance(path, Path) or text.count("/") > 1 or (text.count("/") == 0 and not bare) or text.startswith((".", "~")):
         return False
@@ -219,7 +220,7 @@ def adapter_folder(path: str | os.PathLike, revision: str | None = None, token: 
     """The local folder holding an adapter checkpoint: ``path`` itself where it exists or is not a
     Hub repo id; else the ``huggingface_hub`` cache folder its two files are downloaded into."""
     folder = Path(path)
-    if folder.exists() or not _is_repo_id(path):
+    if folder.exists() or not is_hub_id(path):
         return folder
     from huggingface_hub import hf_hub_download
 
@@ -256,7 +257,7 @@ def _model_card(meta: dict, repo_id: str) -> str:
     """README.md for the Hub; ``base_model`` only where it is a Hub id (the Hub refuses a card
     whose base_model is a local path, as a model loaded from disk records)."""
     base = meta.get("base_model")
-    if base and (os.path.exists(base) or not _is_repo_id(base, bare=True)):
+    if base and (os.path.exists(base) or not is_hub_id(base, bare=True)):
         base = None
     what = f"`{base}`" if base else f"a {meta.get('model_type') or 'transformers'} model"
     front = ["---", "library_name: compacter", "tags:", "- compacter", "- adapter"] + ([f"base_model: {base}"] if base else []) + ["---"]

@@ -51,16 +51,9 @@ def check_model_path(path: str, option: str = "--model") -> None:
     a missing "namespace/name" folder is still tried on the Hub, as before."""
     import os
 
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
+    from .checkpoint import is_hub_id
 
-    if os.path.exists(path):
-        return
-    looks_local = path.startswith(("./", "../", "/", "~", ".\\", "..\\")) or (os.sep != "/" and os.sep in path)
-    try:
-        validate_repo_id(path)
-    except HFValidationError:
-        looks_local = True
-    if looks_local:
+    if not os.path.exists(path) and not is_hub_id(path, bare=True):
         where = os.path.abspath(os.path.expanduser(path))
         if where != os.path.abspath(path) and os.path.exists(where):  # a quoted "~": the shell did not expand it
             raise ValueError(f"{option} {path}: '~' is not expanded here; give the path as {where}")
