@@ -601,11 +601,11 @@ def results_plot(runs: Sequence[Run], path: str | Path, metric: str = "score", b
         rows = aggregate(subset, metric)
         tasks = {t for row in rows for t in row.cells}
         points = [row for row in rows if row.average is not None and set(row.cells) == tasks]  # partial averages: not comparable
+        label = _model_label(model) + (f", {_samples_label(samples)} training samples" if several else "")
         if points:
-            series.append((model, samples, points))
+            series.append((label, points))
         else:
-            where = _model_label(model) + (f", {_samples_label(samples)} training samples" if several else "")
-            lacking.append(f"{where}: " + "; ".join(
+            lacking.append(f"{label}: " + "; ".join(
                 f"{row.method} lacks {', '.join(sorted(tasks - set(row.cells), key=task_key))}" for row in rows))
     if not series:
         raise NothingToPlot("no row has a score on every task of its table, and Figure 1 plots only those (an average "
@@ -613,8 +613,7 @@ def results_plot(runs: Sequence[Run], path: str | Path, metric: str = "score", b
                             + "; run the missing tasks, or report the runs of each task set separately")
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for model, samples, points in series:
-        label = _model_label(model) + (f", {_samples_label(samples)} training samples" if several else "")
+    for label, points in series:
         ax.scatter([r.percent_trainable for r in points], [r.average for r in points], label=label)
         names: dict[tuple[float, float], list[str]] = defaultdict(list)  # methods on one point share a label
         for r in points:
