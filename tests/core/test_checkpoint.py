@@ -307,3 +307,25 @@ def test_model_card_names_a_base_model_only_by_hub_id(tmp_path):
     for local in (str(tmp_path), "./minilm", "/data/models/minilm", "models/smollm2/v2"):
         card = _model_card({**meta, "base_model": local}, "a/b")
         assert "base_model" not in card and "a bert model" in card, local
+
+
+def test_hub_files_from_two_revisions_are_refused(tmp_path, monkeypatch):
+    """A branch that moves between the two downloads would pair one save's config with another's weights."""
+    import huggingface_hub
+
+    _saved(tmp_path / "repo")
+    calls = []
+
+    def download(repo_id, filename, revision=None, token=None):  # the branch moved after the first file
+        calls.append(filename)
+        folder = tmp_path / "cache" / f"commit{len(calls)}"
+        folder.mkdir(parents=True)
+        (folder / filename).write_bytes((tmp_path / "repo" / filename).read_bytes())
+        return str(folder / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    model, _ = tiny("t5")
+    snap = _snapshot(model)
+    with pytest.raises(CheckpointError, match="came from different revisions; pass revision=<commit>"):
+        compacter.load_adapters(model, "someone/moving")
+    _assert_unchanged(model, snap)
