@@ -315,3 +315,17 @@ def test_every_shared_file_parses(shared_data, name, split, rows):
 def test_glue_and_superglue_rte_agree_on_labels(shared_data):
     glue, superglue = load_split("rte", "train", shared_data), load_split("superglue-rte", "train", shared_data)
     assert [e.target for e in glue] == [e.target for e in superglue]
+
+
+@pytest.mark.parametrize("content", [
+    "index\tsentence\n0\tOur friends won't buy it.\n",  # GLUE's CoLA test.tsv: a header, no label
+    "gj04\t1\t\tOur friends won't buy it.\n",  # the headerless train/dev layout
+])
+def test_cola_prediction_inputs_read_both_glue_layouts(tmp_path, content):
+    """CoLA's test.tsv has a header (index, sentence) where train/dev have none; it was read as
+    headerless ("2 fields, expected 4")."""
+    from compacter.tasks.data import file_rows
+
+    (tmp_path / "test.tsv").write_text(content)
+    [(where, row)] = list(file_rows(get_task("cola"), tmp_path / "test.tsv", labels=False))
+    assert row["sentence"] == "Our friends won't buy it." and where.endswith("test.tsv:" + str(content.count("\n")))

@@ -142,9 +142,19 @@ def _glue_rows(layout: TsvLayout, path: Path, labels: bool = True) -> Rows:
     """GLUE tsv rows renamed to the hub's field names (without ``labels``, the label column may
     be absent, as in GLUE's test files)."""
     needed = {key: column for key, column in layout.columns.items() if labels or key != "label"}
-    rows = read_table(path, "\t", csv.QUOTE_NONE, layout.header, needed.values())
+    header = layout.header
+    if header is not None and not labels and _first_line_names(path, needed.values()):
+        header = None  # CoLA's test.tsv has a header ("index\tsentence"); its train/dev files have none
+    rows = read_table(path, "\t", csv.QUOTE_NONE, header, needed.values())
     for where, row in rows:
         yield where, {key: row[column] for key, column in layout.columns.items() if column in row}
+
+
+def _first_line_names(path: Path, columns: Iterable[str]) -> bool:
+    """Whether the first line of a tsv is a header naming every one of `columns`."""
+    with _open(path) as handle:
+        first = handle.readline().rstrip("\r\n").split("\t")
+    return all(column in first for column in columns)
 
 
 def file_rows(task: Task, path: str | Path, labels: bool = True) -> Rows:
