@@ -25,7 +25,8 @@ from .tasks import Example, Task
 from .tasks.base import join_fields
 
 FAMILIES = ("seq2seq", "encoder", "decoder")
-ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "camembert", "electra", "deberta", "deberta-v2", "distilbert", "albert", "mpnet"}
+#: model types with a masked-LM class that are nonetheless used as left-to-right language models
+CAUSAL_DESPITE_MASKED_LM = {"reformer"}
 DECODER_PROMPT = "{source}\nanswer:"
 
 
@@ -34,13 +35,24 @@ IGNORE_PADDING_MASK = {"rwkv"}
 
 
 def family_of(model_config) -> str:
-    """``seq2seq`` for encoder-decoders, ``encoder`` for the BERT family, ``decoder`` otherwise."""
+    """``seq2seq`` for encoder-decoders; ``encoder`` for types transformers knows as masked
+    language models (the BERT family: bidirectional attention, so never trained to continue a
+    prompt, whose label tokens they would see); ``decoder`` for the other causal-LM types and
+    for remote-code models that name an AutoModelForCausalLM. Any other type is a ValueError."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    kind = model_config.model_type
     if getattr(model_config, "is_encoder_decoder", False):
         return "seq2seq"
-    if model_config.model_type in IGNORE_PADDING_MASK:
-        raise ValueError(f"model type {model_config.model_type!r} ignores attention_mask, so the padding of a batch's "
+    if kind in IGNORE_PADDING_MASK:
+        raise ValueError(f"model type {kind!r} ignores attention_mask, so the padding of a batch's "
                          "shorter rows would enter its loss and predictions; compacter does not train such models")
-    return "encoder" if model_config.model_type in ENCODER_TYPES else "decoder"
+    if kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES and kind not in CAUSAL_DESPITE_MASKED_LM:
+        return "encoder"
+    if kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or "AutoModelForCausalLM" in (getattr(model_config, "auto_map", None) or {}):
+        return "decoder"
+    raise ValueError(f"model type {kind!r} is neither an encoder-decoder, a masked LM (encoder) nor a causal LM "
+                     "(decoder) that transformers knows, so compacter cannot tell how to train it on a task")
 
 
 def check_model_path(path: str, option: str = "--model") -> None:

@@ -158,3 +158,24 @@ def test_decoder_loss_without_logits_to_keep(model_dirs):
 def test_models_that_ignore_the_padding_mask_are_refused():
     with pytest.raises(ValueError, match="'rwkv' ignores attention_mask"):
         family_of(T.RwkvConfig())
+
+
+@pytest.mark.parametrize("config,family", [
+    (T.BertConfig(), "encoder"), (T.ModernBertConfig(), "encoder"), (T.RobertaPreLayerNormConfig(), "encoder"),
+    (T.LongformerConfig(), "encoder"), (T.ErnieConfig(), "encoder"), (T.BigBirdConfig(), "encoder"),
+    (T.GPT2Config(), "decoder"), (T.LlamaConfig(), "decoder"), (T.ReformerConfig(), "decoder"),
+    (T.T5Config(), "seq2seq"), (T.BartConfig(), "seq2seq"),
+])
+def test_family_follows_the_kind_of_language_model_transformers_knows(config, family):
+    """Encoders outside a hand-kept list (ModernBERT, RoBERTa-PreLayerNorm, ERNIE, BigBird...)
+    were taken for decoders: loaded as *ForCausalLM with bidirectional attention, they saw the
+    label tokens they were to predict."""
+    assert family_of(config) == family
+
+
+def test_a_model_type_of_no_known_family_is_refused():
+    with pytest.raises(ValueError, match="'vit' is neither an encoder-decoder, a masked LM .* nor a causal LM"):
+        family_of(T.ViTConfig())
+    remote = T.PretrainedConfig(auto_map={"AutoModelForCausalLM": "modeling_mine.MyLM"})
+    remote.model_type = "mine"
+    assert family_of(remote) == "decoder"  # remote code that names its causal-LM class
