@@ -100,8 +100,10 @@ class CompacterConfig:
     #: Task-head modules trained when ``train_head``: a name matches a module's last path component,
     #: outside the pretrained body (``base_model_prefix``) where the model has one, so DeBERTa's new
     #: top-level ``pooler`` is trained and BERT's pretrained ``bert.pooler`` is not; a dotted entry
-    #: ("bert.pooler") names one module by its whole path, inside the body too.
-    head_modules: tuple[str, ...] = ("classifier", "pre_classifier", "classification_head", "score", "qa_outputs", "pooler")
+    #: ("bert.pooler") names one module by its whole path, inside the body too. A bare body
+    #: (``BertModel``, what AutoModel loads) has no head: no bare name matches there.
+    head_modules: tuple[str, ...] = ("classifier", "pre_classifier", "classification_head", "score", "qa_outputs", "pooler",
+                                     "sequence_summary", "logits_proj", "multiple_choice_head")
     train_biases: bool = False
     #: BitFit on models without biases (T5, Llama): add zero-initialised biases to the block's linear layers.
     add_missing_biases: bool = True

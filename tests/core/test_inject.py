@@ -205,6 +205,29 @@ def test_the_head_is_what_lies_outside_the_pretrained_body(arch, head, frozen):
     assert not [n for n in trained if n.startswith(tuple(f"{m}." for m in frozen))]
 
 
+_SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=64)
+
+
+@pytest.mark.parametrize("build, head, frozen", [
+    # multiple-choice heads: ELECTRA's (and XLNet's, XLM's) new sequence_summary stayed frozen at its random start
+    (lambda: T.ElectraForMultipleChoice(T.ElectraConfig(**_SMALL, embedding_size=32)), {"sequence_summary", "classifier"}, set()),
+    (lambda: T.GPT2DoubleHeadsModel(T.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=64)),
+     {"multiple_choice_head"}, {"lm_head", "transformer.wte"}),  # the LM head is pretrained (tied to the embeddings)
+    # a bare body (what AutoModel loads) has no head: its pooler is pretrained, and was trained
+    (lambda: T.BertModel(T.BertConfig(**_SMALL)), set(), {"pooler"}),
+    (lambda: T.RobertaModel(T.RobertaConfig(**_SMALL)), set(), {"pooler"}),
+])
+def test_new_heads_train_and_pretrained_parts_do_not(build, head, frozen):
+    torch.manual_seed(0)
+    model = build()
+    compacter.add_adapters(model, _config("compacter++"))
+    trained = [n for n, p in model.named_parameters() if p.requires_grad]
+    for module in head:
+        params = [n for n, _ in model.get_submodule(module).named_parameters()]
+        assert params and all(f"{module}.{n}" in trained for n in params), module
+    assert not [n for n in trained if n.startswith(tuple(f"{m}." for m in frozen))]
+
+
 @pytest.mark.parametrize("add_missing", [True, False])
 def test_bitfit_on_bias_free_t5(add_missing):
     model, batch = tiny("t5")
