@@ -1,0 +1,58 @@
+"""Helpers of the benchmark scripts in benchmarks/: they time what the library does, and write their rows.
+
+Loaded from their files (benchmarks/ is not a package); tiny shapes and a few repetitions, so each
+test takes a second or two. The timings themselves are not checked, only what is timed and written.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))  # the scripts import their shared _common
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_profile_step_layer_weight_is_the_libraries_w_under_bf16_autocast():
+    from compacter.phm import PHMLinear, PHMRule, batched_weights
+
+    prof = _load("profile_step")
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    layer, rule = PHMLinear(64, 16, 4), PHMRule(4, init_range=0.1)
+    x = torch.randn(3, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        w = prof.layer_weight(layer, rule.A, cpu)
+        assert w.dtype == torch.bfloat16
+        # what the bank hands a layer, and what the layer's own forward multiplies by
+        assert torch.equal(w, batched_weights([layer], rule.A)[0])
+        assert torch.equal(layer(x, rule.A), torch.addmm(layer.bias.to(w.dtype), x.to(w.dtype), w))
+        bf16_products = layer.weight(rule.A)  # PHMLinear.weight under autocast: not the library's W
+    assert not torch.equal(w, bf16_products)
+    w32 = prof.layer_weight(layer, rule.A, cpu)  # no autocast: the layer's dtype, no cast
+    assert w32.dtype == torch.float32 and torch.equal(w32, layer.weight(rule.A))
+
+
+def test_profile_step_micro_benchmarks_run_on_the_uninstrumented_library():
+    from compacter import inject, phm
+
+    prof = _load("profile_step")
+    before = (inject.AdapterSite.hook, phm.PHMLinear.weight, inject.batched_weights)
+    prof.instrument_library()
+    try:
+        assert phm.PHMLinear.weight is not before[1] and inject.batched_weights is not before[2]
+    finally:
+        prof.uninstrument_library()
+    assert (inject.AdapterSite.hook, phm.PHMLinear.weight, inject.batched_weights) == before
