@@ -11,9 +11,18 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(autouse=True)
+def _keep_threads():
+    """The scripts set torch's thread count (1 thread): give the rest of the suite its own back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def _load(name: str):
@@ -56,3 +65,22 @@ def test_profile_step_micro_benchmarks_run_on_the_uninstrumented_library():
     finally:
         prof.uninstrument_library()
     assert (inject.AdapterSite.hook, phm.PHMLinear.weight, inject.batched_weights) == before
+
+
+def _rows(path: Path) -> list[dict]:
+    rows = json.loads(path.read_text())
+    assert rows and all(r["env"]["torch"] == torch.__version__ for r in rows)
+    return rows
+
+
+def test_adapter_variants_writes_every_variant_and_build(tmp_path):
+    av = _load("adapter_variants")
+    out = tmp_path / "variants.json"
+    av.main(["--device", "cpu", "--size", "tiny", "--threads", "1", "--batch", "2", "--src-len", "8", "--tgt-len", "4",
+             "--reps", "2", "--json", str(out)])
+    rows = _rows(out)
+    keys = [k for k, _ in av.SITE_VARIANTS]
+    assert [(r["site"], r["method"]) for r in rows] == (
+        [("encoder", k) for k in keys] + [("decoder", k) for k in keys] + [("all", k) for k, _ in av.BUILDS])
+    assert all(r["ratio_to_library"] == 1.0 for r in rows if r["method"] == "library")
+    assert next(r for r in rows if r["method"] == "layer by layer")["ratio_to_layer_by_layer"] == 1.0
