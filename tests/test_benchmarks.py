@@ -73,6 +73,27 @@ def _rows(path: Path) -> list[dict]:
     return rows
 
 
+def test_bank_build_writes_both_builds_of_each_method(tmp_path):
+    out = tmp_path / "bank.json"
+    _load("bank_build").main(["--size", "tiny", "--method", "compacter++", "compacter", "--reps", "2", "--json", str(out)])
+    rows = _rows(out)
+    assert [(r["adapter_method"], r["method"]) for r in rows] == [
+        ("compacter++", "per layer"), ("compacter++", "bank"), ("compacter", "per layer"), ("compacter", "bank")]
+    for r in rows:
+        assert len(r["ms_all"]) == 2 and r["ratio_to_per_layer_paired"] is not None
+    # the ratios are within one method's run, and the bank needs fewer autograd nodes (kernels on a GPU)
+    assert rows[0]["ratio_to_per_layer"] == 1.0 and rows[1]["autograd_nodes"] < rows[0]["autograd_nodes"]
+    assert rows[2]["layers"] == 2 * rows[0]["layers"]  # compacter: adapters after attention and FFN
+
+
+def test_kron_build_writes_both_ways(tmp_path):
+    out = tmp_path / "kron.json"
+    _load("kron_build").main(["--rounds", "2", "--calls", "3", "--json", str(out)])
+    rows = _rows(out)
+    assert [r["method"] for r in rows] == ["einsum", "one GEMM"]
+    assert all(len(r["ms_all"]) == len(r["us_per_call_all"]) == 2 for r in rows) and rows[0]["ratio_to_einsum"] == 1.0
+
+
 def test_adapter_variants_writes_every_variant_and_build(tmp_path):
     av = _load("adapter_variants")
     out = tmp_path / "variants.json"
