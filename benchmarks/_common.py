@@ -264,6 +264,29 @@ def round_robin(rows: list[Row], steps: int, warmup: int, device: torch.device, 
             log(f"  round {r + 1}/{steps}")
 
 
+def interleaved(fns: dict[str, Callable[[], None]], reps: int, device: torch.device, warmup: int = 3) -> dict[str, list[float]]:
+    """Time each of ``fns`` ``reps`` times, one call of each per round, the order rotating each
+    round (as :func:`round_robin` does with steps): ``{name: [ms per call]}``, for the micro
+    benchmarks that compare a few ways to compute one thing."""
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    out: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(reps):
+        for i in range(len(names)):
+            name = names[(r + i) % len(names)]
+            out[name].append(timed(fns[name], device) * 1e3)
+    return out
+
+
+def timing_fields(ms: list[float], digits: int = 4) -> dict:
+    """``ms_median``, ``ms_min``, ``ms_mean`` and ``ms_all`` of one row, as the JSON rows have them
+    (and as :func:`summarise` reads them)."""
+    return dict(ms_median=round(statistics.median(ms), digits), ms_min=round(min(ms), digits),
+                ms_mean=round(statistics.fmean(ms), digits), ms_all=[round(t, digits) for t in ms])
+
+
 def measure_peak_memory(row: Row, steps: int, device: torch.device) -> int | None:
     """``torch.cuda.max_memory_allocated`` over ``steps`` steps with only this row resident (None on CPU)."""
     if device.type != "cuda":

@@ -39,6 +39,9 @@ from _common import (  # noqa: E402
 )
 
 
+_ORIGINALS: dict = {}  # what instrument_library replaced, for uninstrument_library
+
+
 def instrument_library() -> None:
     """Wrap the adapter hook and the PHM weight build in profiler ranges (monkeypatch, no src change)."""
     from compacter import inject, phm
@@ -46,6 +49,7 @@ def instrument_library() -> None:
     hook, weight, bank = inject.AdapterSite.hook, phm.PHMLinear.weight, inject.batched_weights
     if getattr(hook, "_bench_wrapped", False):
         return
+    _ORIGINALS.update(hook=hook, weight=weight, bank=bank)
 
     def bank_rf(layers, rule, dtype=None):
         with record_function("compacter::phm_weight_bank"):
@@ -63,6 +67,18 @@ def instrument_library() -> None:
     inject.AdapterSite.hook = hook_rf
     phm.PHMLinear.weight = weight_rf
     inject.batched_weights = bank_rf
+
+
+def uninstrument_library() -> None:
+    """Undo instrument_library. The micro-benchmarks time the library itself: a range costs a few
+    µs even with no profiler running, and the layer-by-layer build would pay it once per layer
+    where the batched build (called from compacter.phm directly) paid nothing."""
+    from compacter import inject, phm
+
+    if _ORIGINALS:
+        inject.AdapterSite.hook = _ORIGINALS.pop("hook")
+        phm.PHMLinear.weight = _ORIGINALS.pop("weight")
+        inject.batched_weights = _ORIGINALS.pop("bank")
 
 
 def build_row(method, args, device, batch) -> Row:
@@ -168,6 +184,20 @@ def print_diff(base: dict, other: dict, name: str, args, unit: str, ref: str = "
 # micro-benchmark: one adapter alone
 # --------------------------------------------------------------------------------------------------
 
+def layer_weight(layer, rule: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """One PHM layer's W as its training forward gets it without the bank: built by the library
+    (``PHMLinear._build_weight``: the layer's dtype, autocast off) and cast once to the dtype the
+    forward computes in (autocast's, where it is on), as ``PHMLinear.forward`` does, so that layer
+    by layer and ``batched_weights`` (which casts once per group) do the same computation.
+    (``PHMLinear.weight`` called under autocast would run its products in bf16: not what the
+    library does.)"""
+    from compacter.phm import _autocast_dtype
+
+    w = layer._build_weight(rule)
+    dtype = _autocast_dtype(device.type)
+    return w if dtype is None or w.dtype == dtype else w.to(dtype)
+
+
 def micro(args, device) -> None:
     import compacter
     from compacter.adapters import BottleneckAdapter
@@ -183,7 +213,8 @@ def micro(args, device) -> None:
         return min(timed(fn, device) for _ in range(reps)) * 1e3
 
     print(f"\n### micro-benchmark: one adapter alone, forward+backward (min of {reps}; ms)\n")
-    print("| site activations | compacter++ adapter | PHM weight build (2 projections) | x@W + bias + GELU + residual only "
+    print("| site activations | compacter++ adapter | PHM weight build (2 projections; autocast off, cast once) "
+          "| x@W + bias + GELU + residual only "
           "| dense bottleneck (pfeiffer) | identity (x*1) |")
     print("|---|---:|---:|---:|---:|---:|")
     total_adapter = 0.0
@@ -201,12 +232,13 @@ def micro(args, device) -> None:
             y.backward(g)
 
         def weights():
-            w1 = adapter.down.weight(rule.A)
-            w2 = adapter.up.weight(rule.A)
+            w1 = layer_weight(adapter.down, rule.A, device)
+            w2 = layer_weight(adapter.up, rule.A, device)
             (w1.sum() + w2.sum()).backward()
 
-        w_down = adapter.down.weight(rule.A).detach().requires_grad_(True)
-        w_up = adapter.up.weight(rule.A).detach().requires_grad_(True)
+        with autocast(device, args.dtype):  # W in the dtype the matmuls get it in (the cast is in the column before)
+            w_down = layer_weight(adapter.down, rule.A, device).detach().requires_grad_(True)
+            w_up = layer_weight(adapter.up, rule.A, device).detach().requires_grad_(True)
         b_down, b_up = adapter.down.bias, adapter.up.bias
         act = adapter.act
 
@@ -240,7 +272,7 @@ def micro(args, device) -> None:
         sum(w.sum() for w in batched_weights(layers, rule.A)).backward()
 
     def one_by_one():
-        sum(layer.weight(rule.A).sum() for layer in layers).backward()
+        sum(layer_weight(layer, rule.A, device).sum() for layer in layers).backward()
 
     with autocast(device, args.dtype):
         batched, separate = bench(bank), bench(one_by_one)
@@ -308,6 +340,7 @@ def main(argv=None) -> None:
     for m in methods[1:]:
         print_diff(results[ref], results[m], m, args, unit, ref)
     del rows
+    uninstrument_library()
     if not args.no_micro:
         micro(args, device)
         optim_micro(args, device)
