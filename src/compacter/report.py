@@ -495,7 +495,9 @@ def results_table(runs: Sequence[Run], metric: str = "score", budget: Budgets | 
         sections.append(f"{title}\n\nTest {metric} (0-100).\n\n{_model_table(aggregate(subset, metric))}")
     note = ("Cells: mean over seeds; with several runs, mean ± sample std (n = runs). "
             "\\* average over only the tasks that row has. Train time: the training loop's wall time, "
-            "per-epoch validation and checkpoint writes included.")
+            "per-epoch validation and checkpoint writes included. Peak memory: the largest over the row's runs that "
+            "recorded one, each the peak of its whole run (training, validations, test): CUDA memory allocated on a GPU, "
+            "the process's resident set on a CPU.")
     return "\n\n".join(sections + [note]) + "\n"
 
 
