@@ -87,6 +87,10 @@ def read_table(path: Path, delimiter: str, quoting: int, header: tuple[str, ...]
             raise DataError(f"{path}:1: unreadable header ({err})") from None
         if columns is None:
             raise DataError(f"{path}: empty file")
+        twice = sorted({c for c in columns if columns.count(c) > 1})
+        if twice:  # dict(zip(...)) would keep the last of them, silently
+            raise DataError(f"{path}:1: column(s) {twice} named more than once in the header (columns: {list(columns)}); "
+                            "name each column once")
         missing = [c for c in required if c not in columns]
         if missing:
             raise DataError(f"{path}:1: missing column(s) {missing} (columns: {list(columns)})")
