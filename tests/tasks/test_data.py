@@ -253,6 +253,18 @@ def test_custom_file_errors(tmp_path, content, message):
         load_file(REVIEWS, path)
 
 
+@pytest.mark.parametrize("name, content, message", [
+    ("data.jsonl", '{"title": "a", "review": "b", "stars": "good"}\n{"title": "a", "review": "b", "review": "X", "stars": "bad"}\n',
+     r"{path}:2: key 'review' appears twice"),
+    ("data.json", '[{"title": "a", "review": "b", "stars": "good", "stars": "bad"}]', r"{path}: key 'stars' appears twice"),
+])
+def test_json_keys_given_twice(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataError, match=message.format(path=str(path))):
+        load_file(REVIEWS, path)
+
+
 @pytest.mark.parametrize("names", [["true", "false"], ["false", "true"], ["True", "False"], ["no", "yes"]])
 def test_json_booleans_take_the_class_their_name_spells(tmp_path, names):
     file = tmp_path / "b.jsonl"
