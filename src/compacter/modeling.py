@@ -74,18 +74,62 @@ def check_model_path(path: str, option: str = "--model") -> None:
 
 
 def load_model(path: str, family: str, task: Task, dtype: torch.dtype | None = None) -> nn.Module:
-    """The pretrained model of ``family`` for ``task`` (a new head for encoders)."""
+    """The pretrained model of ``family`` for ``task`` (a new head for encoders).
+
+    Weights load from safetensors files only (a pickle such as ``pytorch_model.bin`` can run any
+    code as it is read): a model without them is a ValueError naming --model and how to convert it.
+    """
     import transformers as T
 
     kw = {"dtype": dtype} if dtype is not None else {}
     if family == "seq2seq":
-        return T.AutoModelForSeq2SeqLM.from_pretrained(path, **kw)
+        return _from_pretrained(T.AutoModelForSeq2SeqLM, path, **kw)
     if family == "decoder":
-        return T.AutoModelForCausalLM.from_pretrained(path, **kw)
+        return _from_pretrained(T.AutoModelForCausalLM, path, **kw)
     if task.num_labels is None:
         raise ValueError(f"task {task.name!r} generates text: use a seq2seq or decoder model, not an encoder")
     problem = "regression" if task.is_regression else "single_label_classification"
-    return T.AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels, problem_type=problem, **kw)
+    return _from_pretrained(T.AutoModelForSequenceClassification, path, num_labels=task.num_labels, problem_type=problem, **kw)
+
+
+_SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+_OTHER_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack", "model.ckpt.index")
+
+
+def _from_pretrained(auto_class, path: str, **kw):
+    """``auto_class.from_pretrained(path, use_safetensors=True)``: a ValueError naming --model where
+    the model has no safetensors weights (transformers would unpickle a ``pytorch_model.bin``)."""
+    import os
+
+    if os.path.isfile(path):
+        raise ValueError(f"--model {path}: a file; give the model's folder (its config.json and model.safetensors) "
+                         "or a Hugging Face Hub id")
+    if os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, name)) for name in _SAFE_WEIGHTS):
+        found = [name for name in sorted(os.listdir(path)) if name in _OTHER_WEIGHTS or name.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+        has = f"this folder has {', '.join(found)}" if found else "this folder has no weights file"
+        raise ValueError(_no_safetensors(path, auto_class, has))
+    try:
+        return auto_class.from_pretrained(path, use_safetensors=True, **kw)
+    except OSError as err:  # a Hub repo without safetensors files
+        if "safetensors" not in str(err):
+            raise
+        raise ValueError(_no_safetensors(path, auto_class, "the repo has no model.safetensors")) from None
+
+
+def _no_safetensors(path: str, auto_class, has: str) -> str:
+    import json
+    import os
+
+    name = f"transformers.{auto_class.__name__}"
+    try:  # the class it was saved from keeps its head on conversion
+        with open(os.path.join(path, "config.json")) as f:
+            name = f"transformers.{json.load(f)['architectures'][0]}"
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        pass
+    return (f"--model {path}: only safetensors weights are loaded (model.safetensors or a sharded "
+            f"model.safetensors.index.json), and {has}; a pickled file such as pytorch_model.bin can run any code "
+            f"as it is read. If you trust it, convert it once: {name}.from_pretrained({path!r})"
+            f".save_pretrained({path!r}, safe_serialization=True)")
 
 
 def load_tokenizer(path: str, family: str):
