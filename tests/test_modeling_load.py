@@ -74,3 +74,87 @@ def test_train_refuses_a_pickled_model_before_making_the_run(encoder_dir, tmp_pa
     assert main(["train", "--model", folder, "--output-dir", str(out), "--max-steps", "1", "--batch-size", "2",
                  "--no-progress", "--no-eval-before"]) == 2
     assert "only safetensors weights are loaded" in capsys.readouterr().err and not out.exists()
+
+
+# --- an encoder head made for another number of labels than the task's
+
+
+def test_training_gets_a_new_head_for_another_label_count(encoder_dir, caplog):
+    """A fine-tuned 2-label checkpoint for a 3-label task (or a regression one): the head is new
+    and trained anyway, so it is initialized anew, as ignore_mismatched_sizes=True does, and the
+    body keeps its pretrained weights; a warning names --model and the shapes."""
+    from compacter.tasks import custom_task
+
+    saved = load_file(f"{encoder_dir}/model.safetensors")
+    for task, rows in ((custom_task("three", text_columns=["text"], label_names=["a", "b", "c"]), 3), (get_task("stsb"), 1)):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="compacter.modeling"):
+            model = load_model(encoder_dir, "encoder", task)
+        assert model.classifier.weight.shape == (rows, 32) and model.config.num_labels == rows
+        assert torch.equal(model.bert.pooler.dense.weight, saved["bert.pooler.dense.weight"])
+        [warning] = [r.getMessage() for r in caplog.records if r.name == "compacter.modeling"]
+        assert f"--model {encoder_dir}: its classification head (classifier.bias [2], classifier.weight [2, 32])" in warning
+        assert f"({'regression: 1 output' if rows == 1 else '3 labels'})" in warning and f"classifier.weight [{rows}, 32]" in warning
+
+
+def test_a_body_that_does_not_fit_its_config_is_an_error(encoder_dir, tmp_path):
+    """Only the head may be new: a body weight of another shape than config.json says is an error, not reinitialized."""
+    import json
+    import shutil
+
+    shutil.copytree(encoder_dir, tmp_path / "odd")
+    config = json.loads((tmp_path / "odd" / "config.json").read_text())
+    (tmp_path / "odd" / "config.json").write_text(json.dumps({**config, "intermediate_size": 48}))
+    with pytest.raises(ValueError, match=rf"--model {tmp_path / 'odd'}: weights of the pretrained model do not fit its config\.json: "
+                                         r"bert\.encoder\.layer\.0\.intermediate\.dense\.bias \[64\] \(config: \[48\]\)"):
+        load_model(str(tmp_path / "odd"), "encoder", get_task("demo"))
+
+
+def _run(root, model, task, **config):
+    """A run folder with an untrained adapter saved from ``model`` loaded for ``task``."""
+    import json
+
+    from compacter import CompacterConfig, add_adapters, save_adapters
+
+    net = load_model(model, "encoder", get_task(task))
+    add_adapters(net, CompacterConfig("compacter++", reduction_factor=4, **config))
+    save_adapters(net, root / "best")
+    (root / "config.json").write_text(json.dumps({"model": model, "task": task}))
+    return str(root / "best")
+
+
+MNLI_TEXT = '{"premise": "it is good", "hypothesis": "it is"}'
+
+
+def test_predict_refuses_a_head_that_fits_neither_model_nor_adapter(encoder_dir, tmp_path, capsys):
+    """predict --task mnli with an adapter trained on a 2-label task, on a 2-label model: the
+    3-label head would be random; the error names --model, the head's shape and the label count."""
+    from compacter.cli import main
+
+    adapter = _run(tmp_path / "wsc-run", encoder_dir, "wsc")
+    assert main(["predict", adapter, "--task", "mnli", "--text", MNLI_TEXT]) == 2
+    err = capsys.readouterr().err
+    assert (f"error: --model {encoder_dir}: its classification head (classifier.bias [2], classifier.weight [2, 32]) does not fit "
+            f"task 'mnli' (3 labels), and the adapter {adapter} carries a head for another number of labels "
+            "(classifier.bias [2], classifier.weight [2, 32])") in err and "Traceback" not in err
+
+
+def test_predict_refuses_a_new_head_the_adapter_does_not_replace(encoder_dir, tmp_path, capsys):
+    from compacter.cli import main
+
+    adapter = _run(tmp_path / "headless", encoder_dir, "wsc", train_head=False)
+    assert main(["predict", adapter, "--task", "stsb", "--text", '{"sentence1": "a", "sentence2": "b"}']) == 2
+    err = capsys.readouterr().err
+    assert f"does not fit task 'stsb' (regression: 1 output), and the adapter {adapter} carries no trained head to put in its place" in err
+
+
+def test_predict_takes_the_adapters_head_trained_for_the_task(encoder_dir, tmp_path, capsys):
+    """A run trained on MNLI from the 2-label model: its adapter carries the 3-label head, so
+    predict loads it although the model's own head has 2 labels."""
+    import json
+
+    from compacter.cli import main
+
+    adapter = _run(tmp_path / "mnli-run", encoder_dir, "mnli")
+    assert main(["predict", adapter, "--text", MNLI_TEXT]) == 0
+    assert json.loads(capsys.readouterr().out)["label"] in ("entailment", "neutral", "contradiction")
