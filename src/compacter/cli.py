@@ -187,7 +187,7 @@ def _load_adapted(adapter_dir: str, model: str | None, task_name: str | None, dt
     import transformers as T
 
     family = family_of(T.AutoConfig.from_pretrained(model_path))
-    net = load_model(model_path, family, task, DTYPES[dtype] if dtype else None)
+    net = load_model(model_path, family, task, DTYPES[dtype] if dtype else None, adapter=adapter_dir)
     load_adapters(net, adapter_dir)
     batcher = Batcher(load_tokenizer(model_path, family), family, task,
                       run_config.get("max_source_length", 128), run_config.get("max_target_length", 16))

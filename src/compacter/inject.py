@@ -271,9 +271,13 @@ def build_adapters(model: nn.Module, config: CompacterConfig, name: str = "defau
         placement = placement_for(model, config.attention_modules, config.ffn_modules, roles)
         for role in roles:
             patterns = getattr(placement, role)
-            targets = match_modules(model, patterns)
+            matched = match_modules(model, patterns)
+            # the base model's modules only: a pattern such as ".*\.up" also matches the projections
+            # of adapters already attached, and an adapter placed inside another one loads into no fresh model
+            targets = [t for t in matched if not _is_own_module(t, modules[t])]
             if not targets:
-                raise ValueError(f"no module of {type(model).__name__} matches the {role} patterns {list(patterns)}")
+                own = f" (it matches only modules of the adapters already attached: {matched[:3]})" if matched else ""
+                raise ValueError(f"no module of {type(model).__name__} matches the {role} patterns {list(patterns)}{own}")
             for target in targets:
                 if target in pending.sites:
                     raise ValueError(f"module {target} matches both the attention and the ffn patterns")
@@ -333,15 +337,20 @@ def _execution_device(modules: dict[str, nn.Module], name: str) -> torch.device 
     return None
 
 
+def _is_own_module(mname: str, module: nn.Module) -> bool:
+    """Whether module ``mname`` is (inside) one of this library's containers, not the base model's:
+    the shared state, an adapter site, or an adapter within one."""
+    return (mname == STATE_ATTR or mname.startswith(STATE_ATTR + ".") or isinstance(module, AdapterSite)
+            or f".{SITE_ATTR}" in f".{mname}")
+
+
 def _tuned_copies(model: nn.Module, config: CompacterConfig, modules: dict[str, nn.Module]) -> dict[str, nn.Parameter]:
     """Trainable copies of the base parameters the method trains (norms, head, biases)."""
     if config.train_all:
         return {}
     state = get_state(model)
     wanted: dict[str, torch.Tensor | None] = {}
-    modules = {mname: module for mname, module in modules.items()  # the base model's own modules only
-               if not (mname == STATE_ATTR or mname.startswith(STATE_ATTR + ".") or isinstance(module, AdapterSite)
-                       or f".{SITE_ATTR}" in f".{mname}")}
+    modules = {mname: module for mname, module in modules.items() if not _is_own_module(mname, module)}  # the base model's own
     body = False if _is_bare_body(model) else body_prefix(model)
     for mname, module in modules.items():
         head = _is_head(mname, config, body)

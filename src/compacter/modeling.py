@@ -73,19 +73,126 @@ def check_model_path(path: str, option: str = "--model") -> None:
                          "config.json, or a Hugging Face Hub id such as 'google-t5/t5-base'")
 
 
-def load_model(path: str, family: str, task: Task, dtype: torch.dtype | None = None) -> nn.Module:
-    """The pretrained model of ``family`` for ``task`` (a new head for encoders)."""
+def load_model(path: str, family: str, task: Task, dtype: torch.dtype | None = None, *, adapter: str | None = None) -> nn.Module:
+    """The pretrained model of ``family`` for ``task`` (a new head for encoders).
+
+    Weights load from safetensors files only (a pickle such as ``pytorch_model.bin`` can run any
+    code as it is read): a model without them is a ValueError naming --model and how to convert it.
+
+    An encoder whose classification head was made for another number of labels than the task's
+    (a fine-tuned 2-label checkpoint for a 3-label task, or for regression) gets a new head in its
+    place, with a logged warning naming the shapes, as ``ignore_mismatched_sizes=True`` does: the
+    head is trained anyway. ``adapter``: the adapter folder that is loaded into the model next
+    (evaluate, predict); there a new head must be replaced by the adapter's trained head for the
+    task's labels, and where the adapter carries none, the mismatch is a ValueError naming
+    --model, its head's shape and the task's label count. Weights of the pretrained body that do
+    not fit the model's config are a ValueError either way.
+    """
     import transformers as T
 
     kw = {"dtype": dtype} if dtype is not None else {}
     if family == "seq2seq":
-        return T.AutoModelForSeq2SeqLM.from_pretrained(path, **kw)
+        return _from_pretrained(T.AutoModelForSeq2SeqLM, path, **kw)
     if family == "decoder":
-        return T.AutoModelForCausalLM.from_pretrained(path, **kw)
+        return _from_pretrained(T.AutoModelForCausalLM, path, **kw)
     if task.num_labels is None:
         raise ValueError(f"task {task.name!r} generates text: use a seq2seq or decoder model, not an encoder")
     problem = "regression" if task.is_regression else "single_label_classification"
-    return T.AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels, problem_type=problem, **kw)
+    model, info = _from_pretrained(T.AutoModelForSequenceClassification, path, num_labels=task.num_labels, problem_type=problem,
+                                   ignore_mismatched_sizes=True, output_loading_info=True, **kw)
+    mismatched = sorted((key, tuple(saved), tuple(new)) for key, saved, new in (info or {}).get("mismatched_keys") or ())
+    if mismatched:
+        _check_new_head(model, path, task, mismatched, adapter)
+    return model
+
+
+_SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+_OTHER_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack", "model.ckpt.index")
+
+
+def _from_pretrained(auto_class, path: str, **kw):
+    """``auto_class.from_pretrained(path, use_safetensors=True)``: a ValueError naming --model where
+    the model has no safetensors weights (transformers would unpickle a ``pytorch_model.bin``)."""
+    import os
+
+    if os.path.isfile(path):
+        raise ValueError(f"--model {path}: a file; give the model's folder (its config.json and model.safetensors) "
+                         "or a Hugging Face Hub id")
+    if os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, name)) for name in _SAFE_WEIGHTS):
+        found = [name for name in sorted(os.listdir(path)) if name in _OTHER_WEIGHTS or name.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+        has = f"this folder has {', '.join(found)}" if found else "this folder has no weights file"
+        raise ValueError(_no_safetensors(path, auto_class, has))
+    try:
+        return auto_class.from_pretrained(path, use_safetensors=True, **kw)
+    except OSError as err:  # a Hub repo without safetensors files
+        if "safetensors" not in str(err):
+            raise
+        raise ValueError(_no_safetensors(path, auto_class, "the repo has no model.safetensors")) from None
+
+
+def _no_safetensors(path: str, auto_class, has: str) -> str:
+    import json
+    import os
+
+    name = f"transformers.{auto_class.__name__}"
+    try:  # the class it was saved from keeps its head on conversion
+        with open(os.path.join(path, "config.json")) as f:
+            name = f"transformers.{json.load(f)['architectures'][0]}"
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        pass
+    return (f"--model {path}: only safetensors weights are loaded (model.safetensors or a sharded "
+            f"model.safetensors.index.json), and {has}; a pickled file such as pytorch_model.bin can run any code "
+            f"as it is read. If you trust it, convert it once: {name}.from_pretrained({path!r})"
+            f".save_pretrained({path!r}, safe_serialization=True)")
+
+
+def _labels(task: Task) -> str:
+    return "regression: 1 output" if task.is_regression else f"{task.num_labels} labels"
+
+
+def _check_new_head(model: nn.Module, path: str, task: Task, mismatched: list[tuple[str, tuple, tuple]], adapter: str | None) -> None:
+    """See :func:`load_model`: warn that the head is new, or refuse where it cannot be."""
+    import logging
+
+    from .inject import body_prefix
+
+    body = body_prefix(model)
+    inside = [m for m in mismatched if body is not None and m[0].startswith(body + ".")]
+    if inside:
+        shown = ", ".join(f"{key} {list(saved)} (config: {list(new)})" for key, saved, new in inside[:5])
+        raise ValueError(f"--model {path}: weights of the pretrained model do not fit its config.json: {shown}")
+    head = ", ".join(f"{key} {list(saved)}" for key, saved, _ in mismatched)
+    if adapter is None:
+        logging.getLogger(__name__).warning(
+            "--model %s: its classification head (%s) was made for another number of labels than task %r has (%s): "
+            "a new head (%s) is initialized in its place and trained", path, head, task.name, _labels(task),
+            ", ".join(f"{key} {list(new)}" for key, _, new in mismatched))
+        return
+    shapes = _adapter_shapes(adapter)
+    if shapes is None:  # unreadable: loading the adapter says why
+        return
+    own = {key: shapes.get(f"tuned.{key}", shapes.get(f"model.{key}")) for key, _, _ in mismatched}
+    if all(own[key] == new for key, _, new in mismatched):
+        return  # the adapter brings its trained head for the task's labels
+    carried = {key: shape for key, shape in own.items() if shape is not None}
+    what = (f"carries a head for another number of labels ({', '.join(f'{k} {list(v)}' for k, v in carried.items())})" if carried
+            else "carries no trained head to put in its place")
+    raise ValueError(f"--model {path}: its classification head ({head}) does not fit task {task.name!r} ({_labels(task)}), "
+                     f"and the adapter {adapter} {what}; pass the task the adapter was trained on (--task) or the model "
+                     "whose head it was trained with (--model)")
+
+
+def _adapter_shapes(adapter: str) -> dict[str, tuple[int, ...]] | None:
+    """Tensor name -> shape of a saved adapter's weights file (its header only); None if unreadable."""
+    from safetensors import safe_open
+
+    from .checkpoint import WEIGHTS_NAME, adapter_folder
+
+    try:
+        with safe_open(str(adapter_folder(adapter) / WEIGHTS_NAME), framework="pt") as f:
+            return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    except Exception:  # noqa: BLE001 - any unreadable file: load_adapters reports it properly
+        return None
 
 
 def load_tokenizer(path: str, family: str):

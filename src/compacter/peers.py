@@ -52,8 +52,114 @@ def _add_peft_lora(model: nn.Module, family: str, options: dict) -> nn.Module:
     if family == "encoder":  # the whole new head, as ours and AdapterHub's train it: PEFT's default
         # (classifier, score) would leave DistilBERT's pre_classifier and DeBERTa's pooler frozen at random init
         defaults["modules_to_save"] = _outside_body(model)
-    config = peft.LoraConfig(**{**defaults, **options})
+    config = _lora_config(peft, defaults, options)
     return peft.get_peft_model(model, config)
+
+
+#: LoraConfig fields the pipeline sets itself (from the model family; PEFT's own bookkeeping)
+_LORA_SET_HERE = ("task_type", "peft_type", "peft_version", "auto_mapping", "base_model_name_or_path", "revision", "inference_mode")
+
+
+def _lora_config(peft, defaults: dict, options: dict):
+    """``peft.LoraConfig`` of the defaults and ``options`` (``--adapter``); a ValueError naming
+    --adapter and the key for an unknown key (listing the allowed ones), a value of the wrong
+    type, or a value LoraConfig refuses, before the model is touched."""
+    import dataclasses
+
+    allowed = sorted(f.name for f in dataclasses.fields(peft.LoraConfig) if f.init and f.name not in _LORA_SET_HERE)
+    unknown = sorted(k for k in options if k not in allowed)
+    if unknown:
+        taken = [k for k in unknown if k in _LORA_SET_HERE]
+        why = f" ({', '.join(taken)}: set by compacter, not an option)" if taken else ""
+        raise ValueError(f"--adapter {', '.join(unknown)}: not an option of peft.LoraConfig for --method peft-lora{why}; "
+                         f"allowed: {', '.join(allowed)}")
+    hints = _lora_hints(peft)
+    for key, value in options.items():
+        if key in hints and not _fits(value, hints[key]):
+            raise ValueError(f"--adapter {key}={value!r} (--method peft-lora): expected {_describe(hints[key])}, "
+                             f"got {type(value).__name__}")
+    # checked by PEFT only while it wraps the model, layer by layer: here, before the model is touched
+    if isinstance(options.get("r"), int) and options["r"] < 1:
+        raise ValueError(f"--adapter r={options['r']!r} (--method peft-lora): the LoRA rank must be a positive integer")
+    if isinstance(options.get("lora_dropout"), (int, float)) and not 0 <= options["lora_dropout"] < 1:
+        raise ValueError(f"--adapter lora_dropout={options['lora_dropout']!r} (--method peft-lora): a dropout probability "
+                         "must lie in [0, 1)")
+    try:
+        return peft.LoraConfig(**{**defaults, **options})
+    except (TypeError, ValueError) as err:
+        bad = [k for k in options if _refused(peft, defaults, k, options[k])] or list(options)
+        shown = ", ".join(f"{k}={options[k]!r}" for k in bad) or "(no options)"
+        raise ValueError(f"--adapter {shown} (--method peft-lora): peft.LoraConfig refuses it: {err}") from None
+
+
+def _refused(peft, defaults: dict, key: str, value) -> bool:
+    """Whether LoraConfig refuses ``key=value`` alone with the defaults (which option to name)."""
+    try:
+        peft.LoraConfig(**{**defaults, key: value})
+    except (TypeError, ValueError):
+        return True
+    return False
+
+
+def _lora_hints(peft) -> dict:
+    import typing
+
+    try:
+        return typing.get_type_hints(peft.LoraConfig)
+    except Exception:  # an annotation this Python cannot resolve: LoraConfig's own checks remain
+        return {}
+
+
+def _fits(value, hint) -> bool:
+    """Whether ``value`` (as ``--adapter`` parses it: JSON) fits a LoraConfig annotation; an
+    annotation this does not know (PEFT's config classes) is left to LoraConfig."""
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is typing.Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if origin is typing.Union or type(hint).__name__ == "UnionType":
+        return any(_fits(value, a) for a in args)
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple)) and (not args or all(_fits(v, args[0]) for v in value))
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    if hint is list:
+        return isinstance(value, list)
+    if isinstance(hint, type) and hint.__module__ == "builtins":
+        return isinstance(value, hint)
+    return True
+
+
+def _describe(hint) -> str:
+    """A reader's name for a LoraConfig annotation ("int", "one of 'none', 'all', 'lora_only'", ...)."""
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is type(None):
+        return "null"
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is typing.Union or type(hint).__name__ == "UnionType":
+        parts = [_describe(a) for a in args]
+        return ", ".join(parts[:-1]) + " or " + parts[-1]
+    if origin in (list, tuple):
+        inner = _describe(args[0]) if args else ""
+        plural = {"an integer": "integers", "a string": "strings", "a number": "numbers"}.get(inner, f"({inner})")
+        return f"a list of {plural}" if args else "a list"
+    if origin is dict or hint is dict:
+        return "an object"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 def _outside_body(model: nn.Module) -> list[str]:

@@ -419,6 +419,26 @@ def test_patterns_that_match_nothing_raise():
         compacter.add_adapters(model, _config("compacter++", ffn_modules=[r"nothing\.here"]))
 
 
+def test_patterns_skip_the_modules_of_adapters_already_attached(tmp_path):
+    """A second adapter's pattern that also matches the first adapter's own modules (its up
+    projections, its site) targets the base model's modules only: nested in the first adapter, it
+    would load into no fresh model."""
+    model, batch = tiny("bert")
+    compacter.add_adapters(model, _config("compacter"))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(ValueError, match=r"matches only modules of the adapters already attached: \['bert\.encoder.*compacter_adapters"):
+        compacter.add_adapters(model, _config("pfeiffer", ffn_modules=[r".*\.up"]), name="second")
+    assert compacter.list_adapters(model) == ["default"] and {n: p for n, p in model.named_parameters()}.keys() == before.keys()
+    compacter.add_adapters(model, _config("pfeiffer", ffn_modules=[r".*output\.dense.*"]), name="third")  # the site and its adapters match too
+    targets = sorted(t for t, site in iter_sites(model) if "third" in site)
+    assert targets == [f"bert.encoder.layer.{i}.{m}output.dense" for i in (0, 1) for m in ("attention.", "")]
+    model(**batch)
+    compacter.save_adapters(model, tmp_path / "third", name="third")
+    fresh, _ = tiny("bert")
+    compacter.load_adapters(fresh, tmp_path / "third")  # the checkpoint fits the base model
+    assert sorted(t for t, _ in iter_sites(fresh)) == targets
+
+
 def test_adapters_follow_model_dtype_and_work_under_bf16():
     model, batch = tiny("llama")
     model = model.to(torch.bfloat16)

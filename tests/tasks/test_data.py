@@ -242,9 +242,24 @@ def test_custom_files(tmp_path, name, content):
     ("title,review,stars\nNice,Great,good\nMeh,Bad,terrible\n", r"{path}:3: unknown label 'terrible'"),
     ("title,review,stars\nNice,Great\n", r"{path}:2: 2 fields, expected 3"),
     ("\ufefftitle,review,stars\n", r"{path}: no examples"),  # BOM is not part of the first column name
+    # a column named twice: which one is the input? (dict(zip()) kept the last one, silently)
+    ("title,review,stars,review\nNice,Great,good,SOMETHING ELSE\n", r"{path}:1: column\(s\) \['review'\] named more than once"),
+    ("title,review,stars,x,x\nNice,Great,good,1,2\n", r"{path}:1: column\(s\) \['x'\] named more than once"),
 ])
 def test_custom_file_errors(tmp_path, content, message):
     path = tmp_path / "data.csv"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataError, match=message.format(path=str(path))):
+        load_file(REVIEWS, path)
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("data.jsonl", '{"title": "a", "review": "b", "stars": "good"}\n{"title": "a", "review": "b", "review": "X", "stars": "bad"}\n',
+     r"{path}:2: key 'review' appears twice"),
+    ("data.json", '[{"title": "a", "review": "b", "stars": "good", "stars": "bad"}]', r"{path}: key 'stars' appears twice"),
+])
+def test_json_keys_given_twice(tmp_path, name, content, message):
+    path = tmp_path / name
     path.write_text(content, encoding="utf-8")
     with pytest.raises(DataError, match=message.format(path=str(path))):
         load_file(REVIEWS, path)

@@ -67,6 +67,12 @@ def test_every_task_has_a_hub_source_or_is_the_demo():
     (dict(kind="classification", label_names=["a", "b", "c"], metric_names=["mcc"]),
      "metric 'mcc' needs a two-label classification task, not classification with 3 labels"),
     (dict(kind="regression", text_columns="text"), "text_columns"),
+    (dict(label_names=["neg", "pos", "neg"]), r"label_names \(--label-names\) give \['neg'\] more than once"),
+    (dict(label_names=[1, "1"]), r"label_names \(--label-names\) give \['1'\] more than once"),  # both spell class "1"
+    (dict(label_names=["a", "b"], text_columns=["text", "label"]),
+     r"label_column \(--label-column\) 'label' is also one of the text_columns \(--text-columns\) \['text', 'label'\]"),
+    (dict(kind="regression", text_columns=["text", "y"], label_column="y"), "'y' is also one of the text_columns"),
+    (dict(label_names=["a", "b"], text_columns=["text", "title", "text"]), r"name \['text'\] more than once"),
 ])
 def test_custom_task_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):

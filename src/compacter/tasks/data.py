@@ -87,6 +87,10 @@ def read_table(path: Path, delimiter: str, quoting: int, header: tuple[str, ...]
             raise DataError(f"{path}:1: unreadable header ({err})") from None
         if columns is None:
             raise DataError(f"{path}: empty file")
+        twice = sorted({c for c in columns if columns.count(c) > 1})
+        if twice:  # dict(zip(...)) would keep the last of them, silently
+            raise DataError(f"{path}:1: column(s) {twice} named more than once in the header (columns: {list(columns)}); "
+                            "name each column once")
         missing = [c for c in required if c not in columns]
         if missing:
             raise DataError(f"{path}:1: missing column(s) {missing} (columns: {list(columns)})")
@@ -117,11 +121,27 @@ def read_jsonl(path: Path) -> Rows:
             yield f"{path}:{number}", _json_object(line, f"{path}:{number}")
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook``: json.loads keeps the last of two equal keys, silently."""
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen.add(key)
+    return dict(pairs)
+
+
 def _json_object(line: str, where: str) -> dict[str, Any]:
     try:
-        row = json.loads(line)
+        row = json.loads(line, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as err:
         raise DataError(f"{where}: bad JSON ({err.msg} at column {err.colno})") from None
+    except _DuplicateKey as err:
+        raise DataError(f"{where}: key {err.args[0]!r} appears twice in one object; give each field once") from None
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
     return row
@@ -129,9 +149,11 @@ def _json_object(line: str, where: str) -> dict[str, Any]:
 
 def _read_json_array(path: Path, text: str) -> Rows:
     try:
-        rows = json.loads(text)
+        rows = json.loads(text, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as err:
         raise DataError(f"{path}:{err.lineno}: bad JSON ({err.msg})") from None
+    except _DuplicateKey as err:
+        raise DataError(f"{path}: key {err.args[0]!r} appears twice in one object; give each field once") from None
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise DataError(f"{path}: item {i}: expected a JSON object, got {type(row).__name__}")

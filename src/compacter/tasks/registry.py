@@ -76,6 +76,11 @@ def get_task(name: str | Task) -> Task:
     return TASKS[key]
 
 
+def _repeated(names: Sequence[str]) -> list[str]:
+    """The names that occur more than once in ``names``, in first-seen order."""
+    return [n for i, n in enumerate(names) if names.count(n) > 1 and names.index(n) == i]
+
+
 _DEFAULT_METRICS = {
     "classification": ("accuracy",),
     "regression": ("pearson", "spearman"),
@@ -108,6 +113,15 @@ def custom_task(
     problems += metric_problems(metric_names or (), kind, len(label_names) if label_names else None)
     if isinstance(text_columns, str) or not text_columns:
         problems.append("text_columns must be a non-empty list of column names")
+    else:
+        if _repeated(text_columns):
+            problems.append(f"text_columns (--text-columns) name {_repeated(text_columns)} more than once; name each column once")
+        if label_column in text_columns:  # the label would be part of the input the model reads
+            problems.append(f"label_column (--label-column) {label_column!r} is also one of the text_columns (--text-columns) "
+                            f"{list(text_columns)}: the label would leak into the input; the label column must not be an input")
+    if kind == "classification" and label_names and not isinstance(label_names, str) and _repeated([str(n) for n in label_names]):
+        problems.append(f"label_names (--label-names) give {_repeated([str(n) for n in label_names])} more than once "
+                        f"({[str(n) for n in label_names]}); each label names one class")
     if problems:
         raise ValueError(f"custom task {name!r}: " + "; ".join(problems))
     labels = tuple(str(n) for n in label_names) if kind == "classification" else None
