@@ -25,7 +25,8 @@ from .tasks import Example, Task
 from .tasks.base import join_fields
 
 FAMILIES = ("seq2seq", "encoder", "decoder")
-ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "camembert", "electra", "deberta", "deberta-v2", "distilbert", "albert", "mpnet"}
+ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "camembert", "electra", "deberta", "deberta-v2", "distilbert", "albert", "mpnet",
+                 "xlm-roberta-xl", "roberta-prelayernorm", "megatron-bert", "ernie", "roformer", "data2vec-text", "modernbert"}
 DECODER_PROMPT = "{source}\nanswer:"
 
 
