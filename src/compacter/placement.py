@@ -47,7 +47,7 @@ _GPT_NEOX = Placement(attention=(r".*layers\.\d+\.attention\.dense",), ffn=(r".*
 _PERSIMMON = Placement(attention=(r".*layers\.\d+\.self_attn\.dense",), ffn=_GPT_NEOX.ffn)
 _PHI = Placement(attention=(r".*layers\.\d+\.self_attn\.dense",), ffn=(r".*layers\.\d+\.mlp\.fc2",))
 # BLOOM with slow_but_exact=True and pretraining_tp > 1 multiplies by slices of dense.weight without
-# calling these modules, so no adapter would run; the default slow_but_exact=False calls them
+# calling these modules, so no adapter would run: placement_for refuses it (the default is False)
 _BLOOM = Placement(attention=(r".*h\.\d+\.self_attention\.dense",), ffn=(r".*h\.\d+\.mlp\.dense_4h_to_h",))
 _LLAMA = Placement(attention=(r".*layers\.\d+\.self_attn\.o_proj",), ffn=(r".*layers\.\d+\.mlp\.down_proj",))
 _STARCODER2 = Placement(attention=_LLAMA.attention, ffn=(r".*layers\.\d+\.mlp\.c_proj",))
@@ -112,6 +112,11 @@ def placement_for(model: nn.Module, attention: tuple[str, ...] | None, ffn: tupl
             "on the command line, JSON lists: --adapter 'attention_modules=[\".*attn\\\\.out_proj\"]' "
             "--adapter 'ffn_modules=[\".*mlp\\\\.fc_out\"]'"
         )
+    config = model.config
+    if known is _BLOOM and getattr(config, "slow_but_exact", False) and getattr(config, "pretraining_tp", 1) > 1:
+        raise ValueError(f"{type(model).__name__} has slow_but_exact=True (pretraining_tp={config.pretraining_tp}): it multiplies "
+                         "by slices of each dense layer's weight without calling the layer, so adapters there would never run; "
+                         "load it with slow_but_exact=False")
     return Placement(attention if attention is not None else known.attention, ffn if ffn is not None else known.ffn)
 
 

@@ -208,6 +208,14 @@ def test_zeroed_sites_make_each_decoder_layer_the_identity(name):
         torch.testing.assert_close(layer_out, layer_in, rtol=0, atol=0)
 
 
+def test_bloom_computing_its_dense_layers_by_slices_is_refused():
+    """slow_but_exact BLOOM never calls the dense modules: their adapters would silently never run."""
+    model = _build(CASES["bloom"]._replace(config=dict(CASES["bloom"].config, slow_but_exact=True, pretraining_tp=2)))
+    with pytest.raises(ValueError, match="slow_but_exact"):
+        compacter.add_adapters(model, compacter.CompacterConfig("compacter", reduction_factor=4))
+    assert not list(iter_sites(model))
+
+
 def test_every_placement_is_tested_on_a_tiny_model():
     """Each model type of the table is built by this file, tiny.ARCHS or test_more_architectures."""
     from .test_more_architectures import MODELS
