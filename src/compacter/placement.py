@@ -22,20 +22,65 @@ class Placement:
 
 
 _T5 = Placement(attention=(r".*\.layer\.0\.SelfAttention\.o",), ffn=(r".*\.DenseReluDense\.wo",))
+# LongT5's encoder attends locally or transient-globally; its decoder is T5's
+_LONGT5 = Placement(attention=(r".*\.layer\.0\.(SelfAttention|LocalSelfAttention|TransientGlobalSelfAttention)\.o",), ffn=_T5.ffn)
+# BART and the fairseq-style decoders (OPT, BioGPT, XGLM) name their sub-layers alike
 _BART = Placement(attention=(r".*layers\.\d+\.self_attn\.out_proj",), ffn=(r".*layers\.\d+\.fc2",))
+# LED's and BigBird-Pegasus's encoders wrap their sparse attention: its projection is self_attn.output
+_LED = Placement(attention=(r".*encoder\.layers\.\d+\.self_attn\.output", r".*decoder\.layers\.\d+\.self_attn\.out_proj"), ffn=_BART.ffn)
 _BERT = Placement(attention=(r".*layer\.\d+\.attention\.output\.dense",), ffn=(r".*layer\.\d+\.output\.dense",))
+_MPNET = Placement(attention=(r".*layer\.\d+\.attention\.attn\.o",), ffn=_BERT.ffn)
+# ALBERT runs each layer of a layer group at num_hidden_layers / num_hidden_groups depths with the same
+# weights, so its adapters are shared the same way: one per sub-layer of each distinct layer, its hook
+# firing at every depth (albert-base: 1 adapter pair for 12 layers, 1/12 of a BERT-base's); AdapterHub
+# shares ALBERT's adapters across the groups' repetitions likewise
+_ALBERT = Placement(attention=(r".*albert_layers\.\d+\.attention\.dense",), ffn=(r".*albert_layers\.\d+\.ffn_output",))
+_MODERNBERT = Placement(attention=(r".*layers\.\d+\.attn\.Wo",), ffn=(r".*layers\.\d+\.mlp\.Wo",))
 _DISTILBERT = Placement(attention=(r".*layer\.\d+\.attention\.out_lin",), ffn=(r".*layer\.\d+\.ffn\.lin2",))
 _GPT2 = Placement(attention=(r".*h\.\d+\.attn\.c_proj",), ffn=(r".*h\.\d+\.mlp\.c_proj",))
+_GPT_NEO = Placement(attention=(r".*h\.\d+\.attn\.attention\.out_proj",), ffn=_GPT2.ffn)
+# Parallel-residual blocks (GPT-J, CodeGen, Phi, Falcon, Cohere; GPT-NeoX and StableLM where
+# use_parallel_residual) add the attention and the feed-forward outputs to the same residual side by
+# side: each branch's adapter still sits on that branch's output projection.
+_GPTJ = Placement(attention=(r".*h\.\d+\.attn\.out_proj",), ffn=(r".*h\.\d+\.mlp\.fc_out",))
+_GPT_NEOX = Placement(attention=(r".*layers\.\d+\.attention\.dense",), ffn=(r".*layers\.\d+\.mlp\.dense_4h_to_h",))
+_PERSIMMON = Placement(attention=(r".*layers\.\d+\.self_attn\.dense",), ffn=_GPT_NEOX.ffn)
+_PHI = Placement(attention=(r".*layers\.\d+\.self_attn\.dense",), ffn=(r".*layers\.\d+\.mlp\.fc2",))
+# BLOOM with slow_but_exact=True and pretraining_tp > 1 multiplies by slices of dense.weight without
+# calling these modules, so no adapter would run: placement_for refuses it (the default is False)
+_BLOOM = Placement(attention=(r".*h\.\d+\.self_attention\.dense",), ffn=(r".*h\.\d+\.mlp\.dense_4h_to_h",))
 _LLAMA = Placement(attention=(r".*layers\.\d+\.self_attn\.o_proj",), ffn=(r".*layers\.\d+\.mlp\.down_proj",))
+_STARCODER2 = Placement(attention=_LLAMA.attention, ffn=(r".*layers\.\d+\.mlp\.c_proj",))
 
-#: model_type -> placement. Cross-attention gets no adapter (as in the paper).
+#: model_type -> placement. Cross-attention gets no adapter (as in the paper). Every entry is tested on
+#: a tiny model (tests/core/test_inject.py, test_more_architectures.py, test_placements.py): one
+#: attention and one feed-forward site per layer (per encoder and per decoder layer), each the last
+#: projection of its sub-layer. Not here: mixture-of-experts feed-forwards (Mixtral, Qwen2/3-MoE, ...),
+#: whose experts are 3-D parameters rather than one Linear; hybrids whose layers are not all attention
+#: (LFM2, Jamba, ...); multimodal wrappers (Gemma 3 with vision, Qwen2-VL).
 PLACEMENTS: dict[str, Placement] = {
     **dict.fromkeys(("t5", "mt5", "umt5"), _T5),
-    **dict.fromkeys(("bart", "mbart", "marian", "pegasus"), _BART),
-    **dict.fromkeys(("bert", "roberta", "xlm-roberta", "camembert", "electra", "deberta", "deberta-v2"), _BERT),
+    "longt5": _LONGT5,
+    **dict.fromkeys(("bart", "mbart", "marian", "pegasus", "m2m_100", "blenderbot", "blenderbot-small", "plbart",
+                     "opt", "biogpt", "xglm"), _BART),
+    **dict.fromkeys(("led", "bigbird_pegasus"), _LED),
+    **dict.fromkeys(("bert", "roberta", "xlm-roberta", "camembert", "electra", "deberta", "deberta-v2", "xlm-roberta-xl",
+                     "roberta-prelayernorm", "megatron-bert", "ernie", "roformer", "data2vec-text"), _BERT),
+    "mpnet": _MPNET,
+    "albert": _ALBERT,
+    "modernbert": _MODERNBERT,
     "distilbert": _DISTILBERT,
-    "gpt2": _GPT2,
-    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"), _LLAMA),
+    **dict.fromkeys(("gpt2", "gpt_bigcode"), _GPT2),
+    "gpt_neo": _GPT_NEO,
+    **dict.fromkeys(("gptj", "codegen"), _GPTJ),
+    "gpt_neox": _GPT_NEOX,
+    "persimmon": _PERSIMMON,
+    "phi": _PHI,
+    **dict.fromkeys(("bloom", "falcon"), _BLOOM),
+    **dict.fromkeys(("llama", "mistral", "ministral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "vaultgemma", "phi3",
+                     "olmo", "olmo2", "olmo3", "smollm3", "granite", "cohere", "cohere2", "stablelm", "helium", "glm", "glm4",
+                     "exaone4", "seed_oss", "arcee", "apertus", "nemotron", "hunyuan_v1_dense", "ernie4_5"), _LLAMA),
+    "starcoder2": _STARCODER2,
 }
 
 #: Class-name suffixes of normalisation layers ("the model's layer norms", trained by default).
@@ -67,6 +112,11 @@ def placement_for(model: nn.Module, attention: tuple[str, ...] | None, ffn: tupl
             "on the command line, JSON lists: --adapter 'attention_modules=[\".*attn\\\\.out_proj\"]' "
             "--adapter 'ffn_modules=[\".*mlp\\\\.fc_out\"]'"
         )
+    config = model.config
+    if known is _BLOOM and getattr(config, "slow_but_exact", False) and getattr(config, "pretraining_tp", 1) > 1:
+        raise ValueError(f"{type(model).__name__} has slow_but_exact=True (pretraining_tp={config.pretraining_tp}): it multiplies "
+                         "by slices of each dense layer's weight without calling the layer, so adapters there would never run; "
+                         "load it with slow_but_exact=False")
     return Placement(attention if attention is not None else known.attention, ffn if ffn is not None else known.ffn)
 
 
