@@ -167,8 +167,9 @@ class CompacterConfig:
                   f"{name} must be a positive finite number, got {v!r}")
         for name in ("head_modules", "attention_modules", "ffn_modules"):
             v = getattr(self, name)
-            ok = v is None or (isinstance(v, tuple) and all(isinstance(s, str) and s for s in v))
-            check(ok, f"{name} must be a list of non-empty strings, got {v!r}")
+            # None (the method's placement) only for the placement overrides: no head modules is an empty list
+            ok = (v is None and name != "head_modules") or (isinstance(v, tuple) and all(isinstance(s, str) and s for s in v))
+            check(ok, f"{name} must be a list of non-empty strings{' (an empty list for none)' if name == 'head_modules' else ''}, got {v!r}")
             if ok and v is not None and name != "head_modules":  # placement patterns are regexes
                 for i, pattern in enumerate(v):
                     try:
