@@ -131,12 +131,16 @@ class TrainConfig:
                 problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if check("max_grad_norm") and self.max_grad_norm is not None and not self.max_grad_norm > 0:
             problems.append(f"--max-grad-norm must be positive (or none to disable clipping), got {self.max_grad_norm}")
-        if check("learning_rate") and self.learning_rate is not None and not self.learning_rate > 0:
-            problems.append(f"--learning-rate must be positive, got {self.learning_rate}")
+        # an infinite rate or decay turns the adapter into inf/NaN at the first step (a NaN adapter was saved as best/)
+        if check("learning_rate") and self.learning_rate is not None and not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            problems.append(f"--learning-rate must be positive and finite, got {self.learning_rate}")
         if check("warmup_steps") and self.warmup_steps is not None and self.warmup_steps < 0:
             problems.append(f"--warmup-steps must be 0 or more, got {self.warmup_steps}")
-        if check("weight_decay") and not self.weight_decay >= 0:
-            problems.append(f"--weight-decay must be 0 or more, got {self.weight_decay}")
+        if check("weight_decay") and not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            problems.append(f"--weight-decay must be 0 or more and finite, got {self.weight_decay}")
+        for name in check("seed", "split_seed"):  # the range numpy's and torch's generators take
+            if not 0 <= getattr(self, name) < 2**32:
+                problems.append(f"--{name.replace('_', '-')} must be between 0 and 2**32 - 1, got {getattr(self, name)}")
         if self.train_file is None and (self.validation_file or self.test_file):
             problems.append("--validation-file/--test-file need --train-file")
         if problems:

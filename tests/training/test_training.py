@@ -208,6 +208,13 @@ def test_epoch_batches_shard_one_global_order():
     (dict(learning_rate=0.0), "--learning-rate must be positive"), (dict(warmup_steps=-5), "--warmup-steps"),
     (dict(weight_decay=-0.1), "--weight-decay"), (dict(epochs="3"), r"--epochs \(epochs\) must be a whole number, got '3'"),
     (dict(seed=1.0), "--seed"), (dict(resume=0), "--resume"), (dict(dtype=None), "--dtype"),
+    # non-finite rates trained an inf/NaN adapter and saved it as best/ with exit status 0
+    (dict(learning_rate=math.inf), "--learning-rate must be positive and finite, got inf"),
+    (dict(weight_decay=math.inf), "--weight-decay must be 0 or more and finite, got inf"),
+    (dict(weight_decay=math.nan), "--weight-decay"),
+    # out-of-range seeds failed inside numpy/accelerate without naming the option
+    (dict(seed=-1), r"--seed must be between 0 and 2\*\*32 - 1, got -1"), (dict(seed=2**32), "--seed must be between"),
+    (dict(split_seed=-1), r"--split-seed must be between 0 and 2\*\*32 - 1, got -1"),
 ])
 def test_bad_training_options(bad, match):
     with pytest.raises(ValueError, match=match):
