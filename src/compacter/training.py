@@ -143,6 +143,16 @@ class TrainConfig:
                 problems.append(f"--{name.replace('_', '-')} must be between 0 and 2**32 - 1, got {getattr(self, name)}")
         if self.train_file is None and (self.validation_file or self.test_file):
             problems.append("--validation-file/--test-file need --train-file")
+        # the options that describe the user's own files: without --train-file they were silently ignored
+        # (and written into config.json, where they later refused a resume)
+        for name in check(*_OWN_FILE_OPTIONS) if self.train_file is None else ():
+            if getattr(self, name) != _OWN_FILE_OPTIONS[name]:
+                problems.append(f"--{name.replace('_', '-')} describes your own data files and needs --train-file "
+                                f"(task {self.task!r} reads its own)")
+        if (self.train_file is not None and check("label_names", "task_kind") and self.label_names is not None
+                and self.task_kind != "classification"):
+            problems.append(f"--label-names is for --task-kind classification, not {self.task_kind!r} "
+                            f"(a {self.task_kind} task has no label names)")
         if problems:
             raise ValueError("invalid training options:\n  - " + "\n  - ".join(problems))
 
@@ -185,6 +195,10 @@ class TrainConfig:
         if any(p.startswith("unknown") for p in problems):  # cannot be passed on: say all that is wrong now
             raise ValueError("invalid training options:\n  - " + "\n  - ".join(problems))
         return cls(**data)
+
+
+#: Options that describe the user's own files (--train-file), and their defaults.
+_OWN_FILE_OPTIONS = {"text_columns": None, "label_names": None, "label_column": "label", "task_kind": "classification"}
 
 
 @lru_cache(maxsize=None)

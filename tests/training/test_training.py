@@ -221,6 +221,25 @@ def test_bad_training_options(bad, match):
         TrainConfig(**bad)
 
 
+def test_own_file_options_without_a_train_file_are_refused_each_by_name():
+    """--task demo --text-columns foo bar --label-names x y z --label-column nope --task-kind generation
+    trained the demo with exit status 0 and wrote the ignored options into config.json."""
+    with pytest.raises(ValueError) as err:
+        TrainConfig(task="demo", text_columns=["foo", "bar"], label_names=["x", "y", "z"], label_column="nope",
+                    task_kind="generation")
+    lines = str(err.value).splitlines()[1:]
+    assert [line.split()[1] for line in lines] == ["--text-columns", "--label-names", "--label-column", "--task-kind"]
+    assert all("describes your own data files and needs --train-file (task 'demo' reads its own)" in line for line in lines)
+    TrainConfig(task="demo", label_column="label", task_kind="classification")  # the defaults, spelled out
+
+
+@pytest.mark.parametrize("kind", ["regression", "generation"])
+def test_label_names_only_for_classification(kind):
+    with pytest.raises(ValueError, match=f"--label-names is for --task-kind classification, not '{kind}'"):
+        TrainConfig(task="mine", train_file="mine.csv", text_columns=["text"], label_names=["a", "b"], task_kind=kind)
+    TrainConfig(task="mine", train_file="mine.csv", text_columns=["text"], task_kind=kind)
+
+
 def test_options_of_the_wrong_type_are_refused_all_at_once():
     """A config.json's "resume": "false" used to resume and "compile": "no" to compile: a string is truthy."""
     with pytest.raises(ValueError) as err:
@@ -236,7 +255,7 @@ def test_options_of_the_wrong_type_are_refused_all_at_once():
 
 def test_options_of_the_right_type_keep_the_config_json_form():
     cfg = TrainConfig.from_dict({"learning_rate": 1, "weight_decay": 0, "max_grad_norm": None, "text_columns": ("a", "b"),
-                                 "adapter": None, "model": None})
+                                 "adapter": None, "model": None, "train_file": "mine.csv"})
     assert cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float) and isinstance(cfg.weight_decay, float)
     assert cfg.text_columns == ["a", "b"] and cfg.adapter == {} and cfg.max_grad_norm is None
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
