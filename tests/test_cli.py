@@ -2,6 +2,7 @@
 
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,40 @@ def test_bad_input_gets_an_error_not_a_traceback(capsys):
     assert "nosuchtask" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--method", "lora"])
+
+
+@pytest.mark.parametrize("item,match", [
+    ("head_modules=null", "head_modules must be a list of non-empty strings"),
+    ("nosuchkey=1", r"unknown field\(s\) nosuchkey; allowed: "),
+    ("phm_dim=1", "phm_dim must be at least 2"),
+])
+def test_train_names_a_bad_adapter_override_before_loading_anything(item, match, monkeypatch, capsys):
+    """A CompacterConfig error surfaced only after the data and the model were loaded (head_modules=null:
+    a TypeError traceback from inside add_adapters), without naming --adapter."""
+    import compacter.training as training
+
+    def loads_nothing(*a, **k):
+        raise AssertionError("data or model loaded before the options were checked")
+
+    monkeypatch.setattr(training, "train", loads_nothing)
+    assert main(["train", "--task", "demo", "--adapter", item, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: invalid training options:\n  - --adapter: ")
+    assert re.search(match, err)
+
+
+def test_train_passes_peer_options_through_unchecked(monkeypatch):
+    seen = []
+    monkeypatch.setattr("compacter.training.train", seen.append)
+    monkeypatch.setattr("compacter.training.end_distributed", lambda: False)
+    assert main(["train", "--method", "peft-lora", "--adapter", "r=16"]) == 0
+    assert seen[0].adapter == {"r": 16}
+
+
+def test_params_names_a_bad_adapter_override(capsys):
+    assert main(["params", "--model", "t5-base-shapes", "--adapter", "head_modules=null", "--methods", "compacter"]) == 2
+    assert capsys.readouterr().err.startswith("error: --adapter head_modules=null (with method compacter): invalid CompacterConfig:\n"
+                                              "  - head_modules must be a list")
 
 
 def test_no_command_prints_help(capsys):

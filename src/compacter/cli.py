@@ -290,9 +290,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_params(args: argparse.Namespace) -> int:
+    from .config import CompacterConfig
     from .params import params_table
 
-    print(params_table(args.model, args.methods, args.adapter and parse_key_values(args.adapter)))
+    overrides = args.adapter and parse_key_values(args.adapter)
+    for method in args.methods:  # before the model's config is read
+        try:
+            CompacterConfig(method, **(overrides or {}))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"--adapter {' '.join(args.adapter)} (with method {method}): {err}") from None
+    print(params_table(args.model, args.methods, overrides))
     return 0
 
 

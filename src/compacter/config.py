@@ -61,6 +61,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+class ConfigError(ValueError):
+    """An invalid :class:`CompacterConfig`; ``problems`` lists each problem, one line each."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("invalid CompacterConfig:\n  - " + "\n  - ".join(self.problems))
+
+
 @dataclass(frozen=True)
 class CompacterConfig:
     """The whole recipe of one adapter: which method, where it goes, and every PHM option.
@@ -184,7 +192,7 @@ class CompacterConfig:
         if self.adapter_type == "phm" and isinstance(self.phm_dim, int) and self.phm_dim == 1:
             problems.append("phm_dim must be at least 2 (n=1 is a plain low-rank adapter: use adapter-lowrank)")
         if problems:
-            raise ValueError("invalid CompacterConfig:\n  - " + "\n  - ".join(problems))
+            raise ConfigError(problems)
 
     # ---- derived values ----
     @property

@@ -117,6 +117,11 @@ class TrainConfig:
 
         if check("method") and self.method not in METHODS + PEER_METHODS:
             problems.append(f"--method {self.method!r} is not one of {', '.join(METHODS + PEER_METHODS)}")
+        if check("method", "adapter") and self.method in METHODS:  # now, not after the data and the model are loaded
+            try:
+                CompacterConfig(self.method, **self.adapter)
+            except (ValueError, TypeError) as err:
+                problems += [f"--adapter: {problem}" for problem in getattr(err, "problems", [str(err)])]
         if check("mixed_precision") and self.mixed_precision not in MIXED_PRECISION:
             problems.append(f"--mixed-precision {self.mixed_precision!r} is not one of {', '.join(MIXED_PRECISION)}")
         if check("dtype") and self.dtype not in DTYPES:
