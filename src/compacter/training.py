@@ -710,7 +710,7 @@ def _train_loop(cfg, run, model, forward, raw_model, batcher, splits, validation
                     value = loss.item()
                     what = f"loss is {value}" if not math.isfinite(value) else "another process's loss is not finite"
                     raise TrainingDiverged(f"{what} at step {progress['step']} (epoch {progress['epoch']}, batch {b}); "
-                                           f"the last good checkpoint is kept in {run / 'last'}. Try a lower --learning-rate.")
+                                           f"{_kept(run)}. Try a lower --learning-rate.")
                 accelerator.backward(loss)
                 loss_sum, loss_count = loss_sum + loss.detach().float(), loss_count + 1
                 if accelerator.sync_gradients and cfg.max_grad_norm:
@@ -732,6 +732,12 @@ def _train_loop(cfg, run, model, forward, raw_model, batcher, splits, validation
             end_of_epoch = b + 1 == usable
             done = progress["step"] >= total_steps
             if (cfg.eval_every and progress["step"] % cfg.eval_every == 0) or (not cfg.eval_every and end_of_epoch) or done:
+                # the loss check above sees a step's input, not its update: an update that overflowed
+                # (a huge learning rate) would be evaluated and saved as best/ and last/
+                if not _all_finite(params, accelerator):
+                    raise TrainingDiverged(f"the trained parameters are not finite (inf or NaN) after step {progress['step']} "
+                                           f"(epoch {progress['epoch']}): the learning rate {cfg.lr:g} or the weight decay "
+                                           f"{cfg.weight_decay:g} is too large; {_kept(run)}. Try a lower --learning-rate.")
                 if end_of_epoch:
                     progress["epoch"], progress["batch"] = progress["epoch"] + 1, 0
                 train_loss = accelerator.reduce(loss_sum / max(loss_count, 1), "mean").item()  # over processes too
@@ -748,6 +754,23 @@ def _train_loop(cfg, run, model, forward, raw_model, batcher, splits, validation
                 progress["epoch"], progress["batch"] = progress["epoch"] + 1, 0
             if done:
                 break
+
+
+def _all_finite(params: list[torch.Tensor], accelerator) -> bool:
+    """Are all the trained tensors finite, on every process? (One host sync: called once per evaluation.)"""
+    if not params:
+        return True
+    finite = torch.stack([torch.isfinite(p.detach()).all().to(accelerator.device) for p in params]).all()
+    if accelerator.num_processes > 1:  # all processes stop together, as for a non-finite loss
+        finite = accelerator.reduce(finite.float(), "sum") == accelerator.num_processes
+    return bool(finite)
+
+
+def _kept(run: Path) -> str:
+    """What a diverged run keeps: its last checkpoint, if it wrote one."""
+    if (run / "last" / "train_state.json").exists():
+        return f"the last good checkpoint is kept in {run / 'last'}"
+    return "no checkpoint was written (none was reached before)"
 
 
 # a run folder's files: --no-resume removes them before starting over

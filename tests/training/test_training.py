@@ -182,6 +182,44 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     assert all(torch.isfinite(t).all() for t in saved.values())
 
 
+def test_an_overflowing_update_is_not_evaluated_or_saved(model_dirs, tmp_path):
+    """--learning-rate 1e39 is finite, but its first update is inf in float32: the run saved the
+    non-finite adapter as best/ and last/ and exited with 0."""
+    cfg = _cfg(model_dirs, "encoder", tmp_path, learning_rate=1e39, max_steps=1, eval_before=False)
+    with pytest.raises(TrainingDiverged, match=r"trained parameters are not finite \(inf or NaN\) after step 1 .*"
+                                               r"learning rate 1e\+39 .*no checkpoint was written"):
+        train(cfg, log=lambda *a: None)
+    run = tmp_path / "run-encoder"
+    assert not any((run / name).exists() for name in ("best", "last", "results.json", "metrics.jsonl"))
+
+
+def test_non_finite_parameters_keep_the_last_good_checkpoint(model_dirs, tmp_path, monkeypatch):
+    real = training.adamw
+
+    def poisoned(params, lr, weight_decay=0.0):
+        optimizer, calls = real(params, lr, weight_decay), []
+
+        def poison(*args):
+            calls.append(1)
+            if len(calls) == 4:  # the last step: the loss check never sees its result
+                with torch.no_grad():
+                    params[0].fill_(float("inf"))
+
+        optimizer.register_step_post_hook(poison)
+        return optimizer
+
+    monkeypatch.setattr(training, "adamw", poisoned)
+    cfg = _cfg(model_dirs, "encoder", tmp_path, max_steps=4, eval_every=2, eval_before=False)
+    with pytest.raises(TrainingDiverged, match=r"not finite .* after step 4 .*last good checkpoint is kept in .*last"):
+        train(cfg, log=lambda *a: None)
+    run = tmp_path / "run-encoder"
+    assert json.loads((run / "last" / "train_state.json").read_text())["progress"]["step"] == 2
+    for folder in ("best", "last"):
+        assert all(torch.isfinite(t).all() for t in load_file(run / folder / WEIGHTS_NAME).values())
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [2]
+    assert not (run / "results.json").exists()
+
+
 def test_cli_reports_a_diverged_run_as_an_error_not_a_traceback(monkeypatch, capsys):
     def diverge(cfg, log=print):
         raise TrainingDiverged("loss is nan at step 3 (epoch 0, batch 4); the last good checkpoint is kept in x")
