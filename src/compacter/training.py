@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from . import checkpoint as ckpt
@@ -467,14 +468,100 @@ def _recover(folder: Path) -> Path:
 
 
 def load_train_state(folder: Path, optimizer, scheduler) -> dict:
-    tensors = load_file(folder / "train_state.safetensors")
-    meta = json.loads((folder / "train_state.json").read_text())
-    optimizer.load_state_dict(_unflatten_optimizer(tensors, meta))
-    scheduler.load_state_dict(meta["scheduler"])
-    torch.set_rng_state(tensors["rng.torch"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    """Restore the optimizer, scheduler and RNG state saved in ``folder``; returns the run's progress.
+    A damaged or mismatched state is a :class:`~compacter.checkpoint.CheckpointError` naming its file."""
+    meta = read_state_meta(folder)
+    file = folder / STATE_TENSORS
+    try:
+        tensors = load_file(file)
+    except (SafetensorError, OSError) as err:
+        raise _state_error(file, f"missing, truncated or corrupt ({err})") from None
+    if not torch.is_tensor(tensors.get("rng.torch")):
+        raise _state_error(file, "no 'rng.torch' tensor (the random generator's state)")
+    state = folder / STATE_META
+    try:
+        flat = _unflatten_optimizer(tensors, meta)
+        _check_optimizer_state(optimizer, flat)
+        optimizer.load_state_dict(flat)
+        scheduler.load_state_dict(meta["scheduler"])
+        torch.set_rng_state(tensors["rng.torch"])
+        if "rng.cuda" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors["rng.cuda"])
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
+        raise _state_error(state, f"its optimizer state does not fit this run's trained tensors ({err})") from None
     return meta["progress"]
+
+
+STATE_META, STATE_TENSORS = "train_state.json", "train_state.safetensors"
+_RESUME_FIX = "give --no-resume to start over in this folder (replacing its run files), or another --output-dir"
+
+
+def _state_error(file: Path, problem: str) -> ckpt.CheckpointError:
+    return ckpt.CheckpointError(f"{file}: {problem}; the run cannot resume from it: {_RESUME_FIX}")
+
+
+def read_state_meta(folder: Path) -> dict:
+    """``folder``/train_state.json, its shape checked: the progress (with whole-number step, epoch,
+    batch), the optimizer's param_groups and scalars, and the scheduler state."""
+    file = folder / STATE_META
+    try:
+        meta = json.loads(file.read_text())
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise _state_error(file, f"unreadable ({err})") from None
+    if not isinstance(meta, dict):
+        raise _state_error(file, f"expected a JSON object, got {json_kind(meta)}")
+    problems = [f"missing or not {what}: {key!r}" for key, kind, what in
+                (("progress", dict, "an object"), ("param_groups", list, "a list"), ("scalars", dict, "an object"),
+                 ("scheduler", dict, "an object")) if not isinstance(meta.get(key), kind)]
+    progress = meta.get("progress")
+    if isinstance(progress, dict):
+        def whole(v):
+            return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+        problems += [f"progress.{key} must be a whole number of 0 or more, got {progress.get(key)!r}"
+                     for key in ("step", "epoch", "batch", "stale") if not whole(progress.get(key))]
+        if not (progress.get("best_step") is None or whole(progress.get("best_step"))):
+            problems.append(f"progress.best_step must be null or a whole number, got {progress.get('best_step')!r}")
+        score = progress.get("best_score")
+        if not (score is None or isinstance(score, (int, float)) and not isinstance(score, bool)):
+            problems.append(f"progress.best_score must be null or a number, got {score!r}")
+        if not (isinstance(progress.get("history"), list) and all(isinstance(r, dict) and "score" in r for r in progress["history"])):
+            problems.append("progress.history must be a list of evaluation records")
+    if problems:
+        raise _state_error(file, "; ".join(problems))
+    return meta
+
+
+def _check_optimizer_state(optimizer, state: dict) -> None:
+    """Each saved per-parameter tensor (Adam's moments) has its parameter's shape: a mismatch
+    would load and fail at the first step."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for idx, slots in state["state"].items():
+        if not 0 <= idx < len(params):
+            raise ValueError(f"state for parameter {idx}, but the optimizer has {len(params)}")
+        for key, value in slots.items():
+            if torch.is_tensor(value) and value.dim() > 0 and value.shape != params[idx].shape:
+                raise ValueError(f"{key} of parameter {idx} has shape {list(value.shape)}, "
+                                 f"the parameter {list(params[idx].shape)}")
+
+
+def _check_resume_state(run: Path, peer: bool) -> None:
+    """Before the model is loaded: the files a resume would read (in last/, or a crashed swap's
+    last.old/ that `_recover` would put back) are there and readable; damage is named with its file.
+    (Their tensors' names and shapes are checked when they are loaded.)"""
+    folder = run / "last" if (run / "last").exists() else run / "last.old"
+    if not (folder / STATE_META).exists():
+        return
+    read_state_meta(folder)
+    for name in (PEER_WEIGHTS if peer else ckpt.WEIGHTS_NAME, STATE_TENSORS):
+        file = folder / name
+        try:
+            with safe_open(file, framework="pt") as f:
+                keys = set(f.keys())
+        except (SafetensorError, OSError) as err:
+            raise _state_error(file, f"missing, truncated or corrupt ({err})") from None
+        if name == STATE_TENSORS and "rng.torch" not in keys:
+            raise _state_error(file, "no 'rng.torch' tensor (the random generator's state)")
 
 
 def _rmtree(path: Path) -> None:
@@ -615,6 +702,8 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     run = cfg.run_dir()
     _refuse_other_settings(cfg, run)
     _refuse_finished(cfg, run, total_steps)
+    if cfg.resume:
+        _check_resume_state(run, cfg.is_peer)
     model_path = cfg.model or default_model_path()
     import transformers as T
 
@@ -871,7 +960,7 @@ def _refuse_finished(cfg: TrainConfig, run: Path, total_steps: int) -> None:
     state = next((f for f in (run / "last" / "train_state.json", run / "last.old" / "train_state.json") if f.exists()), None)
     if state is None:
         raise ValueError(f"{run} holds a finished run (results.json) and no last/ to resume from. {fix}")
-    progress = json.loads(state.read_text())["progress"]
+    progress = read_state_meta(state.parent)["progress"]
     if _finished(cfg, progress, total_steps):
         stopped = " (early-stopped)" if progress["step"] < total_steps else ""
         raise ValueError(f"{run} holds a finished run (results.json; last/ at step {progress['step']} of {total_steps}"
@@ -901,7 +990,10 @@ def _progress_bar(cfg: TrainConfig, total: int, initial: int, main: bool):
 
 
 def _resume(folder: Path, model, optimizer, scheduler) -> dict:
-    restore_trained(model, folder)
+    try:
+        restore_trained(model, folder)
+    except ckpt.CheckpointError as err:
+        raise ckpt.CheckpointError(f"{err}; the run cannot resume from it: {_RESUME_FIX}") from None
     return load_train_state(folder, optimizer, scheduler)
 
 

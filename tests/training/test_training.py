@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import shutil
 import time
 
@@ -718,6 +719,78 @@ def test_a_resume_that_cannot_restore_last_leaves_config_json_as_it_was(model_di
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         train(dataclasses.replace(cfg, max_steps=4), log=lambda *a: None)
     assert (run / "config.json").read_text() == config
+
+
+def _contents(run):
+    return {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+
+
+def _edit_state_json(edit):
+    def apply(last):
+        meta = json.loads((last / "train_state.json").read_text())
+        edit(meta)
+        (last / "train_state.json").write_text(json.dumps(meta))
+    return apply
+
+
+def _truncate(name):
+    return lambda last: (last / name).write_bytes((last / name).read_bytes()[:100])
+
+
+@pytest.fixture(scope="module")
+def two_step_run(model_dirs, tmp_path_factory):
+    cfg = _cfg(model_dirs, "encoder", tmp_path_factory.mktemp("base"), max_steps=2, eval_every=1, eval_before=False)
+    train(cfg, log=lambda *a: None)
+    return cfg
+
+
+@pytest.mark.parametrize("damage,file,problem,early", [
+    (lambda last: (last / "train_state.json").write_text("{"), "train_state.json", r"unreadable \(Expecting", True),
+    (lambda last: (last / "train_state.json").write_text("{}"), "train_state.json", "missing or not an object: 'progress'", True),
+    (_edit_state_json(lambda m: m["progress"].pop("step")), "train_state.json", "progress.step must be a whole number", True),
+    (_truncate("train_state.safetensors"), "train_state.safetensors", "missing, truncated or corrupt", True),
+    (lambda last: (last / "train_state.safetensors").unlink(), "train_state.safetensors", "missing, truncated or corrupt", True),
+    (_truncate(WEIGHTS_NAME), WEIGHTS_NAME, "missing, truncated or corrupt", True),
+    (_edit_state_json(lambda m: m["param_groups"][0].update(params=m["param_groups"][0]["params"][:3])), "train_state.json",
+     "its optimizer state does not fit this run's trained tensors", False),
+])
+@pytest.mark.parametrize("finished", [False, True])
+def test_a_damaged_resume_state_is_a_checkpoint_error_naming_its_file(two_step_run, tmp_path, monkeypatch, damage, file, problem,
+                                                                       early, finished):
+    """Damaged last/ files gave a KeyError or SafetensorError traceback, or a JSON or optimizer message
+    that named no file and no way out."""
+    from compacter.checkpoint import CheckpointError
+
+    run = tmp_path / "run-encoder"
+    shutil.copytree(two_step_run.run_dir(), run)
+    if not finished:
+        (run / "results.json").unlink()  # as if killed before the test
+    damage(run / "last")
+    before = _contents(run)
+    if early:  # found before the model is loaded
+        monkeypatch.setattr(training, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(CheckpointError) as err:
+        train(dataclasses.replace(two_step_run, output_dir=str(run), max_steps=4), log=lambda *a: None)
+    message = str(err.value)
+    assert message.startswith(f"{run / 'last' / file}: ") and re.search(problem, message), message
+    assert message.endswith("the run cannot resume from it: give --no-resume to start over in this folder "
+                            "(replacing its run files), or another --output-dir")
+    assert _contents(run) == before
+
+
+def test_a_damaged_peer_file_is_a_checkpoint_error_naming_it(tmp_path):
+    from safetensors.torch import save_file
+
+    from compacter.checkpoint import CheckpointError
+    from compacter.peers import PEER_WEIGHTS, read_peer
+
+    save_file({"w": torch.ones(64, 64)}, tmp_path / PEER_WEIGHTS)
+    assert torch.equal(read_peer(tmp_path)["w"], torch.ones(64, 64))
+    (tmp_path / PEER_WEIGHTS).write_bytes((tmp_path / PEER_WEIGHTS).read_bytes()[:50])
+    with pytest.raises(CheckpointError, match=f"{tmp_path / PEER_WEIGHTS}: truncated or corrupt safetensors file"):
+        read_peer(tmp_path)
+    with pytest.raises(CheckpointError, match=f"{tmp_path / 'nowhere' / PEER_WEIGHTS}: no peer weights here"):
+        read_peer(tmp_path / "nowhere")
 
 
 def test_a_run_killed_between_logging_and_checkpointing_logs_each_evaluation_once(model_dirs, tmp_path, monkeypatch):
