@@ -187,21 +187,68 @@ def test_refuses_weights_saved_with_another_config_of_the_same_shapes(tmp_path):
     _refused(tmp_path / "gelu", "saved with another config")
 
 
-def test_a_save_interrupted_between_its_files_does_not_load(tmp_path, monkeypatch):
+@pytest.mark.parametrize("failure", [KeyboardInterrupt(), OSError(28, "No space left on device")])
+def test_a_save_that_fails_writing_its_config_leaves_the_old_checkpoint(tmp_path, monkeypatch, failure):
+    """The weights were renamed into place before the config was written: a failure there left new
+    weights beside the old config, a folder that no longer loaded (fingerprint mismatch)."""
+    from pathlib import Path
+
     _saved(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     model, _ = tiny("t5")
-    compacter.add_adapters(model, _config("compacter", non_linearity="relu"))
-    real = compacter.checkpoint._atomic_write
+    compacter.add_adapters(model, _config("pfeiffer"))
+    real = Path.write_text
 
-    def crash_before_config(target, write):
-        if target.name == CONFIG_NAME:
-            raise KeyboardInterrupt
-        real(target, write)
+    def fail_on_config(self, *a, **k):
+        if CONFIG_NAME in self.name:
+            raise failure
+        return real(self, *a, **k)
 
-    monkeypatch.setattr("compacter.checkpoint._atomic_write", crash_before_config)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(Path, "write_text", fail_on_config)
+    with pytest.raises(type(failure)):
         compacter.save_adapters(model, tmp_path)
-    _refused(tmp_path, "saved with another config")
+    monkeypatch.setattr(Path, "write_text", real)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # the old pair, no temporary files
+    compacter.load_adapters(tiny("t5")[0], tmp_path)
+
+
+def test_a_save_that_fails_while_swapping_puts_the_old_files_back(tmp_path, monkeypatch):
+    _saved(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    model, _ = tiny("t5")
+    compacter.add_adapters(model, _config("pfeiffer"))
+    real, calls = os.replace, []
+
+    def fail_on_the_second_new_file(src, dst):
+        if str(src).endswith(".tmp"):
+            calls.append(dst)
+            if len(calls) == 2:
+                raise OSError(5, "Input/output error")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", fail_on_the_second_new_file)
+    with pytest.raises(OSError, match="Input/output error"):
+        compacter.save_adapters(model, tmp_path)
+    monkeypatch.setattr(os, "replace", real)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    compacter.load_adapters(tiny("t5")[0], tmp_path)
+
+
+def test_a_failed_save_into_a_new_path_leaves_no_folders(tmp_path, monkeypatch):
+    model, _ = tiny("t5")
+    compacter.add_adapters(model, _config("compacter"))
+
+    def disk_full(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("compacter.checkpoint.save_file", disk_full)
+    (tmp_path / "old").mkdir()
+    for target in (tmp_path / "a" / "b" / "c", tmp_path / "old" / "new"):
+        with pytest.raises(OSError, match="No space left"):
+            compacter.save_adapters(model, target)
+    assert [p.name for p in tmp_path.rglob("*")] == ["old"]
 
 
 def test_loads_checkpoints_written_before_the_config_hash(tmp_path):
