@@ -373,7 +373,13 @@ def _load_splits(cfg: TrainConfig, task: Task) -> dict[str, list[Example]]:
         return paper_splits(task, cfg.data_dir, seed=cfg.split_seed, train_samples=cfg.train_samples, sample_seed=cfg.seed)
     files = load_files(task, train=cfg.train_file, validation=cfg.validation_file, test=cfg.test_file)
     if cfg.validation_file is None:
-        size = min(VALIDATION_FROM_TRAIN, max(1, len(group_units(files["train"])) // 10))
+        units = len(group_units(files["train"]))
+        size = min(VALIDATION_FROM_TRAIN, max(1, units // 10))
+        if (size if cfg.test_file else 2 * size) >= units:  # carve's own error named no file and no way out
+            held = "a validation example" if cfg.test_file else "a validation and a test example"
+            raise ValueError(f"--train-file {cfg.train_file}: {len(files['train'])} example(s) are too few to hold out {held} "
+                             f"and still train on the rest; give --validation-file"
+                             f"{'' if cfg.test_file else ' (and --test-file)'}, or more rows")
         files["train"], held = carve(files["train"], size if cfg.test_file else 2 * size, cfg.split_seed)
         if cfg.test_file:
             files["validation"] = held

@@ -344,6 +344,26 @@ def test_a_validation_file_too_small_to_halve_is_refused_before_training(tmp_pat
         training.load_splits(cfg, training.resolve_task(cfg))
 
 
+@pytest.mark.parametrize("rows,test_file,problem", [
+    (2, False, "2 example(s) are too few to hold out a validation and a test example and still train on the rest; "
+               "give --validation-file (and --test-file), or more rows"),
+    (1, True, "1 example(s) are too few to hold out a validation example and still train on the rest; "
+              "give --validation-file, or more rows"),
+])
+def test_a_train_file_too_small_to_hold_out_from_names_it(tmp_path, rows, test_file, problem):
+    """It was 'cannot carve 2 examples out of 2', naming neither the file nor a way out."""
+    paths = {"train_file": _soup_csv(tmp_path / "train.csv", rows)}
+    if test_file:
+        paths["test_file"] = _soup_csv(tmp_path / "test.csv", 4, start=100)
+    cfg = TrainConfig(task="soup", text_columns=["text"], label_names=["neg", "pos"], **paths)
+    with pytest.raises(ValueError) as err:
+        training.load_splits(cfg, training.resolve_task(cfg))
+    assert str(err.value) == f"--train-file {paths['train_file']}: {problem}"
+    paths["train_file"] = _soup_csv(tmp_path / "train.csv", rows + 1)  # the smallest that splits
+    cfg = TrainConfig(task="soup", text_columns=["text"], label_names=["neg", "pos"], **paths)
+    assert len(training.load_splits(cfg, training.resolve_task(cfg))["train"]) == 1
+
+
 def test_max_eval_samples_keeps_whole_groups():
     from compacter.tasks import Example
     rows = [Example("s", "0", 0, group=g) for g in ("q1", "q1", "q2", "q2", "q2", "q3")] + [Example("s", "0", 0)] * 2
