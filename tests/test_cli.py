@@ -261,6 +261,14 @@ def test_predict_marks_wsc_spans_as_training_does(wsc_adapter, predicted, tmp_pa
     assert all(line["label"] in ("False", "True") and line["prediction"] in ("0", "1") for line in lines)
 
 
+@pytest.mark.parametrize("name,text", [("empty.jsonl", ""), ("blank.jsonl", "\n\n"), ("header.csv", "text\n")])
+def test_predict_says_an_empty_file_has_no_rows(wsc_adapter, tmp_path, capsys, name, text):
+    """An empty --file was told "give --text (repeatable) or --file", with --file given."""
+    (tmp_path / name).write_text(text)
+    assert main(["predict", wsc_adapter, "--file", str(tmp_path / name)]) == 2
+    assert capsys.readouterr().err.endswith(f"\nerror: --file {tmp_path / name}: no input rows in it (an empty file?)\n")
+
+
 def test_predict_gives_a_line_per_multirc_answer(wsc_adapter, predicted, capsys):
     """A release-layout MultiRC passage without labels: one example per answer, markup removed, each line
     naming its input row, group and fields."""

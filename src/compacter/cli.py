@@ -263,7 +263,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         parsed = _parse_value(text)
         inputs.append((f"--text {number}", parsed if isinstance(parsed, dict) else {task.input_fields[0]: text}))
     if args.file:
-        inputs += list(file_rows(task, args.file, labels=False))
+        rows = list(file_rows(task, args.file, labels=False))
+        if not rows:  # it was "give --text (repeatable) or --file", with --file given
+            raise DataError(f"--file {args.file}: no input rows in it (an empty file?)")
+        inputs += rows
     if not inputs:
         raise SystemExit("error: give --text (repeatable) or --file")
     examples, rows = [], []  # rows[i]: the input index of examples[i]
