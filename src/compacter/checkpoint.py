@@ -172,7 +172,7 @@ def read_adapter_config(path: str | os.PathLike) -> tuple[CompacterConfig, dict]
     if unknown:
         raise CheckpointError(f"{file}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_TOP_LEVEL))}")
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version != FORMAT_VERSION:  # not 1.0 or true, which compare equal to 1
         raise CheckpointError(f"{file}: format_version {version!r} is not supported (this library reads {FORMAT_VERSION})")
     if not isinstance(meta.get("config"), dict):
         raise CheckpointError(f"{file}: missing 'config' object")
@@ -195,6 +195,14 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{file}: truncated or corrupt safetensors file ({err})") from None
+
+
+def _check_floating(file: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Trained tensors are floating-point: an integer or bool tensor was cast silently when copied in."""
+    bad = [f"{k} ({str(v.dtype).removeprefix('torch.')})" for k, v in sorted(tensors.items()) if not v.is_floating_point()]
+    if bad:
+        shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise CheckpointError(f"{file}: every tensor must be floating-point; these are not: {shown}")
 
 
 def _compare(file: Path, expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> None:
@@ -227,6 +235,7 @@ def load_adapters(model: nn.Module, path: str | os.PathLike, name: str | None = 
     folder = adapter_folder(path, revision=revision, token=token)
     config, meta = read_adapter_config(folder)
     tensors, metadata = _read_weights(folder)
+    _check_floating(folder / WEIGHTS_NAME, tensors)
     name = name or meta.get("name") or "default"
     found = _shapes(tensors)
     if meta.get("fingerprint") != fingerprint(found):

@@ -459,7 +459,9 @@ def restore_trained(model, folder: Path) -> None:
     peer = _peer_of(model) is not None
     saved = read_peer(folder) if peer else ckpt._read_weights(folder)[0]
     own = trained_state(model)
-    ckpt._compare(folder / (PEER_WEIGHTS if peer else ckpt.WEIGHTS_NAME), ckpt._shapes(own), ckpt._shapes(saved))
+    file = folder / (PEER_WEIGHTS if peer else ckpt.WEIGHTS_NAME)
+    ckpt._check_floating(file, saved)
+    ckpt._compare(file, ckpt._shapes(own), ckpt._shapes(saved))
     with torch.no_grad():
         for key, p in own.items():
             p.copy_(saved[key].to(p.dtype))

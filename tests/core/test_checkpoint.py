@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -137,6 +138,8 @@ def test_refuses_garbage_weights(tmp_path):
 @pytest.mark.parametrize("edit,match", [
     (lambda m: m.update(colour="blue"), "unknown field.*colour"),
     (lambda m: m.update(format_version=99), "format_version 99"),
+    (lambda m: m.update(format_version=1.0), "format_version 1.0 is not supported"),  # 1.0 == 1 and True == 1
+    (lambda m: m.update(format_version=True), "format_version True is not supported"),
     (lambda m: m["config"].update(phm_dims=4), "phm_dims"),
     (lambda m: m["config"].update(phm_dim=0), "phm_dim"),
     (lambda m: m.pop("config"), "missing 'config'"),
@@ -162,6 +165,31 @@ def test_a_config_that_fails_validation_is_a_checkpoint_error_naming_the_file(tm
     _refused(tmp_path, f"{CONFIG_NAME}: invalid CompacterConfig:\n  - head_modules must be a list", arch="bert")
     with pytest.raises(CheckpointError, match=CONFIG_NAME):
         compacter.read_adapter_config(tmp_path)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool])
+def test_refuses_tensors_that_are_not_floating_point(tmp_path, dtype):
+    """An int64 or bool tensor was cast silently into the adapter (by load_adapters and by a resume)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from compacter.training import restore_trained
+
+    _saved(tmp_path)
+    with safe_open(tmp_path / WEIGHTS_NAME, framework="pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(tmp_path / WEIGHTS_NAME)
+    key = sorted(tensors)[0]
+    tensors[key] = tensors[key].to(dtype)
+    save_file(tensors, tmp_path / WEIGHTS_NAME, metadata=metadata)  # the same names, shapes and config hash
+    match = f"{WEIGHTS_NAME}: every tensor must be floating-point; these are not: {re.escape(key)} \\({str(dtype)[6:]}\\)$"
+    _refused(tmp_path, match)
+    model, _ = tiny("t5")
+    compacter.add_adapters(model, _config("compacter"))
+    snap = _snapshot(model)
+    with pytest.raises(CheckpointError, match=match):
+        restore_trained(model, tmp_path)
+    _assert_unchanged(model, snap)
 
 
 def test_refuses_invalid_json_and_missing_files(tmp_path):
