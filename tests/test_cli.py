@@ -371,7 +371,7 @@ def _no_loading(monkeypatch):
     def fail(*a, **k):
         raise AssertionError("data or model loaded before the problem was found")
 
-    monkeypatch.setattr(training, "resolve_task", fail)
+    monkeypatch.setattr(training, "load_splits", fail)
     monkeypatch.setattr(training, "load_model", fail)
 
 

@@ -732,9 +732,9 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
         check_model_path(cfg.model)
     run = cfg.run_dir()
     _check_output_dir(run)
+    task = resolve_task(cfg)
     model_path = cfg.model or default_model_path()
     family = model_family(model_path)  # its config.json: a bad one is named before the data is read
-    task = resolve_task(cfg)
     splits = load_splits(cfg, task)
     per_epoch = len(epoch_batches(len(splits["train"]), 0, cfg.seed, cfg.batch_size, 0, accelerator.num_processes))
     if per_epoch < cfg.grad_accum:
