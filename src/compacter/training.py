@@ -118,7 +118,7 @@ class TrainConfig:
 
         if check("method") and self.method not in METHODS + PEER_METHODS:
             problems.append(f"--method {self.method!r} is not one of {', '.join(METHODS + PEER_METHODS)}")
-        if check("method", "adapter") and self.method in METHODS:  # now, not after the data and the model are loaded
+        if not bad & {"method", "adapter"} and self.method in METHODS:  # now, not after the data and the model are loaded
             try:
                 CompacterConfig(self.method, **self.adapter)
             except (ValueError, TypeError) as err:
@@ -155,7 +155,7 @@ class TrainConfig:
             if getattr(self, name) != _OWN_FILE_OPTIONS[name]:
                 problems.append(f"--{name.replace('_', '-')} describes your own data files and needs --train-file "
                                 f"(task {self.task!r} reads its own)")
-        if (self.train_file is not None and check("label_names", "task_kind") and self.label_names is not None
+        if (self.train_file is not None and not bad & {"label_names", "task_kind"} and self.label_names is not None
                 and self.task_kind != "classification"):
             problems.append(f"--label-names is for --task-kind classification, not {self.task_kind!r} "
                             f"(a {self.task_kind} task has no label names)")

@@ -277,6 +277,9 @@ def test_label_names_only_for_classification(kind):
     with pytest.raises(ValueError, match=f"--label-names is for --task-kind classification, not '{kind}'"):
         TrainConfig(task="mine", train_file="mine.csv", text_columns=["text"], label_names=["a", "b"], task_kind=kind)
     TrainConfig(task="mine", train_file="mine.csv", text_columns=["text"], task_kind=kind)
+    with pytest.raises(ValueError) as err:  # a label_names of the wrong type: one problem, not a second about its value
+        TrainConfig(task="mine", train_file="mine.csv", text_columns=["text"], label_names="a", task_kind=kind)
+    assert str(err.value).count("\n  - ") == 1 and "--label-names (label_names) must be" in str(err.value)
 
 
 def test_options_of_the_wrong_type_are_refused_all_at_once():
