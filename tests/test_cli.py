@@ -2,6 +2,7 @@
 
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,40 @@ def test_bad_input_gets_an_error_not_a_traceback(capsys):
     assert "nosuchtask" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--method", "lora"])
+
+
+@pytest.mark.parametrize("item,match", [
+    ("head_modules=null", "head_modules must be a list of non-empty strings"),
+    ("nosuchkey=1", r"unknown field\(s\) nosuchkey; allowed: "),
+    ("phm_dim=1", "phm_dim must be at least 2"),
+])
+def test_train_names_a_bad_adapter_override_before_loading_anything(item, match, monkeypatch, capsys):
+    """A CompacterConfig error surfaced only after the data and the model were loaded (head_modules=null:
+    a TypeError traceback from inside add_adapters), without naming --adapter."""
+    import compacter.training as training
+
+    def loads_nothing(*a, **k):
+        raise AssertionError("data or model loaded before the options were checked")
+
+    monkeypatch.setattr(training, "train", loads_nothing)
+    assert main(["train", "--task", "demo", "--adapter", item, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: invalid training options:\n  - --adapter: ")
+    assert re.search(match, err)
+
+
+def test_train_passes_peer_options_through_unchecked(monkeypatch):
+    seen = []
+    monkeypatch.setattr("compacter.training.train", seen.append)
+    monkeypatch.setattr("compacter.training.end_distributed", lambda: False)
+    assert main(["train", "--method", "peft-lora", "--adapter", "r=16"]) == 0
+    assert seen[0].adapter == {"r": 16}
+
+
+def test_params_names_a_bad_adapter_override(capsys):
+    assert main(["params", "--model", "t5-base-shapes", "--adapter", "head_modules=null", "--methods", "compacter"]) == 2
+    assert capsys.readouterr().err.startswith("error: --adapter head_modules=null (with method compacter): invalid CompacterConfig:\n"
+                                              "  - head_modules must be a list")
 
 
 def test_no_command_prints_help(capsys):
@@ -226,6 +261,14 @@ def test_predict_marks_wsc_spans_as_training_does(wsc_adapter, predicted, tmp_pa
     assert all(line["label"] in ("False", "True") and line["prediction"] in ("0", "1") for line in lines)
 
 
+@pytest.mark.parametrize("name,text", [("empty.jsonl", ""), ("blank.jsonl", "\n\n"), ("header.csv", "text\n")])
+def test_predict_says_an_empty_file_has_no_rows(wsc_adapter, tmp_path, capsys, name, text):
+    """An empty --file was told "give --text (repeatable) or --file", with --file given."""
+    (tmp_path / name).write_text(text)
+    assert main(["predict", wsc_adapter, "--file", str(tmp_path / name)]) == 2
+    assert capsys.readouterr().err.endswith(f"\nerror: --file {tmp_path / name}: no input rows in it (an empty file?)\n")
+
+
 def test_predict_gives_a_line_per_multirc_answer(wsc_adapter, predicted, capsys):
     """A release-layout MultiRC passage without labels: one example per answer, markup removed, each line
     naming its input row, group and fields."""
@@ -305,7 +348,7 @@ def test_evaluate_and_predict_name_a_missing_local_model(command, wsc_adapter, c
 
 
 @pytest.mark.parametrize("model", ["t5-small", "google-t5/t5-base", "sentence-transformers/all-MiniLM-L6-v2"])
-def test_hub_ids_still_go_to_transformers(model, tmp_path, monkeypatch):
+def test_hub_ids_still_go_to_transformers(model, tmp_path, monkeypatch, capsys):
     from compacter.modeling import check_model_path
 
     monkeypatch.chdir(tmp_path)
@@ -317,6 +360,87 @@ def test_hub_ids_still_go_to_transformers(model, tmp_path, monkeypatch):
         raise OSError("offline")
 
     monkeypatch.setattr(T.AutoConfig, "from_pretrained", from_pretrained)
-    with pytest.raises(OSError, match="offline"):
-        main(["train", "--model", model, "--task", "demo", "--output-dir", "run", "--no-progress"])
+    assert main(["train", "--model", model, "--task", "demo", "--output-dir", "run", "--no-progress"]) == 2
     assert asked == [model]
+    assert capsys.readouterr().err == f"error: --model {model}: cannot read the model's config (offline)\n"
+
+
+def _no_loading(monkeypatch):
+    import compacter.training as training
+
+    def fail(*a, **k):
+        raise AssertionError("data or model loaded before the problem was found")
+
+    monkeypatch.setattr(training, "load_splits", fail)
+    monkeypatch.setattr(training, "load_model", fail)
+
+
+@pytest.mark.parametrize("output_dir,problem", [
+    ("afile", "--output-dir afile: it is a file, not a folder"),
+    ("afile/sub/run", "--output-dir afile/sub/run: {tmp}/afile is a file, not a folder"),
+])
+def test_train_names_an_output_dir_that_cannot_be_a_folder_before_loading(output_dir, problem, tmp_path, monkeypatch, capsys):
+    """A file as --output-dir (or above it) was a FileExistsError/NotADirectoryError traceback, after
+    the data and the model had been loaded."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    _no_loading(monkeypatch)
+    assert main(["train", "--task", "demo", "--output-dir", output_dir, "--no-progress"]) == 2
+    assert capsys.readouterr().err == f"error: {problem.format(tmp=tmp_path)}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_train_names_an_output_dir_it_cannot_create_before_loading(tmp_path, monkeypatch, capsys):
+    """(/sys/run as root: PermissionError traceback after loading; here the refusal is simulated.)"""
+    import tempfile
+
+    def refuse(*a, dir=None, **k):
+        raise PermissionError(1, "Operation not permitted", dir)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    _no_loading(monkeypatch)
+    assert main(["train", "--task", "demo", "--output-dir", str(tmp_path / "a" / "run"), "--no-progress"]) == 2
+    assert capsys.readouterr().err == (f"error: --output-dir {tmp_path / 'a' / 'run'}: cannot create folders in {tmp_path} "
+                                       "(Operation not permitted)\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_output_dir_check_leaves_nothing_behind(tmp_path):
+    from compacter.training import _check_output_dir
+
+    _check_output_dir(tmp_path / "new" / "run")
+    (tmp_path / "old").mkdir()
+    _check_output_dir(tmp_path / "old")
+    assert [p.name for p in tmp_path.iterdir()] == ["old"] and not any((tmp_path / "old").iterdir())
+
+
+@pytest.mark.parametrize("command", ["train", "params"])
+@pytest.mark.parametrize("content", ["{not json", "text,label\ngood,pos\n"])
+def test_a_model_whose_config_cannot_be_read_is_named(command, content, tmp_path, monkeypatch, capsys):
+    """A --model whose config.json is not JSON, or a data file given as --model: an OSError traceback."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(content)
+    (tmp_path / "train.csv").write_text(content)
+    for model in ("model", "train.csv"):
+        _no_loading(monkeypatch)
+        argv = ["train", "--task", "demo", "--output-dir", "run", "--no-progress"] if command == "train" else ["params"]
+        assert main([*argv, "--model", model]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --model {model}: cannot read the model's config (") and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_params_names_a_missing_local_model(capsys):
+    """params never checked the path: './no-such-model' reached transformers as a repo id (an OSError traceback)."""
+    assert main(["params", "--model", "./no-such-model", "--methods", "compacter"]) == 2
+    assert capsys.readouterr().err.startswith("error: --model ./no-such-model: no such file or folder")
+
+
+def test_other_os_errors_are_errors_not_tracebacks(monkeypatch, capsys):
+    def unreadable(args):
+        raise IsADirectoryError(21, "Is a directory", "inputs")
+
+    monkeypatch.setattr("compacter.cli.cmd_report", unreadable)
+    assert main(["report", "runs"]) == 2
+    assert capsys.readouterr().err == "error: [Errno 21] Is a directory: 'inputs'\n"

@@ -5,8 +5,10 @@ fingerprint (SHA-256 of every tensor name and shape the adapter expects); the sa
 metadata holds a SHA-256 of the method config, so weights and config written by two different
 saves (a save interrupted between its two files, files mixed up by hand) do not load as one
 checkpoint. Loading checks the config, the model type, the file and every shape *before* the
-model is touched; saving writes each file to a temporary name and renames it into place, the
-weights first, so a crash never leaves a file half-written or a mismatched pair that loads.
+model is touched; saving writes both files to temporary names and only then renames them into
+place (the old files moved aside and put back if a rename fails), so a failed save leaves the old
+checkpoint as it was and no new folders, and a crash never leaves a file half-written or a
+mismatched pair that loads.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import tempfile
 from pathlib import Path
 
@@ -77,22 +80,74 @@ def save_adapters(model: nn.Module, path: str | os.PathLike, name: str | None = 
         "fingerprint": fingerprint(_shapes(tensors)),
     }
     folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
     metadata = {"format": "pt", _CONFIG_HASH: config_hash(meta["config"])}
-    _atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=metadata))
-    _atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n"))
+    created = _make_folders(folder)
+    staged: dict[str, Path] = {}
+    try:  # both files are written in full before either replaces the old checkpoint's
+        staged[WEIGHTS_NAME] = _stage(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+        staged[CONFIG_NAME] = _stage(folder / CONFIG_NAME,
+                                     lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n"))
+        _swap_files(folder, staged)
+    except BaseException:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+        for made in created:  # a failed save into a new path leaves no empty folders
+            try:
+                made.rmdir()
+            except OSError:
+                break
+        raise
     return folder
 
 
-def _atomic_write(target: Path, write) -> None:
+def _make_folders(folder: Path) -> list[Path]:
+    """``mkdir -p folder``; returns the folders it made, the deepest first."""
+    missing, part = [], folder
+    while not os.path.lexists(part) and part != part.parent:
+        missing.append(part)
+        part = part.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _stage(target: Path, write) -> Path:
+    """Write ``target``'s new content to a temporary file beside it, with an ordinary file's mode; returns that file."""
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file owner-only; give it a normal file's mode
-        os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def _swap_files(folder: Path, staged: dict[str, Path]) -> None:
+    """Rename the staged files over their targets in ``folder``, together: the old files are moved
+    aside first and put back if any rename fails, and removed only once every new file is in place."""
+    aside: dict[str, Path] = {}
+    try:
+        for name in staged:
+            if os.path.lexists(folder / name):
+                aside[name] = folder / f".{name}.{secrets.token_hex(8)}.old"
+                os.replace(folder / name, aside[name])
+        for name, tmp in staged.items():
+            os.replace(tmp, folder / name)
+    except BaseException:
+        for name, old in aside.items():
+            os.replace(old, folder / name)
+        raise
+    for old in aside.values():
+        old.unlink(missing_ok=True)
+
+
+def _atomic_write(target: Path, write) -> None:
+    tmp = _stage(target, write)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -117,7 +172,7 @@ def read_adapter_config(path: str | os.PathLike) -> tuple[CompacterConfig, dict]
     if unknown:
         raise CheckpointError(f"{file}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_TOP_LEVEL))}")
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version != FORMAT_VERSION:  # not 1.0 or true, which compare equal to 1
         raise CheckpointError(f"{file}: format_version {version!r} is not supported (this library reads {FORMAT_VERSION})")
     if not isinstance(meta.get("config"), dict):
         raise CheckpointError(f"{file}: missing 'config' object")
@@ -140,6 +195,14 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{file}: truncated or corrupt safetensors file ({err})") from None
+
+
+def _check_floating(file: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Trained tensors are floating-point: an integer or bool tensor was cast silently when copied in."""
+    bad = [f"{k} ({str(v.dtype).removeprefix('torch.')})" for k, v in sorted(tensors.items()) if not v.is_floating_point()]
+    if bad:
+        shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise CheckpointError(f"{file}: every tensor must be floating-point; these are not: {shown}")
 
 
 def _compare(file: Path, expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> None:
@@ -172,6 +235,7 @@ def load_adapters(model: nn.Module, path: str | os.PathLike, name: str | None = 
     folder = adapter_folder(path, revision=revision, token=token)
     config, meta = read_adapter_config(folder)
     tensors, metadata = _read_weights(folder)
+    _check_floating(folder / WEIGHTS_NAME, tensors)
     name = name or meta.get("name") or "default"
     found = _shapes(tensors)
     if meta.get("fingerprint") != fingerprint(found):

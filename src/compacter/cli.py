@@ -159,18 +159,18 @@ def _load_adapted(adapter_dir: str, model: str | None, task_name: str | None, dt
     Returns (model, batcher, task, run config dict, own) where ``own`` is the run's TrainConfig when
     it trained on the user's own files and no other --task is asked for (else None)."""
     from . import load_adapters, read_adapter_config
-    from .modeling import Batcher, check_model_path, family_of, load_model, load_tokenizer
+    from .modeling import Batcher, check_model_path, load_model, load_tokenizer
     from .tasks import get_task
-    from .training import DTYPES
+    from .training import DTYPES, model_family
 
     config, meta = read_adapter_config(adapter_dir)
     run_config = _run_config(adapter_dir)
     model_path = model or run_config.get("model") or meta.get("base_model")
     if not model_path:
         raise SystemExit("error: the adapter does not name its base model: pass --model")
-    check_model_path(model_path, "--model" if model else
-                     f"the model {_run_config_path(adapter_dir)} names" if run_config.get("model") else
-                     f"the base model {adapter_dir} names")
+    option = ("--model" if model else f"the model {_run_config_path(adapter_dir)} names" if run_config.get("model") else
+              f"the base model {adapter_dir} names")
+    check_model_path(model_path, option)
     # a run directory's config.json without "dtype" predates the option: those runs trained in float32;
     # an adapter outside a run directory loads the model in the dtype its files were saved in
     dtype = dtype or (run_config.get("dtype", "float32") if run_config else None)
@@ -184,9 +184,7 @@ def _load_adapted(adapter_dir: str, model: str | None, task_name: str | None, dt
         task = resolve_task(own)
     else:
         task = get_task(task_name or run_config.get("task") or _missing("--task"))
-    import transformers as T
-
-    family = family_of(T.AutoConfig.from_pretrained(model_path))
+    family = model_family(model_path, option)
     net = load_model(model_path, family, task, DTYPES[dtype] if dtype else None, adapter=adapter_dir)
     load_adapters(net, adapter_dir)
     batcher = Batcher(load_tokenizer(model_path, family), family, task,
@@ -265,7 +263,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         parsed = _parse_value(text)
         inputs.append((f"--text {number}", parsed if isinstance(parsed, dict) else {task.input_fields[0]: text}))
     if args.file:
-        inputs += list(file_rows(task, args.file, labels=False))
+        rows = list(file_rows(task, args.file, labels=False))
+        if not rows:  # it was "give --text (repeatable) or --file", with --file given
+            raise DataError(f"--file {args.file}: no input rows in it (an empty file?)")
+        inputs += rows
     if not inputs:
         raise SystemExit("error: give --text (repeatable) or --file")
     examples, rows = [], []  # rows[i]: the input index of examples[i]
@@ -290,9 +291,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_params(args: argparse.Namespace) -> int:
-    from .params import params_table
+    from .config import CompacterConfig
+    from .modeling import check_model_path
+    from .params import KNOWN_SHAPES, model_config, params_table
 
-    print(params_table(args.model, args.methods, args.adapter and parse_key_values(args.adapter)))
+    overrides = args.adapter and parse_key_values(args.adapter)
+    for method in args.methods:  # before the model's config is read
+        try:
+            CompacterConfig(method, **(overrides or {}))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"--adapter {' '.join(args.adapter)} (with method {method}): {err}") from None
+    if args.model not in KNOWN_SHAPES:  # a mistyped local path reached transformers as a Hub repo id
+        check_model_path(args.model)
+    try:
+        model_config(args.model)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--model {args.model}: cannot read the model's config ({err})") from None
+    print(params_table(args.model, args.methods, overrides))
     return 0
 
 
@@ -364,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         rc = args.func(args)
-    except (ValueError, ImportError, FileNotFoundError) as err:
+    except (ValueError, ImportError, OSError) as err:  # OSError: a file or folder that cannot be read or written
         print(f"error: {err}", file=sys.stderr)
         rc = 2
     except RuntimeError as err:

@@ -61,6 +61,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+class ConfigError(ValueError):
+    """An invalid :class:`CompacterConfig`; ``problems`` lists each problem, one line each."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("invalid CompacterConfig:\n  - " + "\n  - ".join(self.problems))
+
+
 @dataclass(frozen=True)
 class CompacterConfig:
     """The whole recipe of one adapter: which method, where it goes, and every PHM option.
@@ -167,8 +175,9 @@ class CompacterConfig:
                   f"{name} must be a positive finite number, got {v!r}")
         for name in ("head_modules", "attention_modules", "ffn_modules"):
             v = getattr(self, name)
-            ok = v is None or (isinstance(v, tuple) and all(isinstance(s, str) and s for s in v))
-            check(ok, f"{name} must be a list of non-empty strings, got {v!r}")
+            # None (the method's placement) only for the placement overrides: no head modules is an empty list
+            ok = (v is None and name != "head_modules") or (isinstance(v, tuple) and all(isinstance(s, str) and s for s in v))
+            check(ok, f"{name} must be a list of non-empty strings{' (an empty list for none)' if name == 'head_modules' else ''}, got {v!r}")
             if ok and v is not None and name != "head_modules":  # placement patterns are regexes
                 for i, pattern in enumerate(v):
                     try:
@@ -183,7 +192,7 @@ class CompacterConfig:
         if self.adapter_type == "phm" and isinstance(self.phm_dim, int) and self.phm_dim == 1:
             problems.append("phm_dim must be at least 2 (n=1 is a plain low-rank adapter: use adapter-lowrank)")
         if problems:
-            raise ValueError("invalid CompacterConfig:\n  - " + "\n  - ".join(problems))
+            raise ConfigError(problems)
 
     # ---- derived values ----
     @property

@@ -209,4 +209,15 @@ def save_peer(model: nn.Module, folder: Path, method: str) -> None:
 
 
 def read_peer(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(folder / PEER_WEIGHTS)
+    """The tensors of ``folder``/peer_model.safetensors; a missing or damaged file is a CheckpointError naming it."""
+    from safetensors import SafetensorError
+
+    from .checkpoint import CheckpointError
+
+    file = folder / PEER_WEIGHTS
+    if not file.is_file():
+        raise CheckpointError(f"{file}: no peer weights here")
+    try:
+        return load_file(file)
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{file}: truncated or corrupt safetensors file ({err})") from None

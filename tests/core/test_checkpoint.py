@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -137,6 +138,8 @@ def test_refuses_garbage_weights(tmp_path):
 @pytest.mark.parametrize("edit,match", [
     (lambda m: m.update(colour="blue"), "unknown field.*colour"),
     (lambda m: m.update(format_version=99), "format_version 99"),
+    (lambda m: m.update(format_version=1.0), "format_version 1.0 is not supported"),  # 1.0 == 1 and True == 1
+    (lambda m: m.update(format_version=True), "format_version True is not supported"),
     (lambda m: m["config"].update(phm_dims=4), "phm_dims"),
     (lambda m: m["config"].update(phm_dim=0), "phm_dim"),
     (lambda m: m.pop("config"), "missing 'config'"),
@@ -148,6 +151,45 @@ def test_refuses_bad_configs(tmp_path, edit, match):
     edit(meta)
     (tmp_path / CONFIG_NAME).write_text(json.dumps(meta))
     _refused(tmp_path, match)
+
+
+def test_a_config_that_fails_validation_is_a_checkpoint_error_naming_the_file(tmp_path):
+    """head_modules: null (older saves had no config hash to catch an edit) was a bare TypeError
+    from inside add_adapters; it is a CheckpointError naming adapter_config.json, the model unchanged."""
+    from safetensors.torch import load_file, save_file
+    _saved(tmp_path, arch="bert")
+    meta = json.loads((tmp_path / CONFIG_NAME).read_text())
+    meta["config"]["head_modules"] = None
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(meta))
+    save_file(load_file(tmp_path / WEIGHTS_NAME), tmp_path / WEIGHTS_NAME, metadata={"format": "pt"})
+    _refused(tmp_path, f"{CONFIG_NAME}: invalid CompacterConfig:\n  - head_modules must be a list", arch="bert")
+    with pytest.raises(CheckpointError, match=CONFIG_NAME):
+        compacter.read_adapter_config(tmp_path)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool])
+def test_refuses_tensors_that_are_not_floating_point(tmp_path, dtype):
+    """An int64 or bool tensor was cast silently into the adapter (by load_adapters and by a resume)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from compacter.training import restore_trained
+
+    _saved(tmp_path)
+    with safe_open(tmp_path / WEIGHTS_NAME, framework="pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(tmp_path / WEIGHTS_NAME)
+    key = sorted(tensors)[0]
+    tensors[key] = tensors[key].to(dtype)
+    save_file(tensors, tmp_path / WEIGHTS_NAME, metadata=metadata)  # the same names, shapes and config hash
+    match = f"{WEIGHTS_NAME}: every tensor must be floating-point; these are not: {re.escape(key)} \\({str(dtype)[6:]}\\)$"
+    _refused(tmp_path, match)
+    model, _ = tiny("t5")
+    compacter.add_adapters(model, _config("compacter"))
+    snap = _snapshot(model)
+    with pytest.raises(CheckpointError, match=match):
+        restore_trained(model, tmp_path)
+    _assert_unchanged(model, snap)
 
 
 def test_refuses_invalid_json_and_missing_files(tmp_path):
@@ -173,21 +215,68 @@ def test_refuses_weights_saved_with_another_config_of_the_same_shapes(tmp_path):
     _refused(tmp_path / "gelu", "saved with another config")
 
 
-def test_a_save_interrupted_between_its_files_does_not_load(tmp_path, monkeypatch):
+@pytest.mark.parametrize("failure", [KeyboardInterrupt(), OSError(28, "No space left on device")])
+def test_a_save_that_fails_writing_its_config_leaves_the_old_checkpoint(tmp_path, monkeypatch, failure):
+    """The weights were renamed into place before the config was written: a failure there left new
+    weights beside the old config, a folder that no longer loaded (fingerprint mismatch)."""
+    from pathlib import Path
+
     _saved(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     model, _ = tiny("t5")
-    compacter.add_adapters(model, _config("compacter", non_linearity="relu"))
-    real = compacter.checkpoint._atomic_write
+    compacter.add_adapters(model, _config("pfeiffer"))
+    real = Path.write_text
 
-    def crash_before_config(target, write):
-        if target.name == CONFIG_NAME:
-            raise KeyboardInterrupt
-        real(target, write)
+    def fail_on_config(self, *a, **k):
+        if CONFIG_NAME in self.name:
+            raise failure
+        return real(self, *a, **k)
 
-    monkeypatch.setattr("compacter.checkpoint._atomic_write", crash_before_config)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(Path, "write_text", fail_on_config)
+    with pytest.raises(type(failure)):
         compacter.save_adapters(model, tmp_path)
-    _refused(tmp_path, "saved with another config")
+    monkeypatch.setattr(Path, "write_text", real)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # the old pair, no temporary files
+    compacter.load_adapters(tiny("t5")[0], tmp_path)
+
+
+def test_a_save_that_fails_while_swapping_puts_the_old_files_back(tmp_path, monkeypatch):
+    _saved(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    model, _ = tiny("t5")
+    compacter.add_adapters(model, _config("pfeiffer"))
+    real, calls = os.replace, []
+
+    def fail_on_the_second_new_file(src, dst):
+        if str(src).endswith(".tmp"):
+            calls.append(dst)
+            if len(calls) == 2:
+                raise OSError(5, "Input/output error")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", fail_on_the_second_new_file)
+    with pytest.raises(OSError, match="Input/output error"):
+        compacter.save_adapters(model, tmp_path)
+    monkeypatch.setattr(os, "replace", real)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    compacter.load_adapters(tiny("t5")[0], tmp_path)
+
+
+def test_a_failed_save_into_a_new_path_leaves_no_folders(tmp_path, monkeypatch):
+    model, _ = tiny("t5")
+    compacter.add_adapters(model, _config("compacter"))
+
+    def disk_full(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("compacter.checkpoint.save_file", disk_full)
+    (tmp_path / "old").mkdir()
+    for target in (tmp_path / "a" / "b" / "c", tmp_path / "old" / "new"):
+        with pytest.raises(OSError, match="No space left"):
+            compacter.save_adapters(model, target)
+    assert [p.name for p in tmp_path.rglob("*")] == ["old"]
 
 
 def test_loads_checkpoints_written_before_the_config_hash(tmp_path):

@@ -56,7 +56,7 @@ def test_unknown_method_lists_the_allowed_ones():
 
 
 @pytest.mark.parametrize("bad", [dict(phm_dim=1), dict(bottleneck_dim=0), dict(phm_rule_init="zeros"), dict(adapter_type="mlp"),
-                                 dict(head_modules=[""]), dict(head_modules=5), dict(ffn_modules={"a": 1}), dict(reduction_factor=2.5),
+                                 dict(head_modules=[""]), dict(head_modules=5), dict(head_modules=None), dict(ffn_modules={"a": 1}), dict(reduction_factor=2.5),
                                  dict(adapter_init_std=0), dict(phm_init_range=float("inf")), dict(adapter_init_std=float("nan")),
                                  dict(ffn_modules=["(unclosed"]), dict(attention_modules=["a", "*"]), dict(train_all=True)])
 def test_bad_values(bad):
@@ -86,3 +86,12 @@ def test_from_dict_rejects_unknown_fields():
     data["phm_dims"] = 4
     with pytest.raises(ValueError, match="phm_dims"):
         CompacterConfig.from_dict(data)
+
+
+def test_head_modules_none_is_refused_but_placement_none_is_the_methods():
+    """head_modules=None passed validation and crashed later with a bare TypeError (add_adapters,
+    load_adapters, `compacter params`); no head modules is an empty list."""
+    with pytest.raises(ValueError, match=r"head_modules must be a list of non-empty strings \(an empty list for none\), got None"):
+        CompacterConfig("compacter", head_modules=None)
+    assert CompacterConfig("compacter", head_modules=[]).head_modules == ()
+    assert CompacterConfig("compacter", attention_modules=None, ffn_modules=None).ffn_modules is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import shutil
 import time
 
@@ -182,6 +183,44 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     assert all(torch.isfinite(t).all() for t in saved.values())
 
 
+def test_an_overflowing_update_is_not_evaluated_or_saved(model_dirs, tmp_path):
+    """--learning-rate 1e39 is finite, but its first update is inf in float32: the run saved the
+    non-finite adapter as best/ and last/ and exited with 0."""
+    cfg = _cfg(model_dirs, "encoder", tmp_path, learning_rate=1e39, max_steps=1, eval_before=False)
+    with pytest.raises(TrainingDiverged, match=r"trained parameters are not finite \(inf or NaN\) after step 1 .*"
+                                               r"learning rate 1e\+39 .*no checkpoint was written"):
+        train(cfg, log=lambda *a: None)
+    run = tmp_path / "run-encoder"
+    assert not any((run / name).exists() for name in ("best", "last", "results.json", "metrics.jsonl"))
+
+
+def test_non_finite_parameters_keep_the_last_good_checkpoint(model_dirs, tmp_path, monkeypatch):
+    real = training.adamw
+
+    def poisoned(params, lr, weight_decay=0.0):
+        optimizer, calls = real(params, lr, weight_decay), []
+
+        def poison(*args):
+            calls.append(1)
+            if len(calls) == 4:  # the last step: the loss check never sees its result
+                with torch.no_grad():
+                    params[0].fill_(float("inf"))
+
+        optimizer.register_step_post_hook(poison)
+        return optimizer
+
+    monkeypatch.setattr(training, "adamw", poisoned)
+    cfg = _cfg(model_dirs, "encoder", tmp_path, max_steps=4, eval_every=2, eval_before=False)
+    with pytest.raises(TrainingDiverged, match=r"not finite .* after step 4 .*last good checkpoint is kept in .*last"):
+        train(cfg, log=lambda *a: None)
+    run = tmp_path / "run-encoder"
+    assert json.loads((run / "last" / "train_state.json").read_text())["progress"]["step"] == 2
+    for folder in ("best", "last"):
+        assert all(torch.isfinite(t).all() for t in load_file(run / folder / WEIGHTS_NAME).values())
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [2]
+    assert not (run / "results.json").exists()
+
+
 def test_cli_reports_a_diverged_run_as_an_error_not_a_traceback(monkeypatch, capsys):
     def diverge(cfg, log=print):
         raise TrainingDiverged("loss is nan at step 3 (epoch 0, batch 4); the last good checkpoint is kept in x")
@@ -208,10 +247,39 @@ def test_epoch_batches_shard_one_global_order():
     (dict(learning_rate=0.0), "--learning-rate must be positive"), (dict(warmup_steps=-5), "--warmup-steps"),
     (dict(weight_decay=-0.1), "--weight-decay"), (dict(epochs="3"), r"--epochs \(epochs\) must be a whole number, got '3'"),
     (dict(seed=1.0), "--seed"), (dict(resume=0), "--resume"), (dict(dtype=None), "--dtype"),
+    # non-finite rates trained an inf/NaN adapter and saved it as best/ with exit status 0
+    (dict(learning_rate=math.inf), "--learning-rate must be positive and finite, got inf"),
+    (dict(weight_decay=math.inf), "--weight-decay must be 0 or more and finite, got inf"),
+    (dict(weight_decay=math.nan), "--weight-decay"),
+    # out-of-range seeds failed inside numpy/accelerate without naming the option
+    (dict(seed=-1), r"--seed must be between 0 and 2\*\*32 - 1, got -1"), (dict(seed=2**32), "--seed must be between"),
+    (dict(split_seed=-1), r"--split-seed must be between 0 and 2\*\*32 - 1, got -1"),
 ])
 def test_bad_training_options(bad, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**bad)
+
+
+def test_own_file_options_without_a_train_file_are_refused_each_by_name():
+    """--task demo --text-columns foo bar --label-names x y z --label-column nope --task-kind generation
+    trained the demo with exit status 0 and wrote the ignored options into config.json."""
+    with pytest.raises(ValueError) as err:
+        TrainConfig(task="demo", text_columns=["foo", "bar"], label_names=["x", "y", "z"], label_column="nope",
+                    task_kind="generation")
+    lines = str(err.value).splitlines()[1:]
+    assert [line.split()[1] for line in lines] == ["--text-columns", "--label-names", "--label-column", "--task-kind"]
+    assert all("describes your own data files and needs --train-file (task 'demo' reads its own)" in line for line in lines)
+    TrainConfig(task="demo", label_column="label", task_kind="classification")  # the defaults, spelled out
+
+
+@pytest.mark.parametrize("kind", ["regression", "generation"])
+def test_label_names_only_for_classification(kind):
+    with pytest.raises(ValueError, match=f"--label-names is for --task-kind classification, not '{kind}'"):
+        TrainConfig(task="mine", train_file="mine.csv", text_columns=["text"], label_names=["a", "b"], task_kind=kind)
+    TrainConfig(task="mine", train_file="mine.csv", text_columns=["text"], task_kind=kind)
+    with pytest.raises(ValueError) as err:  # a label_names of the wrong type: one problem, not a second about its value
+        TrainConfig(task="mine", train_file="mine.csv", text_columns=["text"], label_names="a", task_kind=kind)
+    assert str(err.value).count("\n  - ") == 1 and "--label-names (label_names) must be" in str(err.value)
 
 
 def test_options_of_the_wrong_type_are_refused_all_at_once():
@@ -229,7 +297,7 @@ def test_options_of_the_wrong_type_are_refused_all_at_once():
 
 def test_options_of_the_right_type_keep_the_config_json_form():
     cfg = TrainConfig.from_dict({"learning_rate": 1, "weight_decay": 0, "max_grad_norm": None, "text_columns": ("a", "b"),
-                                 "adapter": None, "model": None})
+                                 "adapter": None, "model": None, "train_file": "mine.csv"})
     assert cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float) and isinstance(cfg.weight_decay, float)
     assert cfg.text_columns == ["a", "b"] and cfg.adapter == {} and cfg.max_grad_norm is None
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
@@ -277,6 +345,26 @@ def test_a_validation_file_too_small_to_halve_is_refused_before_training(tmp_pat
     cfg = TrainConfig(task="soup", text_columns=["text"], label_names=["neg", "pos"], **paths)
     with pytest.raises(ValueError, match=r"empty validation split from .*validation.csv .*validation 0, test 1"):
         training.load_splits(cfg, training.resolve_task(cfg))
+
+
+@pytest.mark.parametrize("rows,test_file,problem", [
+    (2, False, "2 example(s) are too few to hold out a validation and a test example and still train on the rest; "
+               "give --validation-file (and --test-file), or more rows"),
+    (1, True, "1 example(s) are too few to hold out a validation example and still train on the rest; "
+              "give --validation-file, or more rows"),
+])
+def test_a_train_file_too_small_to_hold_out_from_names_it(tmp_path, rows, test_file, problem):
+    """It was 'cannot carve 2 examples out of 2', naming neither the file nor a way out."""
+    paths = {"train_file": _soup_csv(tmp_path / "train.csv", rows)}
+    if test_file:
+        paths["test_file"] = _soup_csv(tmp_path / "test.csv", 4, start=100)
+    cfg = TrainConfig(task="soup", text_columns=["text"], label_names=["neg", "pos"], **paths)
+    with pytest.raises(ValueError) as err:
+        training.load_splits(cfg, training.resolve_task(cfg))
+    assert str(err.value) == f"--train-file {paths['train_file']}: {problem}"
+    paths["train_file"] = _soup_csv(tmp_path / "train.csv", rows + 1)  # the smallest that splits
+    cfg = TrainConfig(task="soup", text_columns=["text"], label_names=["neg", "pos"], **paths)
+    assert len(training.load_splits(cfg, training.resolve_task(cfg))["train"]) == 1
 
 
 def test_max_eval_samples_keeps_whole_groups():
@@ -654,6 +742,78 @@ def test_a_resume_that_cannot_restore_last_leaves_config_json_as_it_was(model_di
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         train(dataclasses.replace(cfg, max_steps=4), log=lambda *a: None)
     assert (run / "config.json").read_text() == config
+
+
+def _contents(run):
+    return {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+
+
+def _edit_state_json(edit):
+    def apply(last):
+        meta = json.loads((last / "train_state.json").read_text())
+        edit(meta)
+        (last / "train_state.json").write_text(json.dumps(meta))
+    return apply
+
+
+def _truncate(name):
+    return lambda last: (last / name).write_bytes((last / name).read_bytes()[:100])
+
+
+@pytest.fixture(scope="module")
+def two_step_run(model_dirs, tmp_path_factory):
+    cfg = _cfg(model_dirs, "encoder", tmp_path_factory.mktemp("base"), max_steps=2, eval_every=1, eval_before=False)
+    train(cfg, log=lambda *a: None)
+    return cfg
+
+
+@pytest.mark.parametrize("damage,file,problem,early", [
+    (lambda last: (last / "train_state.json").write_text("{"), "train_state.json", r"unreadable \(Expecting", True),
+    (lambda last: (last / "train_state.json").write_text("{}"), "train_state.json", "missing or not an object: 'progress'", True),
+    (_edit_state_json(lambda m: m["progress"].pop("step")), "train_state.json", "progress.step must be a whole number", True),
+    (_truncate("train_state.safetensors"), "train_state.safetensors", "missing, truncated or corrupt", True),
+    (lambda last: (last / "train_state.safetensors").unlink(), "train_state.safetensors", "missing, truncated or corrupt", True),
+    (_truncate(WEIGHTS_NAME), WEIGHTS_NAME, "missing, truncated or corrupt", True),
+    (_edit_state_json(lambda m: m["param_groups"][0].update(params=m["param_groups"][0]["params"][:3])), "train_state.json",
+     "its optimizer state does not fit this run's trained tensors", False),
+])
+@pytest.mark.parametrize("finished", [False, True])
+def test_a_damaged_resume_state_is_a_checkpoint_error_naming_its_file(two_step_run, tmp_path, monkeypatch, damage, file, problem,
+                                                                       early, finished):
+    """Damaged last/ files gave a KeyError or SafetensorError traceback, or a JSON or optimizer message
+    that named no file and no way out."""
+    from compacter.checkpoint import CheckpointError
+
+    run = tmp_path / "run-encoder"
+    shutil.copytree(two_step_run.run_dir(), run)
+    if not finished:
+        (run / "results.json").unlink()  # as if killed before the test
+    damage(run / "last")
+    before = _contents(run)
+    if early:  # found before the model is loaded
+        monkeypatch.setattr(training, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(CheckpointError) as err:
+        train(dataclasses.replace(two_step_run, output_dir=str(run), max_steps=4), log=lambda *a: None)
+    message = str(err.value)
+    assert message.startswith(f"{run / 'last' / file}: ") and re.search(problem, message), message
+    assert message.endswith("the run cannot resume from it: give --no-resume to start over in this folder "
+                            "(replacing its run files), or another --output-dir")
+    assert _contents(run) == before
+
+
+def test_a_damaged_peer_file_is_a_checkpoint_error_naming_it(tmp_path):
+    from safetensors.torch import save_file
+
+    from compacter.checkpoint import CheckpointError
+    from compacter.peers import PEER_WEIGHTS, read_peer
+
+    save_file({"w": torch.ones(64, 64)}, tmp_path / PEER_WEIGHTS)
+    assert torch.equal(read_peer(tmp_path)["w"], torch.ones(64, 64))
+    (tmp_path / PEER_WEIGHTS).write_bytes((tmp_path / PEER_WEIGHTS).read_bytes()[:50])
+    with pytest.raises(CheckpointError, match=f"{tmp_path / PEER_WEIGHTS}: truncated or corrupt safetensors file"):
+        read_peer(tmp_path)
+    with pytest.raises(CheckpointError, match=f"{tmp_path / 'nowhere' / PEER_WEIGHTS}: no peer weights here"):
+        read_peer(tmp_path / "nowhere")
 
 
 def test_a_run_killed_between_logging_and_checkpointing_logs_each_evaluation_once(model_dirs, tmp_path, monkeypatch):
