@@ -151,7 +151,8 @@ def _describe(hint) -> str:
     if origin is typing.Literal:
         return "one of " + ", ".join(repr(a) for a in args)
     if origin is typing.Union or type(hint).__name__ == "UnionType":
-        parts = [_describe(a) for a in args]
+        # sorted, null last: typing caches equal Unions, so args come in whichever order was built first
+        parts = sorted((_describe(a) for a in args), key=lambda part: (part == "null", part))
         return ", ".join(parts[:-1]) + " or " + parts[-1]
     if origin in (list, tuple):
         inner = _describe(args[0]) if args else ""

@@ -30,7 +30,7 @@ def _peft_lora(options):
     ({"r": 0}, r"--adapter r=0 \(--method peft-lora\): the LoRA rank must be a positive integer"),
     ({"lora_dropout": 1.5}, r"--adapter lora_dropout=1\.5 .*\[0, 1\)"),
     ({"bias": "some"}, r"--adapter bias='some' .*expected one of 'none', 'all', 'lora_only'"),
-    ({"target_modules": [1, 2]}, r"--adapter target_modules=\[1, 2\] .*expected a string, a list of strings or null"),
+    ({"target_modules": [1, 2]}, r"--adapter target_modules=\[1, 2\] .*expected a list of strings, a string or null"),
     ({"use_dora": "yes"}, r"--adapter use_dora='yes' .*expected true or false"),
     ({"r": 4, "layers_pattern": "layer"},  # LoraConfig's own check: the option it refuses is named
      r"--adapter layers_pattern='layer' \(--method peft-lora\): peft\.LoraConfig refuses it: .*layers_to_transform"),
