@@ -73,7 +73,8 @@ def check_model_path(path: str, option: str = "--model") -> None:
                          "config.json, or a Hugging Face Hub id such as 'google-t5/t5-base'")
 
 
-def load_model(path: str, family: str, task: Task, dtype: torch.dtype | None = None, *, adapter: str | None = None) -> nn.Module:
+def load_model(path: str, family: str, task: Task, dtype: torch.dtype | None = None, *, adapter: str | None = None,
+               train_head: bool = True) -> nn.Module:
     """The pretrained model of ``family`` for ``task`` (a new head for encoders).
 
     Weights load from safetensors files only (a pickle such as ``pytorch_model.bin`` can run any
@@ -82,7 +83,8 @@ def load_model(path: str, family: str, task: Task, dtype: torch.dtype | None = N
     An encoder whose classification head was made for another number of labels than the task's
     (a fine-tuned 2-label checkpoint for a 3-label task, or for regression) gets a new head in its
     place, with a logged warning naming the shapes, as ``ignore_mismatched_sizes=True`` does: the
-    head is trained anyway. ``adapter``: the adapter folder that is loaded into the model next
+    head is trained anyway (``train_head=False``, a method that would leave it at its random start,
+    makes that a ValueError). ``adapter``: the adapter folder that is loaded into the model next
     (evaluate, predict); there a new head must be replaced by the adapter's trained head for the
     task's labels, and where the adapter carries none, the mismatch is a ValueError naming
     --model, its head's shape and the task's label count. Weights of the pretrained body that do
@@ -102,7 +104,7 @@ def load_model(path: str, family: str, task: Task, dtype: torch.dtype | None = N
                                    ignore_mismatched_sizes=True, output_loading_info=True, **kw)
     mismatched = sorted((key, tuple(saved), tuple(new)) for key, saved, new in (info or {}).get("mismatched_keys") or ())
     if mismatched:
-        _check_new_head(model, path, task, mismatched, adapter)
+        _check_new_head(model, path, task, mismatched, adapter, train_head)
     return model
 
 
@@ -150,7 +152,8 @@ def _labels(task: Task) -> str:
     return "regression: 1 output" if task.is_regression else f"{task.num_labels} labels"
 
 
-def _check_new_head(model: nn.Module, path: str, task: Task, mismatched: list[tuple[str, tuple, tuple]], adapter: str | None) -> None:
+def _check_new_head(model: nn.Module, path: str, task: Task, mismatched: list[tuple[str, tuple, tuple]], adapter: str | None,
+                    train_head: bool = True) -> None:
     """See :func:`load_model`: warn that the head is new, or refuse where it cannot be."""
     import logging
 
@@ -162,6 +165,10 @@ def _check_new_head(model: nn.Module, path: str, task: Task, mismatched: list[tu
         shown = ", ".join(f"{key} {list(saved)} (config: {list(new)})" for key, saved, new in inside[:5])
         raise ValueError(f"--model {path}: weights of the pretrained model do not fit its config.json: {shown}")
     head = ", ".join(f"{key} {list(saved)}" for key, saved, _ in mismatched)
+    if adapter is None and not train_head:
+        raise ValueError(f"--model {path}: its classification head ({head}) was made for another number of labels than "
+                         f"task {task.name!r} has ({_labels(task)}), and train_head is false, so a new head would stay at "
+                         "its random start: train it (leave train_head at true) or use a model whose head fits the task")
     if adapter is None:
         logging.getLogger(__name__).warning(
             "--model %s: its classification head (%s) was made for another number of labels than task %r has (%s): "

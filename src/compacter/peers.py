@@ -79,7 +79,7 @@ def _lora_config(peft, defaults: dict, options: dict):
             raise ValueError(f"--adapter {key}={value!r} (--method peft-lora): expected {_describe(hints[key])}, "
                              f"got {type(value).__name__}")
     # checked by PEFT only while it wraps the model, layer by layer: here, before the model is touched
-    if isinstance(options.get("r"), int) and options["r"] < 1:
+    if "r" in options and not (isinstance(options["r"], int) and options["r"] >= 1):
         raise ValueError(f"--adapter r={options['r']!r} (--method peft-lora): the LoRA rank must be a positive integer")
     if isinstance(options.get("lora_dropout"), (int, float)) and not 0 <= options["lora_dropout"] < 1:
         raise ValueError(f"--adapter lora_dropout={options['lora_dropout']!r} (--method peft-lora): a dropout probability "
@@ -110,6 +110,15 @@ def _lora_hints(peft) -> dict:
         return {}
 
 
+def _fits_placeholder(value, literal) -> bool:
+    """Whether ``value`` is a string that fills a Literal placeholder ("pissa_niter_4" for
+    "pissa_niter_[number of iters]"): the text before the bracket, then anything."""
+    if not (isinstance(value, str) and isinstance(literal, str) and "[" in literal and literal.endswith("]")):
+        return False
+    prefix = literal[:literal.index("[")]
+    return value.startswith(prefix) and len(value) > len(prefix)
+
+
 def _fits(value, hint) -> bool:
     """Whether ``value`` (as ``--adapter`` parses it: JSON) fits a LoraConfig annotation; an
     annotation this does not know (PEFT's config classes) is left to LoraConfig."""
@@ -120,14 +129,14 @@ def _fits(value, hint) -> bool:
         return value is None
     if hint is bool:
         return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is int:  # PEFT annotates some numbers int that take floats too (lora_alpha=16.5): LoraConfig has the last word
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is str:
         return isinstance(value, str)
-    if origin is typing.Literal:
-        return any(value == a and type(value) is type(a) for a in args)
+    if origin is typing.Literal:  # a placeholder such as 'pissa_niter_[number of iters]' stands for a family of strings
+        return any((value == a and type(value) is type(a)) or _fits_placeholder(value, a) for a in args)
     if origin is typing.Union or type(hint).__name__ == "UnionType":
         return any(_fits(value, a) for a in args)
     if origin in (list, tuple):

@@ -750,7 +750,8 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     try:
         tokenizer = load_tokenizer(model_path, family)
         set_seed(cfg.seed)
-        model = load_model(model_path, family, task, DTYPES[cfg.dtype])
+        model = load_model(model_path, family, task, DTYPES[cfg.dtype],
+                           train_head=cfg.is_peer or cfg.adapter_config().train_head)
     except OSError as err:  # missing or unreadable weights or tokenizer files
         raise ValueError(f"--model {model_path}: {err}") from None
     if cfg.is_peer:

@@ -25,7 +25,7 @@ def _peft_lora(options):
     ({"nosuch": 1}, r"--adapter nosuch: not an option of peft\.LoraConfig for --method peft-lora; allowed: .*\blora_alpha\b.*\br\b"),
     ({"task_type": "CAUSAL_LM"}, r"--adapter task_type: .*set by compacter"),
     ({"r": "abc"}, r"--adapter r='abc' \(--method peft-lora\): expected an integer, got str"),
-    ({"r": 2.5}, r"--adapter r=2\.5 .*expected an integer, got float"),
+    ({"r": 2.5}, r"--adapter r=2\.5 \(--method peft-lora\): the LoRA rank must be a positive integer"),
     ({"r": True}, r"--adapter r=True .*expected an integer, got bool"),
     ({"r": 0}, r"--adapter r=0 \(--method peft-lora\): the LoRA rank must be a positive integer"),
     ({"lora_dropout": 1.5}, r"--adapter lora_dropout=1\.5 .*\[0, 1\)"),
@@ -44,3 +44,11 @@ def test_good_lora_options_still_apply():
     model, batch = _peft_lora({"r": 4, "lora_alpha": 8, "lora_dropout": 0.1, "target_modules": ["query", "value"]})
     ranks = {p.shape[0] for n, p in model.named_parameters() if "lora_A" in n}
     assert ranks == {4} and torch.isfinite(model(**batch).loss)
+
+
+@pytest.mark.parametrize("options", [{"lora_alpha": 16.5}, {"init_lora_weights": "pissa_niter_4"}])
+def test_values_peft_accepts_beyond_its_annotations_pass(options):
+    """lora_alpha is annotated int but PEFT scales by a float alpha too; init_lora_weights' Literal
+    holds the placeholder 'pissa_niter_[number of iters]'. Both were refused by our pre-check."""
+    model, batch = _peft_lora(options)
+    assert torch.isfinite(model(**batch).loss)
