@@ -97,6 +97,14 @@ def test_training_gets_a_new_head_for_another_label_count(encoder_dir, caplog):
         assert f"({'regression: 1 output' if rows == 1 else '3 labels'})" in warning and f"classifier.weight [{rows}, 32]" in warning
 
 
+def test_a_new_head_that_would_not_be_trained_is_refused(encoder_dir):
+    """With train_head=false a new head would stay at its random start: the run trained and scored
+    it, and only evaluate refused the adapter afterwards."""
+    with pytest.raises(ValueError, match=r"train_head is false, so a new head would stay at its random start"):
+        load_model(encoder_dir, "encoder", get_task("stsb"), train_head=False)
+    assert load_model(encoder_dir, "encoder", get_task("sst2"), train_head=False).classifier.weight.shape == (2, 32)  # fits
+
+
 def test_a_body_that_does_not_fit_its_config_is_an_error(encoder_dir, tmp_path):
     """Only the head may be new: a body weight of another shape than config.json says is an error, not reinitialized."""
     import json
