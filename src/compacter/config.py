@@ -109,7 +109,8 @@ class CompacterConfig:
     #: outside the pretrained body (``base_model_prefix``) where the model has one, so DeBERTa's new
     #: top-level ``pooler`` is trained and BERT's pretrained ``bert.pooler`` is not; a dotted entry
     #: ("bert.pooler") names one module by its whole path, inside the body too. A bare body
-    #: (``BertModel``, what AutoModel loads) has no head: no bare name matches there.
+    #: (``BertModel``, what AutoModel loads) has no body prefix: its ``pooler`` matches and is
+    #: trained (pass ``head_modules=()`` to keep it frozen).
     head_modules: tuple[str, ...] = ("classifier", "pre_classifier", "classification_head", "score", "qa_outputs", "pooler",
                                      "sequence_summary", "logits_proj", "multiple_choice_head")
     train_biases: bool = False

@@ -351,7 +351,7 @@ def _tuned_copies(model: nn.Module, config: CompacterConfig, modules: dict[str, 
     state = get_state(model)
     wanted: dict[str, torch.Tensor | None] = {}
     modules = {mname: module for mname, module in modules.items() if not _is_own_module(mname, module)}  # the base model's own
-    body = False if _is_bare_body(model) else body_prefix(model)
+    body = body_prefix(model)
     for mname, module in modules.items():
         head = _is_head(mname, config, body)
         norm = config.train_layer_norms and is_norm(module)
@@ -383,26 +383,18 @@ def body_prefix(model: nn.Module) -> str | None:
     return prefix if isinstance(child, nn.Module) and child is not model else None
 
 
-def _is_bare_body(model: nn.Module) -> bool:
-    """Whether ``model`` is a pretrained body without a task head (``BertModel``, what
-    ``AutoModel`` loads): all of it is pretrained, its ``pooler`` included."""
-    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
-
-    names = {n for v in MODEL_MAPPING_NAMES.values() for n in ((v,) if isinstance(v, str) else v)}
-    return type(model).__name__ in names
-
-
-def _is_head(mname: str, config: CompacterConfig, body: str | None | bool) -> bool:
+def _is_head(mname: str, config: CompacterConfig, body: str | None) -> bool:
     """A task-head module: a ``head_modules`` entry with a dot names a module by its whole path
     ("bert.pooler"); one without names a module by its last path component, outside the
     pretrained body, so that DeBERTa's new top-level ``pooler`` is a head and BERT's pretrained
     ``bert.pooler`` is not. ``body``: the body's name, None for a model without one (T5, custom
-    models: a name matches anywhere), False for a bare body (``BertModel``: no name matches)."""
+    models, a bare ``BertModel``: a name matches anywhere, so a bare body's pooler is trained as
+    the head its user puts on top of it would be)."""
     if not config.train_head or not mname:
         return False
     if "." in mname and mname in config.head_modules:
         return True
-    if body is False or mname.split(".")[-1] not in config.head_modules:
+    if mname.split(".")[-1] not in config.head_modules:
         return False
     return body is None or not (mname == body or mname.startswith(body + "."))
 
