@@ -177,7 +177,10 @@ def read_adapter_config(path: str | os.PathLike) -> tuple[CompacterConfig, dict]
     if not isinstance(meta.get("config"), dict):
         raise CheckpointError(f"{file}: missing 'config' object")
     try:
-        config = CompacterConfig.from_dict(meta["config"])
+        saved = meta["config"]
+        if "head_modules" in saved and saved["head_modules"] is None:  # earlier versions saved None for "no head modules"
+            saved = {**saved, "head_modules": []}
+        config = CompacterConfig.from_dict(saved)
         if meta.get("name") is not None:
             check_adapter_name(meta["name"])
     except (ValueError, TypeError) as err:

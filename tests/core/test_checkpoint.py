@@ -418,3 +418,27 @@ def test_hub_files_from_two_revisions_are_refused(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="came from different revisions; pass revision=<commit>"):
         compacter.load_adapters(model, "someone/moving")
     _assert_unchanged(model, snap)
+
+
+def test_a_saved_head_modules_null_still_loads(tmp_path):
+    """Earlier versions saved head_modules=None (with train_head false); the stricter config check
+    refused those checkpoints. Read, None means no head modules."""
+    from safetensors.torch import load_file, save_file
+
+    from compacter.checkpoint import config_hash
+
+    model, batch = tiny("bert")
+    compacter.add_adapters(model, _config("compacter++", train_head=False, head_modules=()))
+    compacter.save_adapters(model, tmp_path / "a")
+    meta = json.loads((tmp_path / "a" / CONFIG_NAME).read_text())
+    meta["config"]["head_modules"] = None  # as such a version wrote it, with the weights bound to that config
+    (tmp_path / "a" / CONFIG_NAME).write_text(json.dumps(meta))
+    weights = tmp_path / "a" / WEIGHTS_NAME
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as f:
+        metadata = {**f.metadata(), "compacter_config_sha256": config_hash(meta["config"])}
+    save_file(load_file(str(weights)), str(weights), metadata=metadata)
+    fresh, _ = tiny("bert")
+    compacter.load_adapters(fresh, tmp_path / "a")
+    torch.testing.assert_close(_logits(fresh, batch), _logits(model, batch))
