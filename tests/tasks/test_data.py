@@ -244,13 +244,23 @@ def test_custom_files(tmp_path, name, content):
     ("\ufefftitle,review,stars\n", r"{path}: no examples"),  # BOM is not part of the first column name
     # a column named twice: which one is the input? (dict(zip()) kept the last one, silently)
     ("title,review,stars,review\nNice,Great,good,SOMETHING ELSE\n", r"{path}:1: column\(s\) \['review'\] named more than once"),
-    ("title,review,stars,x,x\nNice,Great,good,1,2\n", r"{path}:1: column\(s\) \['x'\] named more than once"),
 ])
 def test_custom_file_errors(tmp_path, content, message):
     path = tmp_path / "data.csv"
     path.write_text(content, encoding="utf-8")
     with pytest.raises(DataError, match=message.format(path=str(path))):
         load_file(REVIEWS, path)
+
+
+@pytest.mark.parametrize("content", [
+    "title,review,stars,,\nNice,Great,good,,\n",  # blank trailing columns, as spreadsheets export them
+    "title,review,stars,note,note\nNice,Great,good,a,b\n",  # a repeated column that is never read
+])
+def test_repeated_columns_that_are_not_read_are_fine(tmp_path, content):
+    path = tmp_path / "data.csv"
+    path.write_text(content, encoding="utf-8")
+    [example] = load_file(REVIEWS, path)
+    assert example.source == "title: Nice review: Great"
 
 
 @pytest.mark.parametrize("name, content, message", [

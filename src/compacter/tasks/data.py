@@ -87,8 +87,11 @@ def read_table(path: Path, delimiter: str, quoting: int, header: tuple[str, ...]
             raise DataError(f"{path}:1: unreadable header ({err})") from None
         if columns is None:
             raise DataError(f"{path}: empty file")
-        twice = sorted({c for c in columns if columns.count(c) > 1})
-        if twice:  # dict(zip(...)) would keep the last of them, silently
+        required = tuple(required)
+        # a column read twice would silently be the last of them (dict(zip(...))); repeats of blank
+        # names (spreadsheet exports) and of columns that are never read are harmless
+        twice = sorted({c for c in columns if c and columns.count(c) > 1 and (not required or c in required)})
+        if twice:
             raise DataError(f"{path}:1: column(s) {twice} named more than once in the header (columns: {list(columns)}); "
                             "name each column once")
         missing = [c for c in required if c not in columns]
