@@ -127,6 +127,7 @@ def _swap_files(folder: Path, staged: dict[str, Path]) -> None:
     """Rename the staged files over their targets in ``folder``, together: the old files are moved
     aside first and put back if any rename fails, and removed only once every new file is in place."""
     aside: dict[str, Path] = {}
+    placed: list[str] = []
     try:
         for name in staged:
             if os.path.lexists(folder / name):
@@ -134,7 +135,11 @@ def _swap_files(folder: Path, staged: dict[str, Path]) -> None:
                 os.replace(folder / name, aside[name])
         for name, tmp in staged.items():
             os.replace(tmp, folder / name)
+            placed.append(name)
     except BaseException:
+        for name in placed:  # new files without an old one to put back would be half a checkpoint
+            if name not in aside:
+                (folder / name).unlink(missing_ok=True)
         for name, old in aside.items():
             os.replace(old, folder / name)
         raise
