@@ -484,3 +484,15 @@ def test_figure4_leaves_out_averages_over_fewer_of_a_lines_tasks(tmp_path, monke
     with pytest.raises(NothingToPlot, match="only some of its line's tasks"):  # no size has both tasks
         low_resource_plot(load_runs([tmp_path / "apart"]), tmp_path / "fig4b.png")
     assert not (tmp_path / "fig4b.png").exists()
+
+
+def test_whole_sets_of_several_sizes_share_one_all_column(tmp_path):
+    # RTE at 500 and 1000 and whole (2490); CB whole (250): one "all" column holding both tasks,
+    # not RTE relabelled "2490" beside an "all" of CB alone
+    write_run(tmp_path, "rte-500", task="rte", score=60.0, train_samples=500, train_examples=500)
+    write_run(tmp_path, "rte-1000", task="rte", score=65.0, train_samples=1000, train_examples=1000)
+    write_run(tmp_path, "rte-all", task="rte", score=70.0, train_samples=None, train_examples=2490)
+    write_run(tmp_path, "cb", task="cb", score=90.0, train_samples=None, train_examples=250)
+    markdown = low_resource_table(load_runs([tmp_path]))
+    assert header(markdown)[1:] == ["500", "1000", "all"]
+    assert table_rows(markdown)["compacter++"][1:] == ["75.0", "77.5", "80.0"]

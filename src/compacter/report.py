@@ -505,16 +505,16 @@ def results_table(runs: Sequence[Run], metric: str = "score", budget: Budgets | 
 
 
 def _low_resource_sizes(runs: Sequence[Run]) -> Budgets:
-    """Each run's x values in the low-resource view: its budgets (`_budgets`); a whole-set run
-    that fits in no budget counts as its `train_examples` when its model's such runs all used the
-    same number (one task: MRPC's whole set is 3,668), else as "all" (None)."""
+    """Each run's x values in the low-resource view: its budgets (`_budgets`); the "all" (None)
+    slot becomes a number when every run a model has there used the same number of training
+    examples (one task: MRPC's whole set is 3,668)."""
     size = _budgets(runs)
     for model in {run.model for run in runs}:
-        whole = [run for run in runs if run.model == model and size[run.path] == (None,)]
+        whole = [run for run in runs if run.model == model and None in size[run.path]]
         counts = {run.train_examples for run in whole}
         if len(counts) == 1 and None not in counts:
             for run in whole:
-                size[run.path] = (run.train_examples,)
+                size[run.path] = tuple(s for s in size[run.path] if s is not None) + (run.train_examples,)
     return size
 
 
