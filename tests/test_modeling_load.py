@@ -56,8 +56,9 @@ def test_a_hub_repo_without_safetensors_is_a_clear_error(monkeypatch):
                       "and thus cannot be loaded with `safetensors`. Please do not set `use_safetensors=True`.")
 
     monkeypatch.setattr(T.AutoModelForSeq2SeqLM, "from_pretrained", hub)
-    with pytest.raises(ValueError, match=r"--model someone/model: only safetensors weights are loaded .*the repo has no model\.safetensors"):
-        load_model("someone/model", "seq2seq", get_task("demo"))
+    with pytest.raises(ValueError, match=r"--model someone/model: only safetensors weights are loaded .*the repo has no model\.safetensors"
+                                         r".*save_pretrained\('\./model-safetensors', .*then pass --model \./model-safetensors"):
+        load_model("someone/model", "seq2seq", get_task("demo"))  # a local copy named like the id would shadow it
 
 
 def test_safetensors_models_still_load(encoder_dir):

@@ -145,7 +145,16 @@ def _no_safetensors(path: str, auto_class, has: str) -> str:
     return (f"--model {path}: only safetensors weights are loaded (model.safetensors or a sharded "
             f"model.safetensors.index.json), and {has}; a pickled file such as pytorch_model.bin can run any code "
             f"as it is read. If you trust it, convert it once: {name}.from_pretrained({path!r})"
-            f".save_pretrained({path!r}, safe_serialization=True)")
+            f".save_pretrained({_local_copy(path)!r}, safe_serialization=True)"
+            + ("" if os.path.isdir(path) else f", then pass --model {_local_copy(path)}"))
+
+
+def _local_copy(path: str) -> str:
+    """Where a converted copy goes: the folder itself, or for a Hub id a local folder that does
+    not shadow the id ("./t5-base-safetensors", not "google-t5/t5-base")."""
+    import os
+
+    return path if os.path.isdir(path) else "./" + path.rstrip("/").split("/")[-1] + "-safetensors"
 
 
 def _labels(task: Task) -> str:

@@ -144,9 +144,10 @@ class TrainConfig:
             problems.append(f"--warmup-steps must be 0 or more, got {self.warmup_steps}")
         if check("weight_decay") and not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             problems.append(f"--weight-decay must be 0 or more and finite, got {self.weight_decay}")
-        for name in check("seed", "split_seed"):  # the range numpy's and torch's generators take
-            if not 0 <= getattr(self, name) < 2**32:
-                problems.append(f"--{name.replace('_', '-')} must be between 0 and 2**32 - 1, got {getattr(self, name)}")
+        if check("seed") and not 0 <= self.seed < 2**32:  # the range np.random.seed (accelerate's set_seed) takes
+            problems.append(f"--seed must be between 0 and 2**32 - 1, got {self.seed}")
+        if check("split_seed") and self.split_seed < 0:  # it seeds only numpy's default_rng, which takes any size
+            problems.append(f"--split-seed must be 0 or more, got {self.split_seed}")
         if self.train_file is None and (self.validation_file or self.test_file):
             problems.append("--validation-file/--test-file need --train-file")
         # the options that describe the user's own files: without --train-file they were silently ignored
