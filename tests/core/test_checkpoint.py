@@ -154,12 +154,12 @@ def test_refuses_bad_configs(tmp_path, edit, match):
 
 
 def test_a_config_that_fails_validation_is_a_checkpoint_error_naming_the_file(tmp_path):
-    """head_modules: null (older saves had no config hash to catch an edit) was a bare TypeError
+    """An invalid config (older saves had no config hash to catch an edit) was a bare TypeError
     from inside add_adapters; it is a CheckpointError naming adapter_config.json, the model unchanged."""
     from safetensors.torch import load_file, save_file
     _saved(tmp_path, arch="bert")
     meta = json.loads((tmp_path / CONFIG_NAME).read_text())
-    meta["config"]["head_modules"] = None
+    meta["config"]["head_modules"] = 5
     (tmp_path / CONFIG_NAME).write_text(json.dumps(meta))
     save_file(load_file(tmp_path / WEIGHTS_NAME), tmp_path / WEIGHTS_NAME, metadata={"format": "pt"})
     _refused(tmp_path, f"{CONFIG_NAME}: invalid CompacterConfig:\n  - head_modules must be a list", arch="bert")
