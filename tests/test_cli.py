@@ -390,6 +390,20 @@ def test_train_names_an_output_dir_that_cannot_be_a_folder_before_loading(output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
+@pytest.mark.parametrize("resume", [[], ["--no-resume"]])
+@pytest.mark.parametrize("files", [{"best/notes.txt": "mine"}, {"config.json": '{"model_type": "bert"}', "model.safetensors": "w"}])
+def test_train_refuses_a_folder_of_other_files_before_loading(files, resume, tmp_path, monkeypatch, capsys):
+    """A folder that is not a run (a user's best/, a model folder's config.json) had its best/
+    deleted and its config.json overwritten."""
+    for name, text in files.items():
+        (tmp_path / "out" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "out" / name).write_text(text)
+    _no_loading(monkeypatch)
+    assert main(["train", "--task", "demo", "--output-dir", str(tmp_path / "out"), "--no-progress", *resume]) == 2
+    assert "is not a compacter run folder" in capsys.readouterr().err
+    assert {str(p.relative_to(tmp_path / "out")): p.read_text() for p in (tmp_path / "out").rglob("*") if p.is_file()} == files
+
+
 def test_train_names_an_output_dir_it_cannot_create_before_loading(tmp_path, monkeypatch, capsys):
     """(/sys/run as root: PermissionError traceback after loading; here the refusal is simulated.)"""
     import tempfile

@@ -308,11 +308,25 @@ def _check_output_dir(run: Path) -> None:
     if not existing.is_dir():
         what = "is a file, not a folder" if existing.is_file() else "is not a folder"
         raise ValueError(f"--output-dir {run}: {'it' if existing == path else existing} {what}")
+    if existing == path and any(path.iterdir()) and not _is_run_folder(path):
+        held = ", ".join(sorted(p.name for p in path.iterdir())[:5])
+        raise ValueError(f"--output-dir {run}: holds files ({held}...) but is not a compacter run folder (its config.json, if "
+                         "any, is not a run's); a run would replace best/, last/, config.json and results.json in it: "
+                         "give a new or empty folder")
     try:
         probe = tempfile.mkdtemp(prefix=".compacter-write-check-", dir=existing)
     except OSError as err:
         raise ValueError(f"--output-dir {run}: cannot create folders in {existing} ({err.strerror or err})") from None
     os.rmdir(probe)
+
+
+def _is_run_folder(path: Path) -> bool:
+    """Whether ``path`` holds a run's config.json (a model folder's config.json is not one)."""
+    try:
+        data = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"task", "method", "output_dir"} <= data.keys()
 
 
 def default_model_path() -> str:
