@@ -193,11 +193,12 @@ def read_adapter_config(path: str | os.PathLike) -> tuple[CompacterConfig, dict]
     return config, meta
 
 
-def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The weights file's tensors and its metadata."""
-    file = path / WEIGHTS_NAME
+def _read_weights(path: Path, name: str = WEIGHTS_NAME, what: str = "adapter weights") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of weights file ``name`` in folder ``path``; a missing or damaged
+    file is a CheckpointError naming it (``what``: what the file holds, for the message)."""
+    file = path / name
     if not file.is_file():
-        raise CheckpointError(f"{file}: no adapter weights here")
+        raise CheckpointError(f"{file}: no {what} here")
     try:
         with safe_open(file, framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}

@@ -12,10 +12,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from .checkpoint import _atomic_write
+from .checkpoint import _atomic_write, _read_weights
 from .config import DEFAULT_LEARNING_RATES
 from .inject import body_prefix
 
@@ -129,9 +129,7 @@ def _fits(value, hint) -> bool:
         return value is None
     if hint is bool:
         return isinstance(value, bool)
-    if hint is int:  # PEFT annotates some numbers int that take floats too (lora_alpha=16.5): LoraConfig has the last word
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is float:
+    if hint in (int, float):  # PEFT annotates some numbers int that take floats too (lora_alpha=16.5): LoraConfig has the last word
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is str:
         return isinstance(value, str)
@@ -220,14 +218,4 @@ def save_peer(model: nn.Module, folder: Path, method: str) -> None:
 
 def read_peer(folder: Path) -> dict[str, torch.Tensor]:
     """The tensors of ``folder``/peer_model.safetensors; a missing or damaged file is a CheckpointError naming it."""
-    from safetensors import SafetensorError
-
-    from .checkpoint import CheckpointError
-
-    file = folder / PEER_WEIGHTS
-    if not file.is_file():
-        raise CheckpointError(f"{file}: no peer weights here")
-    try:
-        return load_file(file)
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{file}: truncated or corrupt safetensors file ({err})") from None
+    return _read_weights(folder, PEER_WEIGHTS, "peer weights")[0]
