@@ -159,9 +159,9 @@ def _load_adapted(adapter_dir: str, model: str | None, task_name: str | None, dt
     Returns (model, batcher, task, run config dict, own) where ``own`` is the run's TrainConfig when
     it trained on the user's own files and no other --task is asked for (else None)."""
     from . import load_adapters, read_adapter_config
-    from .modeling import Batcher, check_model_path, load_model, load_tokenizer
+    from .modeling import Batcher, check_model_path, load_model, load_tokenizer, model_family
     from .tasks import get_task
-    from .training import DTYPES, model_family
+    from .training import DTYPES
 
     config, meta = read_adapter_config(adapter_dir)
     run_config = _run_config(adapter_dir)
@@ -293,7 +293,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_params(args: argparse.Namespace) -> int:
     from .config import CompacterConfig
     from .modeling import check_model_path
-    from .params import KNOWN_SHAPES, model_config, params_table
+    from .params import KNOWN_SHAPES, params_table
 
     overrides = args.adapter and parse_key_values(args.adapter)
     for method in args.methods:  # before the model's config is read
@@ -303,10 +303,6 @@ def cmd_params(args: argparse.Namespace) -> int:
             raise ValueError(f"--adapter {' '.join(args.adapter)} (with method {method}): {err}") from None
     if args.model not in KNOWN_SHAPES:  # a mistyped local path reached transformers as a Hub repo id
         check_model_path(args.model)
-    try:
-        model_config(args.model)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"--model {args.model}: cannot read the model's config ({err})") from None
     print(params_table(args.model, args.methods, overrides))
     return 0
 

@@ -73,6 +73,22 @@ def check_model_path(path: str, option: str = "--model") -> None:
                          "config.json, or a Hugging Face Hub id such as 'google-t5/t5-base'")
 
 
+def read_model_config(path: str, option: str = "--model"):
+    """The transformers config of the model at ``path``; an unreadable one (not JSON, a data file
+    given as the model, no such Hub repo) is a ValueError naming ``option`` and ``path``."""
+    import transformers as T
+
+    try:
+        return T.AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{option} {path}: cannot read the model's config ({err})") from None
+
+
+def model_family(path: str, option: str = "--model") -> str:
+    """The family of the model at ``path``, from its config (see :func:`read_model_config`)."""
+    return family_of(read_model_config(path, option))
+
+
 def load_model(path: str, family: str, task: Task, dtype: torch.dtype | None = None, *, adapter: str | None = None,
                train_head: bool = True) -> nn.Module:
     """The pretrained model of ``family`` for ``task`` (a new head for encoders).

@@ -18,11 +18,15 @@ KNOWN_SHAPES = {
 
 
 def model_config(name: str):
+    """The config of a known shape (``t5-base-shapes``) or of the model at ``name``; an unreadable
+    one is a ValueError naming --model (:func:`~compacter.modeling.read_model_config`)."""
     import transformers as T
+
+    from .modeling import read_model_config
 
     if name in KNOWN_SHAPES:
         return T.T5Config(**KNOWN_SHAPES[name])
-    return T.AutoConfig.from_pretrained(name)
+    return read_model_config(name)
 
 
 def empty_model(name: str) -> torch.nn.Module:

@@ -43,7 +43,7 @@ from safetensors.torch import load_file, save_file
 from . import checkpoint as ckpt
 from .config import METHODS, CompacterConfig
 from .inject import add_adapters, count_parameters, trainable_parameters
-from .modeling import Batcher, check_model_path, decoder_loss, family_of, load_model, load_tokenizer, predict_batch, target_span
+from .modeling import Batcher, check_model_path, decoder_loss, load_model, load_tokenizer, model_family, predict_batch, target_span
 from .peers import PEER_METHODS, PEER_WEIGHTS, add_peer, default_learning_rate, read_peer, save_peer, trained_tensors
 from .tasks import Example, Task, custom_task, get_task, load_files, paper_splits
 from .tasks.splits import VALIDATION_FROM_TRAIN, apply_protocol, carve, group_units, split_half
@@ -281,18 +281,6 @@ def _normalized(name: str, value: Any) -> Any:
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint was kept."""
-
-
-def model_family(path: str, option: str = "--model") -> str:
-    """The family of the model at ``path`` from its config.json; an unreadable one (not JSON, a
-    data file given as the model, no such Hub repo) is a ValueError naming ``option`` and ``path``."""
-    import transformers as T
-
-    try:
-        config = T.AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{option} {path}: cannot read the model's config ({err})") from None
-    return family_of(config)
 
 
 def _check_output_dir(run: Path) -> None:
