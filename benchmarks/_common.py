@@ -427,7 +427,11 @@ def free(*objs) -> None:
         torch.cuda.empty_cache()
 
 
-def write_json(path: str | None, rows: list[dict]) -> None:
+def write_json(path: str | None, rows: list[dict], env: dict | None = None) -> None:
+    """Write ``rows`` as a JSON list to ``path`` (if given); ``env`` (:func:`environment`) is
+    first stamped on every row, as ``rows[i]["env"]``."""
+    for row in rows if env is not None else ():
+        row["env"] = env
     if path:
         with open(path, "w") as fh:
             json.dump(rows, fh, indent=2)

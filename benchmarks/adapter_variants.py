@@ -170,9 +170,7 @@ def main(argv=None) -> list[dict]:
     for r in rows:
         print(f"| {r['label']} | {r['ms_min']:.3f} | {r['ms_median']:.3f} | {r['ratio_to_layer_by_layer_min']:.2f} "
               f"| {r['ratio_to_layer_by_layer_paired']:.2f} |")
-    for r in out:
-        r["env"] = env
-    write_json(args.json, out)
+    write_json(args.json, out, env)
     return out
 
 

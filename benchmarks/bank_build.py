@@ -100,9 +100,7 @@ def main(argv=None) -> list[dict]:
                   f"| {r['ratio_to_per_layer']:.3f} | {r['ratio_to_per_layer_paired']:.3f} | {r['autograd_nodes']} |")
         out += rows
     print("(the node count includes the summation used to run backward; the same on both sides)")
-    for r in out:
-        r["env"] = env
-    write_json(args.json, out)
+    write_json(args.json, out, env)
     return out
 
 

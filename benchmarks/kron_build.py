@@ -64,10 +64,7 @@ def main(argv=None) -> list[dict]:
     for r in rows:
         print(f"| {r['way']} | {' / '.join(f'{v:.1f}' for v in r['us_per_call_all'])} | {r['ms_min'] * 1e3:.1f} "
               f"| {r['ratio_to_einsum_min']:.3f} | {r['ratio_to_einsum_paired']:.3f} |")
-    env = environment()
-    for r in rows:
-        r["env"] = env
-    write_json(args.json, rows)
+    write_json(args.json, rows, environment())
     return rows
 
 
