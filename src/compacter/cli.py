@@ -93,7 +93,7 @@ def _or_none(base: type):
 #: The offline demo (no --task, no --config): settings that train the bundled task in a few CPU minutes.
 DEMO_DEFAULTS = {"epochs": 10, "batch_size": 16}
 #: ... and for the default method (no --method): the paper's 3e-3 learns too slowly in the demo's
-#: 180 steps, 1e-2 reaches ~80-90% accuracy. A method named on the command line keeps its paper rate.
+#: 190 steps, 1e-2 reaches ~80-90% accuracy. A method named on the command line keeps its paper rate.
 DEMO_LEARNING_RATE = 1e-2
 
 

@@ -4,7 +4,10 @@ One code path runs on one CPU, one GPU, or many processes (``accelerate launch``
 DDP; FSDP and DeepSpeed through an Accelerate config). ``batch_size`` is per process;
 the global batch is ``batch_size × processes × grad_accum``. Each process takes its slice
 of every global batch of one seeded permutation per epoch, so a run on N processes sees the
-same global batches as a run on one process with an N-times larger batch. Each process draws
+same global batches as a run on one process with an N-times larger batch. Every epoch uses
+every example, as the transformers Trainer does: its last global batch is the examples left
+(split over the processes; see :func:`epoch_batches`), and its last optimizer step takes the
+micro-batches left when they cannot fill ``grad_accum``. Each process draws
 its own dropout masks, so the two runs end with the same weights only for a model without
 dropout (or with its dropout set to 0).
 
@@ -22,6 +25,7 @@ Run directory::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import json
@@ -77,7 +81,7 @@ class TrainConfig:
     epochs: int = _f(20, "training epochs (paper: 20 for small data sets, 3 for large ones)")
     max_steps: int | None = _f(None, "stop after this many optimizer steps (overrides epochs)")
     batch_size: int = _f(32, "examples per process and micro-step (paper: 100)")
-    grad_accum: int = _f(1, "gradient accumulation micro-steps per optimizer step (an epoch's last batches that cannot fill a step are skipped)")
+    grad_accum: int = _f(1, "gradient accumulation micro-steps per optimizer step (an epoch's last step takes the batches left)")
     learning_rate: float | None = _f(None, "peak learning rate (default: the paper's for the method, 3e-3 or 3e-4)")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     warmup_steps: int | None = _f(None, "linear warm-up steps (default: min(500, 10% of all steps); paper: 500)")
@@ -395,16 +399,49 @@ def _load_splits(cfg: TrainConfig, task: Task) -> dict[str, list[Example]]:
 
 
 def epoch_batches(n: int, epoch: int, seed: int, batch_size: int, rank: int, world: int) -> list[list[int]]:
-    """This process's micro-batches of one epoch: a seeded permutation cut into global batches."""
+    """This process's micro-batches of one epoch: a seeded permutation cut into global batches of
+    ``batch_size × world`` examples, process ``rank`` taking its slice of each.
+
+    Every example is in the epoch, as in the transformers Trainer (``drop_last=False``): the last
+    global batch holds the ``n mod (batch_size × world)`` examples left, split over the processes
+    as evenly as possible (sizes differ by one at most). Where fewer examples are left than there
+    are processes, the batch is filled up from the start of the epoch's permutation to one example
+    per process, as Accelerate's ``even_batches=True`` fills its last batches, so that every process
+    has a batch in every step (a process without one would leave the others waiting in the gradient
+    all-reduce). Every process therefore gets ``ceil(n / (batch_size × world))`` micro-batches;
+    a training set smaller than one global batch is one partial batch. See :func:`global_batch_size`.
+    """
+    if n < 1:
+        raise ValueError("the training set is empty: there is nothing to make batches of")
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(n, generator=g).tolist()
     step = batch_size * world
-    out = []
-    for start in range(0, n - step + 1 if n >= step else 0, step):  # whole global batches only
-        out.append(order[start + rank * batch_size: start + (rank + 1) * batch_size])
-    if not out:
-        raise ValueError(f"the training set ({n} examples) is smaller than one global batch ({step}); lower --batch-size")
+    whole = n - n % step
+    out = [order[start + rank * batch_size: start + (rank + 1) * batch_size] for start in range(0, whole, step)]
+    rest = order[whole:]
+    if rest:
+        if len(rest) < world:  # even_batches: one example per process, the missing ones from the start
+            rest += (order * math.ceil(world / n))[:world - len(rest)]
+        size, extra = divmod(len(rest), world)  # the first `extra` processes take one more
+        start = rank * size + min(rank, extra)
+        out.append(rest[start:start + size + (rank < extra)])
     return out
+
+
+def global_batch_size(n: int, b: int, batch_size: int, world: int) -> int:
+    """Examples in the ``b``-th global batch of an epoch of :func:`epoch_batches` (all processes
+    together): ``batch_size × world``, but in the last, partial one the examples left (at least
+    one per process)."""
+    step = batch_size * world
+    return max(min(step, n - b * step), world)
+
+
+def optimizer_steps_per_epoch(n: int, batch_size: int, world: int, grad_accum: int) -> int:
+    """Optimizer steps in an epoch of ``n`` examples: ``ceil(micro-batches / grad_accum)``, the last
+    step taking the micro-batches left (the transformers Trainer's count); an epoch of fewer
+    micro-batches than ``grad_accum`` is one step."""
+    micro = math.ceil(n / (batch_size * world))
+    return math.ceil(micro / grad_accum)
 
 
 # ----------------------------------------------------------------------------- state
@@ -724,8 +761,9 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
     # cpu=True where no GPU is visible: Accelerate then runs torchrun's processes as DDP over gloo.
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
-                              cpu=not torch.cuda.is_available())
+    # gradient accumulation is the loop's own (see _train_loop), as in the transformers Trainer: Accelerate's
+    # accumulate() cannot end an epoch's last, shorter step early, and its backward() would divide by grad_accum
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
     say = log if main else (lambda *a, **k: None)
     if torch.cuda.is_available():  # the peak results.json reports is this run's, not an earlier one's in this process
@@ -739,12 +777,7 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     model_path = cfg.model or default_model_path()
     family = model_family(model_path)  # its config.json: a bad one is named before the data is read
     splits = load_splits(cfg, task)
-    per_epoch = len(epoch_batches(len(splits["train"]), 0, cfg.seed, cfg.batch_size, 0, accelerator.num_processes))
-    if per_epoch < cfg.grad_accum:
-        raise ValueError(f"--grad-accum {cfg.grad_accum} needs at least {cfg.grad_accum} batches per epoch on each process; "
-                         f"{len(splits['train'])} training examples at --batch-size {cfg.batch_size} on "
-                         f"{accelerator.num_processes} process(es) give {per_epoch}: lower --grad-accum or --batch-size")
-    steps_per_epoch = per_epoch // cfg.grad_accum  # an epoch's last (per_epoch mod grad_accum) batches are skipped
+    steps_per_epoch = optimizer_steps_per_epoch(len(splits["train"]), cfg.batch_size, accelerator.num_processes, cfg.grad_accum)
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
     _refuse_other_settings(cfg, run)
     _refuse_finished(cfg, run, total_steps)
@@ -828,36 +861,44 @@ def _train_loop(cfg, run, model, forward, raw_model, batcher, splits, validation
     done = _finished(cfg, progress, total_steps)
     # the training loss since the last evaluation, summed on the device: no host sync per step
     loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
+    n, world = len(splits["train"]), accelerator.num_processes
     while not done:
-        batches = epoch_batches(len(splits["train"]), progress["epoch"], cfg.seed, cfg.batch_size,
-                                accelerator.process_index, accelerator.num_processes)
-        # every optimizer step takes grad_accum batches: the epoch's leftover batches (fewer than
-        # grad_accum) are skipped, as the next epoch's order is a new permutation anyway
-        usable = len(batches) - len(batches) % cfg.grad_accum
-        for b in range(progress["batch"], usable):
+        batches = epoch_batches(n, progress["epoch"], cfg.seed, cfg.batch_size, accelerator.process_index, world)
+        for b in range(progress["batch"], len(batches)):
+            # an optimizer step takes grad_accum micro-batches; the epoch's last step takes those left
+            # (fewer), as the transformers Trainer does (its loss / current_gradient_accumulation_steps)
+            first = b - b % cfg.grad_accum
+            group = min(cfg.grad_accum, len(batches) - first)
+            sync = b + 1 == first + group
+            accelerator.gradient_state._set_sync_gradients(sync)  # what the Trainer sets (accumulation is ours)
+            # the gradient is the mean over the step's micro-batches of each global micro-batch's mean
+            # loss; within one, every example weighs the same: a process whose slice of the epoch's
+            # last, partial batch is smaller than the others' scales its mean down (share < 1), as
+            # the all-reduce averages the processes' gradients (share 1 on whole batches)
+            share = len(batches[b]) * world / global_batch_size(n, b, cfg.batch_size, world)
             batch = batcher.train_batch([splits["train"][i] for i in batches[b]])
             span = target_span(batch["labels"]) if batcher.family == "decoder" else None
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            with accelerator.accumulate(model):
+            with contextlib.nullcontext() if sync else accelerator.no_sync(model):
                 loss = forward(**batch).loss if span is None else decoder_loss(forward, batch, span)
                 finite = torch.isfinite(loss.detach()).all()
-                if accelerator.num_processes > 1:  # all processes stop together: one raising alone would
+                if world > 1:  # all processes stop together: one raising alone would
                     # leave the others waiting in the gradient all-reduce until its timeout
-                    finite = accelerator.reduce(finite.float(), "sum") == accelerator.num_processes
+                    finite = accelerator.reduce(finite.float(), "sum") == world
                 if not finite:
                     value = loss.item()
                     what = f"loss is {value}" if not math.isfinite(value) else "another process's loss is not finite"
                     raise TrainingDiverged(f"{what} at step {progress['step']} (epoch {progress['epoch']}, batch {b}); "
                                            f"{_kept(run)}. Try a lower --learning-rate.")
-                accelerator.backward(loss)
-                loss_sum, loss_count = loss_sum + loss.detach().float(), loss_count + 1
-                if accelerator.sync_gradients and cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                accelerator.backward(loss * (share / group))
+            loss_sum, loss_count = loss_sum + loss.detach().float() * share, loss_count + 1
             progress["batch"] = b + 1
-            if not accelerator.sync_gradients:
+            if not sync:
                 continue
+            if cfg.max_grad_norm:
+                accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             progress["step"] += 1
             lr = scheduler.get_last_lr()[0]
@@ -867,7 +908,7 @@ def _train_loop(cfg, run, model, forward, raw_model, batcher, splits, validation
             if bar:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", score=progress["history"][-1]["score"] if progress["history"] else "-")
-            end_of_epoch = b + 1 == usable
+            end_of_epoch = b + 1 == len(batches)
             done = progress["step"] >= total_steps
             if (cfg.eval_every and progress["step"] % cfg.eval_every == 0) or (not cfg.eval_every and end_of_epoch) or done:
                 # the loss check above sees a step's input, not its update: an update that overflowed

@@ -29,8 +29,10 @@ def _free_port() -> int:
 
 def test_two_process_ddp_matches_one_process(model_dirs, tmp_path):
     """`torchrun --nproc_per_node 2 -m compacter train` (the documented multi-process command, CPU/gloo
-    here) ends with the adapter one process gets from the same global batch, and exits cleanly."""
-    common = {**FAST, "model": model_dirs["encoder"], "max_steps": 4, "eval_every": 2, "eval_before": False}
+    here) ends with the adapter one process gets from the same global batch, and exits cleanly.
+    21 examples at a global batch of 8: each epoch's third step is the 5 left, split 3 + 2 over the
+    processes, each example weighing what it weighs in the one process's batch of 5."""
+    common = {**FAST, "model": model_dirs["encoder"], "train_samples": 21, "max_steps": 5, "eval_every": 2, "eval_before": False}
     train(TrainConfig(**{**common, "batch_size": 8, "output_dir": str(tmp_path / "one")}), log=lambda *a: None)
     cfg = tmp_path / "two.json"
     cfg.write_text(json.dumps({**common, "batch_size": 4, "output_dir": str(tmp_path / "two")}))
@@ -44,9 +46,10 @@ def test_two_process_ddp_matches_one_process(model_dirs, tmp_path):
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5)
     base = json.loads((tmp_path / "two" / "results.json").read_text())
-    assert base["steps"] == 4
+    assert base["steps"] == 5
     evals_one = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     evals_two = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["epoch"]) for e in evals_two] == [(2, 0), (4, 1), (5, 1)]  # 3 steps an epoch
     assert [e["score"] for e in evals_one] == [e["score"] for e in evals_two]
     # the logged training loss is the mean over both processes' halves of each batch
     for a, b in zip(evals_one, evals_two, strict=True):

@@ -236,8 +236,29 @@ def test_epoch_batches_shard_one_global_order():
     r1 = epoch_batches(40, 3, seed=7, batch_size=4, rank=1, world=2)
     assert [sorted(a + b) for a, b in zip(r0, r1)] == [sorted(s) for s in single]
     assert epoch_batches(40, 4, seed=7, batch_size=8, rank=0, world=1) != single
-    with pytest.raises(ValueError, match="smaller than one global batch"):
-        epoch_batches(5, 0, seed=0, batch_size=8, rank=0, world=1)
+
+
+@pytest.mark.parametrize("n,batch_size,world,sizes", [
+    (250, 100, 1, [[100, 100, 50]]),  # CB at the paper's batch: the last 50 train too (they were dropped)
+    (5, 8, 1, [[5]]),  # smaller than one batch: one partial batch (it was an error)
+    (21, 4, 2, [[4, 4, 3], [4, 4, 2]]),  # the last 5 split over the processes
+    (17, 4, 2, [[4, 4, 1], [4, 4, 1]]),  # 1 left for 2 processes: filled up from the epoch's start
+    (1, 4, 3, [[1], [1], [1]]),
+])
+def test_every_epoch_keeps_its_last_partial_batch(n, batch_size, world, sizes):
+    """As the transformers Trainer (drop_last=False) and, on several processes, Accelerate's even_batches."""
+    ranks = [epoch_batches(n, 2, seed=7, batch_size=batch_size, rank=r, world=world) for r in range(world)]
+    assert [[len(b) for b in rank] for rank in ranks] == sizes
+    single = epoch_batches(n, 2, seed=7, batch_size=batch_size * world, rank=0, world=1)
+    order = [i for b in single for i in b]
+    assert sorted(order) == list(range(n))  # one process: every example once
+    for b, global_batch in enumerate(zip(*ranks)):
+        together = [i for part in global_batch for i in part]
+        assert len(together) == training.global_batch_size(n, b, batch_size, world)
+        # the processes' slices are the one-process batch, the missing examples taken from the start of the epoch
+        assert together == (single[b] + order * world)[:len(together)]
+    with pytest.raises(ValueError, match="training set is empty"):
+        epoch_batches(0, 0, seed=0, batch_size=8, rank=0, world=1)
 
 
 @pytest.mark.parametrize("bad,match", [
@@ -412,24 +433,41 @@ def _fail_on_endless_epochs(monkeypatch, limit=20):
     monkeypatch.setattr(training, "epoch_batches", counted)
 
 
-def test_gradient_accumulation_skips_an_epochs_leftover_batches(model_dirs, tmp_path, monkeypatch):
-    """20 examples in batches of 4 = 5 batches; grad_accum 2: 2 steps per epoch, the 5th batch is
-    skipped (it used to loop forever waiting for a step that never came)."""
+def test_gradient_accumulation_ends_an_epoch_with_a_shorter_step(model_dirs, tmp_path, monkeypatch):
+    """20 examples in batches of 4 = 5 batches; grad_accum 2: 3 steps per epoch, the 5th batch alone
+    making the third, as in the transformers Trainer (it was skipped; before that, it looped forever
+    waiting for a step that never came)."""
     _fail_on_endless_epochs(monkeypatch)
     cfg = _cfg(model_dirs, "encoder", tmp_path, batch_size=4, grad_accum=2, train_samples=20, epochs=2, max_steps=None,
                eval_every=None, eval_before=False)
     results = train(cfg, log=lambda *a: None)
-    assert results["steps"] == 4
+    assert results["steps"] == 6
     evals = [json.loads(line) for line in (tmp_path / "run-encoder" / "metrics.jsonl").read_text().splitlines()]
-    assert [(e["step"], e["epoch"]) for e in evals] == [(2, 1), (4, 2)]
+    assert [(e["step"], e["epoch"]) for e in evals] == [(3, 1), (6, 2)]
 
 
-def test_gradient_accumulation_larger_than_an_epoch_is_refused_before_anything_is_written(model_dirs, tmp_path, monkeypatch):
+@pytest.mark.parametrize("change", [dict(batch_size=4, grad_accum=3), dict(batch_size=16)])
+def test_an_epoch_shorter_than_one_step_is_one_step(model_dirs, tmp_path, monkeypatch, change):
+    """8 examples: 2 batches of 4 for 3 accumulation steps, or fewer than one batch of 16; both were
+    refused. Each epoch is now one optimizer step of all 8 examples, as the transformers Trainer makes it."""
     _fail_on_endless_epochs(monkeypatch)
-    cfg = _cfg(model_dirs, "encoder", tmp_path, batch_size=4, grad_accum=3, train_samples=8)
-    with pytest.raises(ValueError, match=r"--grad-accum 3 needs at least 3 batches.*8 training examples.*give 2"):
-        train(cfg, log=lambda *a: None)
-    assert not (tmp_path / "run-encoder").exists()
+    cfg = _cfg(model_dirs, "encoder", tmp_path, train_samples=8, epochs=2, max_steps=None, eval_every=None,
+               eval_before=False, **change)
+    results = train(cfg, log=lambda *a: None)
+    assert results["steps"] == 2 and results["train_examples"] == 8
+
+
+def test_an_epochs_last_partial_batch_trains_like_the_larger_batch_with_accumulation(model_dirs, tmp_path):
+    """12 examples, two epochs: batches of 8 (8, then the 4 left) and batches of 4 accumulated in
+    twos (4 + 4, then 4 alone) take the same steps; the last one's loss is its one micro-batch's
+    mean, not half of it (the transformers Trainer divides by the micro-batches the step has)."""
+    common = dict(train_samples=12, epochs=2, max_steps=None, eval_every=None, eval_before=False)
+    big = train(_cfg(model_dirs, "encoder", tmp_path / "big", batch_size=8, **common), log=lambda *a: None)
+    acc = train(_cfg(model_dirs, "encoder", tmp_path / "acc", batch_size=4, grad_accum=2, **common), log=lambda *a: None)
+    assert big["steps"] == acc["steps"] == 4
+    big, acc = (load_file(tmp_path / name / "run-encoder" / "last" / WEIGHTS_NAME) for name in ("big", "acc"))
+    for key in big:
+        torch.testing.assert_close(acc[key], big[key], rtol=1e-4, atol=1e-5)
 
 
 def test_early_stopping_ends_the_run(model_dirs, tmp_path):
