@@ -644,6 +644,28 @@ def _check_resume_state(run: Path, peer: bool) -> None:
             raise _state_error(file, "no 'rng.torch' tensor (the random generator's state)")
 
 
+def _refuse_old_epochs(run: Path, n: int, batch_size: int, world: int, grad_accum: int) -> None:
+    """Before the model is loaded: a last/ saved by a version that dropped each epoch's last partial
+    global batch and its last micro-batches that could not fill a step (its progress has no
+    "keeps_last_batch") counted its steps and epochs that way; it resumes only where that made no
+    difference (whole global batches, and whole steps of them). Elsewhere its step counter, its
+    epoch and its learning-rate schedule do not fit this version's epochs (CB's 250 examples at batch
+    100: 2 steps an epoch then, 3 now), and a resume would train a run neither version makes."""
+    folder = run / "last" if (run / "last").exists() else run / "last.old"
+    if not (folder / STATE_META).exists() or read_state_meta(folder)["progress"].get("keeps_last_batch"):
+        return
+    step = batch_size * world
+    if n % step == 0 and (n // step) % grad_accum == 0:
+        return
+    old, new = n // step // grad_accum, optimizer_steps_per_epoch(n, batch_size, world, grad_accum)
+    raise ckpt.CheckpointError(
+        f"{folder / STATE_META}: saved by an older version, whose epochs left out their last partial batch "
+        f"({n} training examples at a global batch of {step}{f' x {grad_accum} accumulated' if grad_accum > 1 else ''}: "
+        f"{old} optimizer step(s) an epoch then, {new} now, every example in every epoch); its step and epoch "
+        f"counters and learning-rate schedule do not fit this version's epochs, so the run cannot resume from it: "
+        f"{_RESUME_FIX} (or finish it with the version that started it)")
+
+
 def _rmtree(path: Path) -> None:
     import shutil
 
@@ -783,6 +805,7 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     _refuse_finished(cfg, run, total_steps)
     if cfg.resume:
         _check_resume_state(run, cfg.is_peer)
+        _refuse_old_epochs(run, len(splits["train"]), cfg.batch_size, accelerator.num_processes, cfg.grad_accum)
     try:
         tokenizer = load_tokenizer(model_path, family)
         set_seed(cfg.seed)
@@ -820,8 +843,9 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     # "seconds": training time up to the last checkpoint (validations and checkpoint writes included),
     # "eval_seconds": the part of it spent validating and checkpointing, "before": the untrained
     # model's test scores; all kept in last/ so that a resumed run reports the whole run's
+    # "keeps_last_batch": the counters are of epochs with their last partial batch (see _refuse_old_epochs)
     progress = {"step": 0, "epoch": 0, "batch": 0, "best_score": None, "best_step": None, "stale": 0, "history": [],
-                "seconds": 0.0, "eval_seconds": 0.0, "before": None}
+                "seconds": 0.0, "eval_seconds": 0.0, "before": None, "keeps_last_batch": True}
     if cfg.resume and main:  # a crash inside a checkpoint swap left last.old: put it back
         _recover(run / "last")
         _recover(run / "best")

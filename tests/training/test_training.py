@@ -920,3 +920,28 @@ def test_last_checkpoint_files_get_an_ordinary_files_mode(method, tmp_path):
         os.umask(mask)
     modes = {f.name: oct(f.stat().st_mode & 0o777) for f in (tmp_path / "last").iterdir()}
     assert "train_state.safetensors" in modes and set(modes.values()) == {"0o644"}, modes
+
+
+@pytest.mark.parametrize("samples,refused", [(20, True), (16, False)])
+def test_a_last_state_from_before_partial_batches_resumes_only_where_its_epochs_are_unchanged(model_dirs, tmp_path, samples,
+                                                                                             refused):
+    """last/ of a version that dropped each epoch's last partial batch counted 2 steps an epoch for
+    20 examples at batch 8, where there are 3 now: its counters and schedule do not fit, so it is
+    refused, before anything is written; 16 examples are 2 whole batches either way, and resume."""
+    cfg = _cfg(model_dirs, "encoder", tmp_path, train_samples=samples, max_steps=2, eval_every=2, eval_before=False)
+    train(cfg, log=lambda *a: None)
+    run = tmp_path / "run-encoder"
+    (run / "results.json").unlink()  # as if killed while testing best/
+    state = run / "last" / "train_state.json"
+    meta = json.loads(state.read_text())
+    assert meta["progress"].pop("keeps_last_batch") is True
+    state.write_text(json.dumps(meta))  # as the older version saved it
+    before, logs = _stamps(run), []
+    if refused:
+        with pytest.raises(ValueError, match=r"train_state.json: saved by an older version.*20 training examples at a global "
+                                             r"batch of 8: 2 optimizer step\(s\) an epoch then, 3 now.*--no-resume"):
+            train(dataclasses.replace(cfg, max_steps=4), log=logs.append)
+        assert _stamps(run) == before
+    else:
+        assert train(dataclasses.replace(cfg, max_steps=4), log=logs.append)["steps"] == 4
+        assert any("resumed" in line and "step 2" in line for line in logs)
