@@ -19,7 +19,8 @@ Run directory::
     metrics.jsonl      one line per evaluation: step, epoch, train_loss (mean since the previous one), validation metrics
     best/              the adapter with the best validation score (adapter-only checkpoint)
     last/              the latest adapter + optimizer/scheduler/RNG state, to resume after a crash
-    results.json       final validation and test metrics, parameter counts, time, memory
+    results.json       final validation and test metrics, parameter counts (trainable, total with the adapters,
+                       base as loaded; percent_trainable = 100 x trainable / base), time, memory
     tensorboard/       when tensorboard is installed
 """
 
@@ -813,6 +814,9 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
                            train_head=cfg.is_peer or cfg.adapter_config().train_head)
     except OSError as err:  # missing or unreadable weights or tokenizer files
         raise ValueError(f"--model {model_path}: {err}") from None
+    # the model as loaded (its task head included), before adapters or added BitFit biases: what
+    # the paper's "% of parameters" divides by (0.047% of T5-base for Compacter++), and `compacter params`
+    base = count_parameters(model)[1]
     if cfg.is_peer:
         model = add_peer(model, cfg.method, family, cfg.adapter)
         model._compacter_peer = cfg.method
@@ -830,7 +834,7 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     validation = first_examples(splits["validation"], cfg.max_eval_samples)
     say(f"task {task.name}: {len(splits['train'])} train / {len(validation)} validation / {len(splits['test'])} test; "
         f"model {model_path} ({family}); method {cfg.method}: {trainable:,} trainable of {total:,} parameters "
-        f"({100 * trainable / total:.4f}%)")
+        f"({100 * trainable / base:.4f}% of the base model's {base:,})")
 
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(500, total_steps // 10)
     params = trainable_parameters(model)
@@ -874,7 +878,7 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
         if writer:
             writer.close()
     train_seconds = time.perf_counter() - start
-    return _finish(cfg, run, raw_model, batcher, splits, accelerator, task, model_path, trainable, total, progress,
+    return _finish(cfg, run, raw_model, batcher, splits, accelerator, task, model_path, (trainable, total, base), progress,
                    train_seconds, say)
 
 
@@ -1141,8 +1145,11 @@ def _evaluate_and_checkpoint(cfg, run, model, batcher, validation, accelerator, 
     return bool(cfg.early_stopping and progress["stale"] >= cfg.early_stopping)
 
 
-def _finish(cfg, run, model, batcher, splits, accelerator, task, model_path, trainable, total, progress, seconds, say):
-    """Load the best adapter, test it, write results.json and print the summary."""
+def _finish(cfg, run, model, batcher, splits, accelerator, task, model_path, counts: tuple[int, int, int], progress,
+            seconds, say):
+    """Load the best adapter, test it, write results.json and print the summary. ``counts``: the
+    trainable parameters, all of them (adapters included) and the base model's (as loaded)."""
+    trainable, total, base = counts
     before = progress.get("before")  # last/ of older versions has no "before"
     best = run / "best"
     if best.exists():
@@ -1152,7 +1159,8 @@ def _finish(cfg, run, model, batcher, splits, accelerator, task, model_path, tra
     peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
     results = {
         "task": task.name, "method": cfg.method, "model": model_path, "seed": cfg.seed,
-        "trainable_params": trainable, "total_params": total, "percent_trainable": 100 * trainable / total,
+        "trainable_params": trainable, "total_params": total, "base_params": base,
+        "percent_trainable": 100 * trainable / base,  # of the base model, as the paper counts
         "validation": validation, "test": test, "before": before, "best_step": progress["best_step"],
         "steps": progress["step"], "train_examples": len(splits["train"]),
         "train_units": len(group_units(splits["train"])),  # what train_samples counts: questions for MultiRC/ReCoRD
@@ -1168,6 +1176,6 @@ def _finish(cfg, run, model, batcher, splits, accelerator, task, model_path, tra
     before_txt = f"{before['score']:.2f} -> " if before else ""
     size = f"{results['adapter_bytes'] / 1024:.1f} KiB" if results["adapter_bytes"] else "-"
     say(f"\nresult on {task.name} test: score {before_txt}{test['score']:.2f}  ({_fmt(test)})\n"
-        f"trained parameters: {trainable:,} of {total:,} ({results['percent_trainable']:.4f}%); "
+        f"trained parameters: {trainable:,} of {total:,} ({results['percent_trainable']:.4f}% of the base model's {base:,}); "
         f"adapter file: {size} in {best}; training time {seconds:.1f} s; run directory {run}")
     return results

@@ -945,3 +945,23 @@ def test_a_last_state_from_before_partial_batches_resumes_only_where_its_epochs_
     else:
         assert train(dataclasses.replace(cfg, max_steps=4), log=logs.append)["steps"] == 4
         assert any("resumed" in line and "step 2" in line for line in logs)
+
+
+@pytest.mark.parametrize("family,method", [("seq2seq", "compacter++"), ("seq2seq", "bitfit"), ("encoder", "pfeiffer"),
+                                           ("encoder", "full")])
+def test_percent_trainable_is_of_the_base_model_as_loaded(model_dirs, tmp_path, family, method):
+    """The paper's (and `compacter params`') percentage divides by the base model's size, not by a
+    total that includes the adapters (or BitFit's added biases: T5 has none); the task head is base."""
+    import transformers as T
+
+    auto = {"seq2seq": T.AutoModelForSeq2SeqLM, "encoder": T.AutoModelForSequenceClassification}[family]
+    base = sum(p.numel() for p in auto.from_pretrained(model_dirs[family], num_labels=2).parameters())
+    logs = []
+    results = train(_cfg(model_dirs, family, tmp_path, method=method, max_steps=1, eval_every=1, eval_before=False),
+                    log=logs.append)
+    assert results["base_params"] == base
+    assert results["percent_trainable"] == pytest.approx(100 * results["trainable_params"] / base)
+    added = results["total_params"] - base  # the adapters, or BitFit's biases: 0 for full fine-tuning
+    assert (added == 0) == (method == "full") and (method != "full" or results["percent_trainable"] == 100)
+    shown = f"{100 * results['trainable_params'] / base:.4f}% of the base model's {base:,}"
+    assert shown in logs[0] and shown in logs[-1]
