@@ -70,6 +70,37 @@ def test_percent_trainable_falls_back_to_counts(tmp_path):
     assert load_runs([run_dir])[0].percent_trainable == pytest.approx(0.047)
 
 
+def test_percent_trainable_is_of_the_recorded_base_size(tmp_path):
+    """results.json's base_params (the model as loaded) is what the paper divides by; the recorded
+    total includes the adapters. A run that records it needs no full run."""
+    run_dir = write_run(tmp_path, "r", trainable_params=470, total_params=1470, base_params=1000, percent=100 * 470 / 1470)
+    markdown = results_table(load_runs([run_dir]))
+    assert table_rows(markdown)["compacter++"][2] == "47"  # not 32.0 (of the total)
+    assert "% trained params: 100 × trained / the base model's parameters" in markdown
+    assert "full fine-tuning run" not in markdown and "recorded percentage" not in markdown
+
+
+def test_percent_trainable_of_older_runs_takes_the_base_from_a_full_run_of_the_same_model_and_task(tmp_path):
+    """Older results.json (no base_params) divided by the total with the adapters: where the inputs
+    hold a full run of the same model and task, its total is the base size; elsewhere the recorded
+    percentage stays, and the note names the rows it stays in."""
+    old = dict(trainable_params=47, total_params=1047, percent=100 * 47 / 1047)
+    write_run(tmp_path, "full-rte", method="full", trainable_params=1000, total_params=1000, percent=100.0,
+              config={"train_samples": None, "learning_rate": 3e-5})  # labelled "full @ 3e-5": still a full run
+    write_run(tmp_path, "rte", **old)
+    write_run(tmp_path, "cola", task="cola", **old)  # no full run on cola
+    write_run(tmp_path, "other-model", model="t5-small", method="adapter", **old)  # nor of t5-small
+    runs = {(r.model, r.task): r for r in load_runs([tmp_path]) if r.method != "full @ 3e-5"}
+    assert runs["t5-base", "rte"].percent_trainable == pytest.approx(4.7)
+    assert runs["t5-base", "cola"].percent_trainable == pytest.approx(100 * 47 / 1047)
+    assert runs["t5-small", "rte"].percent_trainable == pytest.approx(100 * 47 / 1047)
+    markdown = results_table(list(load_runs([tmp_path])))
+    assert "runs recorded before results.json had base_params take the base from the total_params of the full " \
+           "fine-tuning run of the same model and task" in markdown
+    assert "In compacter++ (t5-base), adapter (t5-small), runs without base_params and without a full run of their " \
+           "model and task keep their recorded percentage" in markdown
+
+
 @pytest.mark.parametrize("content, message", [
     (None, "not found"),
     ("{not json", "cannot read results"),

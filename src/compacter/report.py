@@ -37,6 +37,12 @@ Decisions:
   difference, and a rate other than the method's paper default is always named (``full @ 3e-5``);
   a rate left to the method's default counts as that default. The same run twice (same row,
   task, training-set size and seed) is refused.
+- "% trained params" (and Figure 1's x axis) is 100 · trainable / the base model's parameters,
+  as the paper and `compacter params` count: `base_params` of results.json (the model as loaded,
+  task head included). Results files written before base_params was recorded divided by a total
+  that includes the adapters; for them the base is the `total_params` of a `full` run of the same
+  model and task among the inputs (full fine-tuning adds no parameters), else their recorded
+  percentage stays. The note under the tables says which applies.
 - matplotlib is imported only when a plot is asked for (`pip install compacter[plot]`).
 """
 
@@ -79,6 +85,9 @@ class Run:
     # how many training examples the run used (newer results files), counted as train_samples counts
     # them: questions for MultiRC/ReCoRD (results.json "train_units"), examples elsewhere
     train_examples: int | None = None
+    # what percent_trainable divides by: "base" (results.json's base_params), "full" (the total of a
+    # full fine-tuning run of the same model and task), "recorded" (neither known: the file's own)
+    percent_of: str = "recorded"
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def score(self, metric: str = "score") -> float | None:
@@ -113,15 +122,45 @@ def _require(data: dict[str, Any], key: str, kind: type | tuple[type, ...], file
     return value
 
 
-def _percent_trainable(data: dict[str, Any], file: Path) -> float:
-    """`percent_trainable`, or 100 · trainable / total when only the counts are given."""
+def _percent_trainable(data: dict[str, Any], file: Path) -> tuple[float, str]:
+    """(percent, what it divides by): 100 · trainable / `base_params` ("base"); without base_params
+    (older files) the recorded `percent_trainable`, or 100 · trainable / total ("recorded")."""
+    if data.get("base_params") is not None:
+        base = _require(data, "base_params", int, file)
+        if base <= 0:
+            raise ValueError(f"{file}: 'base_params' must be positive, got {base}")
+        return 100.0 * _require(data, "trainable_params", int, file) / base, "base"
     if data.get("percent_trainable") is not None:
-        return float(_require(data, "percent_trainable", (int, float), file))
+        return float(_require(data, "percent_trainable", (int, float), file)), "recorded"
     trainable = _require(data, "trainable_params", int, file)
     total = _require(data, "total_params", int, file)
     if total <= 0:
         raise ValueError(f"{file}: 'total_params' must be positive, got {total}")
-    return 100.0 * trainable / total
+    return 100.0 * trainable / total, "recorded"
+
+
+def _full_run_sizes(runs: Sequence[Run]) -> dict[tuple[str, str], int]:
+    """{(model, task): the base size} from the inputs' full fine-tuning runs, whose total is the
+    base model's (they add no parameters); a (model, task) whose full runs disagree is left out."""
+    sizes: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for run in runs:
+        size = run.raw.get("base_params", run.raw.get("total_params"))
+        if run.raw.get("method") == "full" and isinstance(size, int) and not isinstance(size, bool) and size > 0:
+            sizes[run.model, run.task].add(size)
+    return {key: values.pop() for key, values in sizes.items() if len(values) == 1}
+
+
+def _rebase_percent(runs: list[Run]) -> list[Run]:
+    """Runs recorded without base_params get their percentage of the base model from the total of a
+    full run of the same model and task, where the inputs have one (else they keep the recorded one)."""
+    sizes = _full_run_sizes(runs)
+    out = []
+    for run in runs:
+        trainable, base = run.raw.get("trainable_params"), sizes.get((run.model, run.task))
+        if run.percent_of == "recorded" and base and isinstance(trainable, int) and not isinstance(trainable, bool):
+            run = replace(run, percent_trainable=100.0 * trainable / base, percent_of="full")
+        out.append(run)
+    return out
 
 
 def _parse_run(data: Any, file: Path) -> Run:
@@ -137,13 +176,15 @@ def _parse_run(data: Any, file: Path) -> Run:
     samples = config.get("train_samples")
     if samples is not None and (not isinstance(samples, int) or isinstance(samples, bool)):
         raise ValueError(f"{file}: config 'train_samples' must be an integer or null, got {samples!r}")
+    percent, percent_of = _percent_trainable(data, file)
     return Run(
         path=file.parent,
         task=_require(data, "task", str, file),
         method=_require(data, "method", str, file),
         model=_require(data, "model", str, file),
         seed=data.get("seed"),
-        percent_trainable=_percent_trainable(data, file),
+        percent_trainable=percent,
+        percent_of=percent_of,
         test={k: v for k, v in test.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
         train_seconds=data.get("train_seconds"),
         # GPU runs: the peak of allocated CUDA memory; CPU runs: the process's peak resident set
@@ -178,9 +219,10 @@ def load_run(file: str | Path) -> Run:
 def load_runs(paths: Iterable[str | Path]) -> list[Run]:
     """All runs under `paths` (run dirs or folders of runs), each results file read once; a method
     run with several recipes for one model is split by what differs ("full @ 3e-5"); the same run
-    twice (same row, task, size and seed) is an error."""
+    twice (same row, task, size and seed) is an error. A run recorded without base_params takes
+    its base size from a full run of its model and task among them (`_rebase_percent`)."""
     files = {file.resolve(): None for path in paths for file in find_results(path)}
-    runs = _label_settings([load_run(file) for file in files])
+    runs = _label_settings(_rebase_percent([load_run(file) for file in files]))
     _check_duplicates(runs)
     return runs
 
@@ -497,8 +539,24 @@ def results_table(runs: Sequence[Run], metric: str = "score", budget: Budgets | 
             "\\* average over only the tasks that row has. Train time: the training loop's wall time, "
             "per-epoch validation and checkpoint writes included. Peak memory: the largest over the row's runs that "
             "recorded one, each the peak of its whole run (training, validations, test): CUDA memory allocated on a GPU, "
-            "the process's resident set on a CPU.")
+            "the process's resident set on a CPU. " + _percent_note(runs))
     return "\n\n".join(sections + [note]) + "\n"
+
+
+def _percent_note(runs: Sequence[Run]) -> str:
+    """What "% trained params" divides by, for these runs."""
+    note = ("% trained params: 100 × trained / the base model's parameters (as loaded, task head included), "
+            "as the paper counts")
+    if any(run.percent_of == "full" for run in runs):
+        note += ("; runs recorded before results.json had base_params take the base from the total_params of the "
+                 "full fine-tuning run of the same model and task (it adds no parameters)")
+    recorded = sorted({(run.model, run.method) for run in runs if run.percent_of == "recorded"},
+                      key=lambda k: (k[0], method_key(k[1])))
+    if recorded:
+        rows = ", ".join(f"{method} ({_model_label(model)})" for model, method in recorded)
+        note += (f". In {rows}, runs without base_params and without a full run of their model and task keep their "
+                 "recorded percentage, which (in results.json files of that age) divides by the total with the adapters")
+    return note + "."
 
 
 # ----------------------------------------------------------------------------- low-resource
