@@ -13,8 +13,11 @@ Every method is a preset of one configurable bottleneck adapter (as in AdapterHu
 | bitfit          | none         | —                    | bias terms only (+ layer norms)               |
 | full            | none         | —                    | every weight                                  |
 
-The defaults are the paper's released configs (reduction factor 32, GELU "gelu_new",
-phm_init_range 1e-4, Glorot-uniform fast weights, layer norms trained).
+The defaults follow the paper's released configs (reduction factor 32, GELU "gelu_new",
+phm_init_range 1e-4, Glorot-uniform fast weights, layer norms trained), with two deviations
+(README, Methods): the fast weights' Glorot init is the standard one of the paper's text, while
+the released code's has gain √2; BitFit on T5 trains the layer-norm scales beside the added
+linear biases, where the released code adds biases to the layer norms instead.
 """
 
 from __future__ import annotations
