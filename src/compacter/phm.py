@@ -124,9 +124,11 @@ class PHMLinear(nn.Module):
     :meth:`forward`. In eval mode with gradients off, ``W`` is computed once and reused until
     a weight changes: an in-place update (it bumps the tensor's version), a new tensor behind a
     parameter (``p.data = ...``, ``load_state_dict(assign=True)``), any torch optimizer's step
-    (fused ones update without bumping versions), ``train()``/``eval()``. The one write it cannot
-    see is an in-place edit through ``.data`` (``p.data.copy_(...)``): call ``model.eval()``
-    after one, or write under ``torch.no_grad()`` without ``.data``.
+    (fused ones update without bumping versions), ``train()``/``eval()``. The writes it cannot
+    see are those that bypass autograd's version counter: in place through ``.data``
+    (``p.data.copy_(...)``) or through a view outside torch (``p.detach().numpy()``, a DLPack
+    export). Call ``model.eval()`` after one, or write under ``torch.no_grad()`` to the
+    parameter itself (or its ``detach()``, which shares the counter).
     """
 
     def __init__(

@@ -210,6 +210,26 @@ def test_eval_cache_sees_parameters_replaced_twice_through_data():
     assert stale == 0
 
 
+@pytest.mark.parametrize("write,seen", [
+    (lambda p: p.data.mul_(2), False),  # .data: no version bump
+    (lambda p: p.detach().numpy().__imul__(2), False),  # a NumPy view: no version bump
+    (lambda p: p.detach().mul_(2), True),  # detach() shares the counter
+    (lambda p: p.mul_(2), True),
+])
+def test_eval_cache_misses_exactly_the_writes_that_bypass_the_version_counter(write, seen):
+    """What PHMLinear's docstring promises: such a write serves the old W until model.eval()."""
+    torch.manual_seed(0)
+    layer = PHMLinear(64, 8, 4, own_rule=True).eval()
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        before = layer(x)
+        write(layer.s)
+        fresh = torch.addmm(layer.bias, x, layer.weight())
+        assert torch.equal(layer(x), fresh) is seen and torch.equal(layer(x), before) is not seen
+        layer.eval()
+        assert torch.equal(layer(x), fresh)
+
+
 def test_shared_rule_layer_called_without_its_rule_says_so():
     layer = PHMLinear(8, 4, 2).eval()  # no rule of its own
     for grad in (True, False):
