@@ -13,8 +13,11 @@ Every method is a preset of one configurable bottleneck adapter (as in AdapterHu
 | bitfit          | none         | —                    | bias terms only (+ layer norms)               |
 | full            | none         | —                    | every weight                                  |
 
-The defaults are the paper's released configs (reduction factor 32, GELU "gelu_new",
-phm_init_range 1e-4, Glorot-uniform fast weights, layer norms trained).
+The defaults follow the paper's released configs (reduction factor 32, GELU "gelu_new",
+phm_init_range 1e-4, Glorot-uniform fast weights, layer norms trained), with two deviations
+(README, Methods): the fast weights' Glorot init is the standard one of the paper's text, while
+the released code's has gain √2 (phm_init="glorot-uniform-released"); BitFit on T5 trains the layer-norm scales beside the added
+linear biases, where the released code adds biases to the layer norms instead.
 """
 
 from __future__ import annotations
@@ -96,6 +99,9 @@ class CompacterConfig:
     shared_phm_rule: bool = True
     #: Train the rule A (False freezes it at its initialisation).
     learn_phm: bool = True
+    #: Init of the fast weights (s, t or B) and of Adapter-LowRank's u, v: "glorot-uniform" and
+    #: "glorot-normal" are standard Glorot, as in the paper's text; "glorot-uniform-released" and
+    #: "glorot-normal-released" the released code's (gain √2, so √2 times wider); "normal": normal(0, 0.01).
     phm_init: str = "glorot-uniform"
     phm_rule_init: str = "normal"
     phm_init_range: float = 1e-4

@@ -23,7 +23,10 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-PHM_INITS = ("glorot-uniform", "glorot-normal", "normal")
+#: Fast-weight inits. "glorot-*": standard Glorot (gain 1), as the paper's text says; "glorot-*-released":
+#: the released code's (its hypercomplex/inits.py calls xavier_*_ with gain √2), √2 times wider.
+PHM_INITS = ("glorot-uniform", "glorot-normal", "glorot-uniform-released", "glorot-normal-released", "normal")
+RELEASED_GLOROT_GAIN = math.sqrt(2.0)
 RULE_INITS = ("normal", "uniform")
 
 
@@ -44,16 +47,20 @@ def kronecker_sum(rule: torch.Tensor, fast: torch.Tensor) -> torch.Tensor:
 
 
 def init_fast_weight(weight: torch.Tensor, method: str, fan_in: int, fan_out: int, std: float = 0.01) -> None:
-    """Initialise a fast weight in place: Glorot-uniform, Glorot-normal, or normal(0, std)."""
-    if method == "glorot-uniform":
-        bound = math.sqrt(6.0 / (fan_in + fan_out))
-        nn.init.uniform_(weight, -bound, bound)
-    elif method == "glorot-normal":
-        nn.init.normal_(weight, std=math.sqrt(2.0 / (fan_in + fan_out)))
-    elif method == "normal":
-        nn.init.normal_(weight, std=std)
-    else:
+    """Initialise a fast weight in place: Glorot-uniform (bound ``g·√(6 / (fan_in + fan_out))``),
+    Glorot-normal (std ``g·√(2 / (fan_in + fan_out))``), with gain ``g`` = 1, or √2 for the
+    "-released" variants (see PHM_INITS); or normal(0, std)."""
+    if method not in PHM_INITS:
         raise ValueError(f"unknown fast-weight init {method!r}; allowed: {', '.join(PHM_INITS)}")
+    gain = RELEASED_GLOROT_GAIN if method.endswith("-released") else 1.0
+    kind = method.removesuffix("-released")
+    if kind == "glorot-uniform":
+        bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
+        nn.init.uniform_(weight, -bound, bound)
+    elif kind == "glorot-normal":
+        nn.init.normal_(weight, std=gain * math.sqrt(2.0 / (fan_in + fan_out)))
+    else:  # "normal"
+        nn.init.normal_(weight, std=std)
 
 
 def _autocast_dtype(device_type: str) -> torch.dtype | None:
@@ -117,9 +124,11 @@ class PHMLinear(nn.Module):
     :meth:`forward`. In eval mode with gradients off, ``W`` is computed once and reused until
     a weight changes: an in-place update (it bumps the tensor's version), a new tensor behind a
     parameter (``p.data = ...``, ``load_state_dict(assign=True)``), any torch optimizer's step
-    (fused ones update without bumping versions), ``train()``/``eval()``. The one write it cannot
-    see is an in-place edit through ``.data`` (``p.data.copy_(...)``): call ``model.eval()``
-    after one, or write under ``torch.no_grad()`` without ``.data``.
+    (fused ones update without bumping versions), ``train()``/``eval()``. The writes it cannot
+    see are those that bypass autograd's version counter: in place through ``.data``
+    (``p.data.copy_(...)``) or through a view outside torch (``p.detach().numpy()``, a DLPack
+    export). Call ``model.eval()`` after one, or write under ``torch.no_grad()`` to the
+    parameter itself (or its ``detach()``, which shares the counter).
     """
 
     def __init__(

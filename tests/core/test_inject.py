@@ -1,5 +1,7 @@
 """add_adapters on every supported architecture: forward, freezing, gradients, switching, errors."""
 
+import math
+
 import pytest
 import torch
 import transformers as T
@@ -140,6 +142,7 @@ def test_shared_rule_is_one_module_in_the_tree_and_state_dict():
     dict(factorized_phm=False), dict(shared_phm_rule=False), dict(learn_phm=False), dict(phm_rank=2),
     dict(shared_phm_rule=False, learn_phm=False),
     dict(phm_init="glorot-normal"), dict(phm_init="normal"), dict(phm_rule_init="uniform"), dict(phm_init_range=0.05),
+    dict(phm_init="glorot-uniform-released"), dict(phm_init="glorot-normal-released"),
     dict(adapter_bias=False), dict(bottleneck_dim=16), dict(phm_dim=8, bottleneck_dim=16),
     *[dict(non_linearity=a) for a in ("gelu", "relu", "silu", "swish", "tanh", "identity")],
 ])
@@ -167,6 +170,11 @@ def test_lowrank_and_linear_options():
     compacter.add_adapters(model, _config("adapter-lowrank", lowrank_rank=3))
     adapter = next(site for _, site in iter_sites(model))["default"]
     assert adapter.down.u.shape == (32, 3)
+    model, batch = tiny("bert")  # Adapter-LowRank's u, v follow phm_init too
+    compacter.add_adapters(model, _config("adapter-lowrank", phm_init="glorot-uniform-released"))
+    adapter = next(site for _, site in iter_sites(model))["default"]
+    bound = math.sqrt(6 / (adapter.down.u.shape[0] + 1))  # standard Glorot bound of u [k, 1]
+    assert bound < adapter.down.u.abs().max() <= math.sqrt(2) * bound
     model, batch = tiny("bert")
     compacter.add_adapters(model, _config("adapter", adapter_init_std=0.5))
     adapter = next(site for _, site in iter_sites(model))["default"]

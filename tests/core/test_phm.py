@@ -121,12 +121,33 @@ def test_add_adapters_with_a_bottleneck_of_one_names_reduction_factor():
     ("glorot-uniform", lambda w, fi, fo: w.abs().max() <= math.sqrt(6 / (fi + fo)) and w.std() > 0.5 * math.sqrt(2 / (fi + fo))),
     ("glorot-normal", lambda w, fi, fo: abs(w.std() - math.sqrt(2 / (fi + fo))) < 0.1 * math.sqrt(2 / (fi + fo))),
     ("normal", lambda w, fi, fo: abs(w.std() - 0.01) < 0.001),
+    # the released code's (hypercomplex/inits.py: xavier_*_ with gain √2): √2 times the standard bound / std
+    ("glorot-uniform-released", lambda w, fi, fo: math.sqrt(6 / (fi + fo)) < w.abs().max() <= math.sqrt(2) * math.sqrt(6 / (fi + fo))),
+    ("glorot-normal-released", lambda w, fi, fo: abs(w.std() - math.sqrt(2) * math.sqrt(2 / (fi + fo))) < 0.1 * math.sqrt(2 / (fi + fo))),
 ])
 def test_fast_weight_inits(method, check):
     torch.manual_seed(0)
     w = torch.empty(200, 300)
     init_fast_weight(w, method, fan_in=200, fan_out=300)
     assert check(w, 200, 300)
+
+
+@pytest.mark.parametrize("kind", ["glorot-uniform", "glorot-normal"])
+@pytest.mark.parametrize("build", [
+    lambda init: PHMLinear(48, 12, 4, init=init),  # s, t
+    lambda init: PHMLinear(48, 12, 4, factorized=False, init=init),  # B
+    lambda init: LowRankLinear(48, 12, rank=2, init=init),  # u, v
+])
+def test_every_fast_weight_layer_takes_the_released_inits(build, kind):
+    """The same draws as the standard init, times √2, in every layer whose weights init_fast_weight fills."""
+    torch.manual_seed(0)
+    standard = build(kind)
+    torch.manual_seed(0)
+    released = build(kind + "-released")
+    pairs = [(n, p, dict(released.named_parameters())[n]) for n, p in standard.named_parameters() if n != "bias"]
+    assert pairs
+    for name, a, b in pairs:
+        torch.testing.assert_close(b, math.sqrt(2) * a, msg=name)
 
 
 def test_unknown_inits_raise():
@@ -187,6 +208,26 @@ def test_eval_cache_sees_parameters_replaced_twice_through_data():
             layer.s.data = torch.randn_like(layer.s)
             stale += not torch.allclose(layer(x), torch.addmm(layer.bias, x, layer.weight()))
     assert stale == 0
+
+
+@pytest.mark.parametrize("write,seen", [
+    (lambda p: p.data.mul_(2), False),  # .data: no version bump
+    (lambda p: p.detach().numpy().__imul__(2), False),  # a NumPy view: no version bump
+    (lambda p: p.detach().mul_(2), True),  # detach() shares the counter
+    (lambda p: p.mul_(2), True),
+])
+def test_eval_cache_misses_exactly_the_writes_that_bypass_the_version_counter(write, seen):
+    """What PHMLinear's docstring promises: such a write serves the old W until model.eval()."""
+    torch.manual_seed(0)
+    layer = PHMLinear(64, 8, 4, own_rule=True).eval()
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        before = layer(x)
+        write(layer.s)
+        fresh = torch.addmm(layer.bias, x, layer.weight())
+        assert torch.equal(layer(x), fresh) is seen and torch.equal(layer(x), before) is not seen
+        layer.eval()
+        assert torch.equal(layer(x), fresh)
 
 
 def test_shared_rule_layer_called_without_its_rule_says_so():

@@ -1,9 +1,12 @@
 """benchmarks/glue_sweep.py: one process per run, resumable, a table at the end."""
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 SWEEP = Path(__file__).resolve().parents[2] / "benchmarks" / "glue_sweep.py"
 
@@ -46,3 +49,48 @@ def test_several_budgets_run_a_small_set_whole_once(model_dirs, tmp_path):
     assert not (out / "n400").exists()
     low = (out / "table.md").read_text().split("## Low-resource")[1]
     assert "| method | 100 | 300 |" in low  # the whole set at the size it has
+
+
+def _sweep_module():
+    spec = importlib.util.spec_from_file_location("bench_glue_sweep", SWEEP)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _configs(argv, tasks=("cola", "mnli")):
+    """{task: the TrainConfig the sweep would write for it} (compacter++, seed 42), nothing trained."""
+    sweep = _sweep_module()
+    args = sweep.parse_args(argv)
+    return args, {t: sweep.run_config(args, Path("out"), t, "compacter++", 42, None, {}) for t in tasks}
+
+
+def test_paper_flag_gives_the_papers_recipe_in_each_runs_config():
+    """--paper: batch 100, 500 warm-up steps, 20 epochs on small sets and 3 on large ones, the
+    paper's fourteen tasks, all written into config.json (before it, the sweep ran batch 32,
+    20 epochs everywhere, a 10%-capped warm-up and eight CPU tasks)."""
+    args, cfgs = _configs(["--paper"], tasks=("cola", "stsb", "wic", "wsc", "SST-2", "mnli", "qqp", "qnli", "multirc", "record"))
+    assert args.tasks == ["mnli", "qqp", "qnli", "sst2", "cola", "stsb", "mrpc", "rte",
+                          "multirc", "copa", "record", "cb", "boolq", "wic"]
+    assert {t: c.epochs for t, c in cfgs.items()} == {"cola": 20, "stsb": 20, "wic": 20, "wsc": 20, "SST-2": 3, "mnli": 3,
+                                                       "qqp": 3, "qnli": 3, "multirc": 3, "record": 3}
+    for cfg in cfgs.values():
+        saved = cfg.to_dict()
+        assert (saved["batch_size"], saved["warmup_steps"], saved["learning_rate"]) == (100, 500, 3e-3)
+
+
+def test_explicit_flags_win_over_paper_and_plain_defaults_are_unchanged():
+    args, cfgs = _configs(["--paper", "--tasks", "cola", "mnli", "--epochs", "2", "--batch-size", "8", "--warmup-steps", "0"])
+    assert args.tasks == ["cola", "mnli"]
+    assert {(c.epochs, c.batch_size, c.warmup_steps) for c in cfgs.values()} == {(2, 8, 0)}
+    args, cfgs = _configs(["--paper", "--batch-size", "50"])  # one override; the rest stays the paper's
+    assert [(c.epochs, c.batch_size, c.warmup_steps) for c in cfgs.values()] == [(20, 50, 500), (3, 50, 500)]
+    args, cfgs = _configs([])  # without --paper: the CPU sweep's settings, as before (finished sweeps still resume)
+    assert args.tasks == ["cola", "sst2", "mrpc", "stsb", "rte", "cb", "copa", "wsc"]
+    assert {(c.epochs, c.batch_size, c.warmup_steps) for c in cfgs.values()} == {(20, 32, None)}
+
+
+def test_paper_flag_refuses_an_unknown_task_before_any_run(capsys):
+    with pytest.raises(SystemExit):
+        _sweep_module().parse_args(["--paper", "--tasks", "cola", "mnlii"])
+    assert "unknown task 'mnlii'" in capsys.readouterr().err

@@ -14,6 +14,8 @@ Invalid predictions (a string that is not one of the task's target strings):
 - regression: a prediction that does not parse as a finite float scores as
   `UNPARSABLE_REGRESSION_VALUE` (-1.0, the released code's default).
 Correlations of a constant prediction (undefined) are 0, as in the released code.
+Regression (STS-B) is scored against the unrounded gold scores (`Example.label`), not the
+0.2-rounded target strings it trains on; the released code scores against those decoded strings.
 """
 
 from __future__ import annotations
