@@ -429,6 +429,18 @@ def epoch_batches(n: int, epoch: int, seed: int, batch_size: int, rank: int, wor
     return out
 
 
+def _check_engine(accelerator, grad_accum: int) -> None:
+    """Refuse ``--grad-accum`` > 1 under DeepSpeed before anything is read: the loop accumulates
+    gradients itself (see :func:`_train_loop`), while DeepSpeed's engine steps inside
+    ``accelerator.backward`` by its own ``gradient_accumulation_steps``; the two would disagree on
+    when a step ends. DeepSpeed's own accumulation setting is not read either, so say so."""
+    if grad_accum > 1 and str(getattr(accelerator, "distributed_type", "")).upper().endswith("DEEPSPEED"):
+        raise ValueError(f"--grad-accum {grad_accum} is not supported under DeepSpeed (its engine steps inside backward by "
+                         f"its own gradient_accumulation_steps, which this loop does not follow): use --grad-accum 1 and "
+                         f"a larger --batch-size or more processes, and leave gradient_accumulation_steps at 1 in the "
+                         f"Accelerate/DeepSpeed config")
+
+
 def global_batch_size(n: int, b: int, batch_size: int, world: int) -> int:
     """Examples in the ``b``-th global batch of an epoch of :func:`epoch_batches` (all processes
     together): ``batch_size × world``, but in the last, partial one the examples left (at least
@@ -787,6 +799,7 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     # gradient accumulation is the loop's own (see _train_loop), as in the transformers Trainer: Accelerate's
     # accumulate() cannot end an epoch's last, shorter step early, and its backward() would divide by grad_accum
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    _check_engine(accelerator, cfg.grad_accum)
     main = accelerator.is_main_process
     say = log if main else (lambda *a, **k: None)
     if torch.cuda.is_available():  # the peak results.json reports is this run's, not an earlier one's in this process

@@ -965,3 +965,17 @@ def test_percent_trainable_is_of_the_base_model_as_loaded(model_dirs, tmp_path, 
     assert (added == 0) == (method == "full") and (method != "full" or results["percent_trainable"] == 100)
     shown = f"{100 * results['trainable_params'] / base:.4f}% of the base model's {base:,}"
     assert shown in logs[0] and shown in logs[-1]
+
+
+def test_grad_accum_is_refused_under_deepspeed_and_accepted_elsewhere():
+    import types
+
+    from accelerate.utils import DistributedType
+
+    from compacter.training import _check_engine
+
+    with pytest.raises(ValueError, match="--grad-accum 2 is not supported under DeepSpeed"):
+        _check_engine(types.SimpleNamespace(distributed_type=DistributedType.DEEPSPEED), 2)
+    _check_engine(types.SimpleNamespace(distributed_type=DistributedType.DEEPSPEED), 1)
+    _check_engine(types.SimpleNamespace(distributed_type=DistributedType.MULTI_GPU), 4)
+    _check_engine(types.SimpleNamespace(distributed_type=DistributedType.NO), 4)
