@@ -565,6 +565,7 @@ def delete_adapter(model: nn.Module, name: str) -> None:
     state._banked.pop(name, None)
     del state.tuned[name]
     del state.configs[name]
+    _forget_untrained_bases(state)
     if not state.configs:
         for handle in state._hooks:
             handle.remove()
@@ -574,6 +575,17 @@ def delete_adapter(model: nn.Module, name: str) -> None:
         for full, requires_grad in state.base_requires_grad.items():
             if full in params:
                 params[full].requires_grad_(requires_grad)
+
+
+def _forget_untrained_bases(state: CompacterState) -> None:
+    """Drop the base originals (and missing-bias marks) of parameters no remaining adapter trains:
+    their owners hold the originals again, and a second registration in ``state.base`` would put
+    each such tensor twice into ``state_dict`` (``save_pretrained`` refused shared tensors, and a
+    model that never had the deleted adapter refused the extra keys)."""
+    trained = {key for tuned in state.tuned.values() for key in tuned}
+    for key in [k for k in state.base if k not in trained]:
+        del state.base[key]
+    state.missing.intersection_update(_unkey(k) for k in trained)
 
 
 def adapter_modules(model: nn.Module, name: str | None = None) -> PendingAdapters:

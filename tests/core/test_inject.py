@@ -322,6 +322,31 @@ def test_state_dict_holds_each_tensor_once_and_round_trips(arch, method, tmp_pat
         torch.testing.assert_close(_logits(again, batch), expected, rtol=0, atol=0)  # the saved adapter holds it
 
 
+@pytest.mark.parametrize("arch", ["bert", "t5"])
+@pytest.mark.parametrize("kept, deleted", [("compacter++", "bitfit"), ("bitfit", "compacter++")])
+@pytest.mark.parametrize("active", ["kept", "deleted"])
+def test_after_delete_adapter_the_model_is_one_that_never_had_it(arch, kept, deleted, active, tmp_path):
+    """Deleting an adapter forgets the base originals only it trained (BitFit's biases beside
+    Compacter++): state_dict has the keys of a model that never had it, save_pretrained works, and
+    that state_dict loads strictly into such a model."""
+    model, batch = tiny(arch)
+    compacter.add_adapters(model, _config(kept), name="kept")
+    _train(model, batch, steps=2)
+    compacter.add_adapters(model, _config(deleted), name="deleted")
+    compacter.set_active_adapter(model, active)
+    compacter.delete_adapter(model, "deleted")
+    compacter.set_active_adapter(model, "kept")
+    never, _ = tiny(arch)
+    compacter.add_adapters(never, _config(kept), name="kept")
+    assert model.state_dict().keys() == never.state_dict().keys()
+    model.save_pretrained(tmp_path)
+    never.load_state_dict(model.state_dict(), strict=True)
+    torch.testing.assert_close(_logits(never, batch), _logits(model, batch), rtol=0, atol=0)
+    compacter.delete_adapter(model, "kept")
+    base, _ = tiny(arch)
+    assert model.state_dict().keys() == base.state_dict().keys()
+
+
 def _snapshot(model):
     return {k: v.clone() for k, v in model.state_dict().items()}, [type(m).__name__ for m in model.modules()], \
         sum(len(m._forward_hooks) for m in model.modules()), [p.requires_grad for p in model.parameters()]
