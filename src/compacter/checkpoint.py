@@ -27,7 +27,7 @@ from torch import nn
 
 from . import __version__
 from .config import FORMAT_VERSION, CompacterConfig
-from .inject import PendingAdapters, adapter_modules, attach_adapters, build_adapters, check_adapter_name
+from .inject import PendingAdapters, adapter_modules, attach_adapters, build_adapters, check_adapter_name, unwrap
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
@@ -66,6 +66,7 @@ def _full_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_adapters(model: nn.Module, path: str | os.PathLike, name: str | None = None) -> Path:
     """Write adapter ``name`` (default: the active one) to the folder ``path``; returns the folder."""
+    model = unwrap(model)  # a torch.compile wrapper saves its model's adapter, under the model's names
     pending = adapter_modules(model, name)
     tensors = _full_state(model) if pending.config.train_all else pending.state_dict()
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
@@ -241,6 +242,7 @@ def load_adapters(model: nn.Module, path: str | os.PathLike, name: str | None = 
     weights and config from different saves, a config with unknown fields or version, and a
     repo that cannot be read.
     """
+    given, model = model, unwrap(model)  # a torch.compile wrapper loads into the model it runs
     folder = adapter_folder(path, revision=revision, token=token)
     config, meta = read_adapter_config(folder)
     tensors, metadata = _read_weights(folder)
@@ -266,11 +268,13 @@ def load_adapters(model: nn.Module, path: str | os.PathLike, name: str | None = 
             for full, p in model.named_parameters():
                 if f"model.{full}" in tensors:
                     p.copy_(tensors[f"model.{full}"])
-        return attach_adapters(model, pending, activate=activate)
+        attach_adapters(model, pending, activate=activate)
+        return given
     own = pending.state_dict()
     _compare(folder / WEIGHTS_NAME, _shapes(own), found)
     _copy_into(pending, tensors)
-    return attach_adapters(model, pending, activate=activate)
+    attach_adapters(model, pending, activate=activate)
+    return given
 
 
 def is_hub_id(path: str | os.PathLike, bare: bool = False) -> bool:

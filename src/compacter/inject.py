@@ -11,6 +11,8 @@ disabling gives back the base model's exact outputs. Owner and state share one P
 per trained tensor, also after a conversion that makes new Parameters (see
 :meth:`CompacterState._apply`).
 
+Every public function takes a ``torch.compile`` wrapper as the model it wraps (:func:`unwrap`).
+
 Building is separate from attaching: :func:`build_adapters` makes every module and checks every
 shape before the model is touched, so bad input leaves the model unmodified.
 
@@ -39,6 +41,18 @@ from .placement import is_norm, match_modules, output_features, placement_for
 SITE_ATTR = "compacter_adapters"
 STATE_ATTR = "compacter"
 _LAYER_INDEX = re.compile(r"(^|.*\.)\d+\..*")  # a module inside a numbered transformer block
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model a ``torch.compile`` wrapper (``OptimizedModule``, nested too) runs, else ``model``.
+
+    Every public function unwraps first, so ``compacter.save_adapters(torch.compile(model), ...)``
+    adds, switches, counts and saves exactly as on the model, under the model's own parameter
+    names: through the wrapper, modules were registered on the wrapper and names carried its
+    ``_orig_mod.`` prefix."""
+    while isinstance(model, torch._dynamo.eval_frame.OptimizedModule):  # no public name for the class in torch 2.x
+        model = model._orig_mod
+    return model
 
 
 def _key(param_name: str) -> str:
@@ -259,6 +273,7 @@ def build_adapters(model: nn.Module, config: CompacterConfig, name: str = "defau
     if not isinstance(config, CompacterConfig):
         raise TypeError(f"config must be a CompacterConfig, got {type(config).__name__}")
     check_adapter_name(name)
+    model = unwrap(model)
     state = get_state(model)
     if state is not None and name in state.configs:
         raise ValueError(f"an adapter named {name!r} is already on this model; choose another name or delete_adapter first")
@@ -410,7 +425,8 @@ def _base_param(state: CompacterState | None, full: str, current: torch.Tensor) 
 
 
 def attach_adapters(model: nn.Module, pending: PendingAdapters, activate: bool = True) -> nn.Module:
-    """Attach built adapters to ``model``, freeze the base, and (by default) activate them."""
+    """Attach built adapters to ``model``, freeze the base, and (by default) activate them; returns ``model``."""
+    given, model = model, unwrap(model)
     state = get_state(model)
     if state is None:
         state = CompacterState()
@@ -455,7 +471,7 @@ def attach_adapters(model: nn.Module, pending: PendingAdapters, activate: bool =
             p.requires_grad_(True)
     if activate:
         set_active_adapter(model, pending.name)
-    return model
+    return given
 
 
 def _resolve(modules: dict[str, nn.Module], full: str) -> tuple[nn.Module, str]:
@@ -473,25 +489,26 @@ def add_adapters(model: nn.Module, config: CompacterConfig | None = None, name: 
 
 
 def get_state(model: nn.Module) -> CompacterState | None:
-    state = getattr(model, STATE_ATTR, None)
+    state = getattr(unwrap(model), STATE_ATTR, None)
     return state if isinstance(state, CompacterState) else None
 
 
 def _require_state(model: nn.Module) -> CompacterState:
     state = get_state(model)
     if state is None:
-        raise ValueError(f"{type(model).__name__} has no adapters: call compacter.add_adapters first")
+        raise ValueError(f"{type(unwrap(model)).__name__} has no adapters: call compacter.add_adapters first")
     return state
 
 
 def iter_sites(model: nn.Module) -> Iterator[tuple[str, AdapterSite]]:
-    for mname, module in model.named_modules():
+    for mname, module in unwrap(model).named_modules():
         if isinstance(module, AdapterSite):
             yield mname.rsplit(".", 1)[0], module
 
 
 def set_active_adapter(model: nn.Module, name: str | None) -> None:
     """Make adapter ``name`` the one in use and the one trained; ``None`` gives the base model back."""
+    model = unwrap(model)
     state = _require_state(model)
     if name is not None and name not in state.configs:
         raise ValueError(f"no adapter named {name!r}; this model has: {', '.join(state.configs) or 'none'}")
@@ -546,6 +563,7 @@ def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
 
 def delete_adapter(model: nn.Module, name: str) -> None:
     """Remove adapter ``name``; when none is left, the model is the base model again (hooks removed, flags restored)."""
+    model = unwrap(model)
     state = _require_state(model)
     if name not in state.configs:
         raise ValueError(f"no adapter named {name!r}; this model has: {', '.join(state.configs) or 'none'}")
@@ -611,6 +629,7 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     copies and inactive adapters are not counted. ``trainable`` counts tensors with
     ``requires_grad``.
     """
+    model = unwrap(model)
     state = get_state(model)
     seen: set[int] = set()
     trainable = total = 0
@@ -637,7 +656,7 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The parameters an optimizer should get: those with ``requires_grad``, each once."""
     seen: set[int] = set()
     out = []
-    for p in model.parameters():
+    for p in unwrap(model).parameters():
         if p.requires_grad and id(p) not in seen:
             seen.add(id(p))
             out.append(p)
