@@ -27,7 +27,7 @@ from torch import nn
 
 from . import __version__
 from .config import FORMAT_VERSION, CompacterConfig
-from .inject import PendingAdapters, adapter_modules, attach_adapters, build_adapters, check_adapter_name, unwrap
+from .inject import FULL_IS_ACTIVE, PendingAdapters, adapter_modules, attach_adapters, build_adapters, check_adapter_name, unwrap
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
@@ -229,7 +229,8 @@ def _compare(file: Path, expected: dict[str, tuple[int, ...]], found: dict[str, 
 
 def load_adapters(model: nn.Module, path: str | os.PathLike, name: str | None = None, activate: bool = True, *,
                   revision: str | None = None, token: str | bool | None = None) -> nn.Module:
-    """Load a saved adapter into ``model`` under ``name`` (default: the saved name) and activate it.
+    """Load a saved adapter into ``model`` under ``name`` (default: the saved name) and activate it
+    (``activate=False``: load it frozen, as every inactive adapter is, and keep the active one).
 
     ``path``: a local folder, or a Hugging Face Hub repo id ``"namespace/name"`` that is not a
     local path (as :func:`push_adapters` writes; ``revision``: a branch, tag or commit; ``token``
@@ -247,6 +248,8 @@ def load_adapters(model: nn.Module, path: str | os.PathLike, name: str | None = 
     config, meta = read_adapter_config(folder)
     tensors, metadata = _read_weights(folder)
     _check_floating(folder / WEIGHTS_NAME, tensors)
+    if config.train_all and not activate:  # before its weights are copied into the model
+        raise CheckpointError(f"{folder}: {FULL_IS_ACTIVE}")
     name = name or meta.get("name") or "default"
     found = _shapes(tensors)
     if meta.get("fingerprint") != fingerprint(found):

@@ -41,6 +41,7 @@ from .placement import is_norm, match_modules, output_features, placement_for
 SITE_ATTR = "compacter_adapters"
 STATE_ATTR = "compacter"
 _LAYER_INDEX = re.compile(r"(^|.*\.)\d+\..*")  # a module inside a numbered transformer block
+FULL_IS_ACTIVE = "method 'full' trains the base weights in place: it is always the active adapter (activate=False is refused)"
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -425,7 +426,12 @@ def _base_param(state: CompacterState | None, full: str, current: torch.Tensor) 
 
 
 def attach_adapters(model: nn.Module, pending: PendingAdapters, activate: bool = True) -> nn.Module:
-    """Attach built adapters to ``model``, freeze the base, and (by default) activate them; returns ``model``."""
+    """Attach built adapters to ``model``, freeze the base, and (by default) activate them; returns ``model``.
+
+    Not activated, they are frozen as every inactive adapter is. Method 'full' is the model's own
+    weights, so it cannot be attached inactive (refused before anything changes)."""
+    if pending.config.train_all and not activate:
+        raise ValueError(FULL_IS_ACTIVE)
     given, model = model, unwrap(model)
     state = get_state(model)
     if state is None:
@@ -469,8 +475,9 @@ def attach_adapters(model: nn.Module, pending: PendingAdapters, activate: bool =
     if pending.config.train_all:
         for p in model.parameters():
             p.requires_grad_(True)
-    if activate:
-        set_active_adapter(model, pending.name)
+    # sets every adapter's flags: an inactive new adapter is frozen (trainable_parameters, DDP's
+    # unused-parameter check and count_parameters agree on what trains)
+    set_active_adapter(model, pending.name if activate else state.active)
     return given
 
 

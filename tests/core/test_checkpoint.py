@@ -93,6 +93,35 @@ def _refused(path, match, arch="t5"):
     _assert_unchanged(model, snap)
 
 
+@pytest.mark.parametrize("beside", [None, "compacter"])
+def test_an_adapter_loaded_inactive_is_frozen(tmp_path, beside):
+    """``activate=False`` loads the adapter frozen, as set_active_adapter leaves every inactive one:
+    its parameters had requires_grad, so trainable_parameters (an optimizer, DDP's unused-parameter
+    check) disagreed with count_parameters."""
+    _saved(tmp_path, "t5", "compacter++")
+    model, _ = tiny("t5")
+    if beside:
+        compacter.add_adapters(model, _config(beside), name="main")
+    trainable = [id(p) for p in compacter.trainable_parameters(model)] if beside else []
+    compacter.load_adapters(model, tmp_path, name="side", activate=False)
+    assert compacter.active_adapter(model) == ("main" if beside else None)
+    assert [id(p) for p in compacter.trainable_parameters(model)] == trainable
+    assert compacter.count_parameters(model)[0] == sum(p.numel() for p in compacter.trainable_parameters(model))
+    compacter.set_active_adapter(model, "side")
+    loaded_active, _ = tiny("t5")
+    compacter.load_adapters(loaded_active, tmp_path, name="side")
+    assert compacter.count_parameters(model) == compacter.count_parameters(loaded_active)
+
+
+def test_method_full_cannot_be_loaded_inactive(tmp_path):
+    _saved(tmp_path, "bert", "full")
+    model, _ = tiny("bert")
+    snap = _snapshot(model)
+    with pytest.raises(CheckpointError, match="always the active adapter"):
+        compacter.load_adapters(model, tmp_path, activate=False)
+    _assert_unchanged(model, snap)
+
+
 def test_refuses_other_shapes(tmp_path):
     _saved(tmp_path, "t5", "compacter")  # made on d_model 32
     wider = T.T5ForConditionalGeneration(T.T5Config(d_model=64, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=2, d_kv=16,
