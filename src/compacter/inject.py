@@ -439,28 +439,31 @@ def attach_adapters(model: nn.Module, pending: PendingAdapters, activate: bool =
         state.base_requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
         for p in model.parameters():
             p.requires_grad_(False)
+        state.train(model.training)
         model.add_module(STATE_ATTR, state)
         state._root.append(model)
         state._checkpointing = [m for m in model.modules() if isinstance(getattr(m, "gradient_checkpointing", None), bool)]
         state._hooks = [model.register_forward_pre_hook(state.start_forward),
                         model.register_forward_hook(state.end_forward, always_call=True)]
     modules = dict(model.named_modules())
+    # new modules take the mode of the module they join (built in training mode, they left an eval
+    # model's PHM layers without their eval-mode weight cache until the next model.eval())
     for target, adapter in pending.sites.items():
         site = getattr(modules[target], SITE_ATTR, None)
         if site is None:
-            site = AdapterSite(pending.roles[target], adapter.d_model)
+            site = AdapterSite(pending.roles[target], adapter.d_model).train(modules[target].training)
             site._state.append(state)
             modules[target].add_module(SITE_ATTR, site)
             site._handle = modules[target].register_forward_hook(_site_hook)
-        site[pending.name] = adapter
+        site[pending.name] = adapter.train(modules[target].training)
     if pending.rule is not None:
-        state.rules[pending.name] = pending.rule
+        state.rules[pending.name] = pending.rule.train(state.training)
     if pending.config.adapter_type == "phm":
         banked = [proj for adapter in pending.sites.values() for proj in (adapter.down, adapter.up) if isinstance(proj, PHMLinear)]
         for i, layer in enumerate(banked):
             layer._bank_index = i
         state._banked[pending.name] = banked
-    tuned = nn.ParameterDict()
+    tuned = nn.ParameterDict().train(state.training)
     for full, copy in pending.tuned.items():
         owner, attr = _resolve(modules, full)
         if _key(full) not in state.base and full not in state.missing:

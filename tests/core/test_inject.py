@@ -347,6 +347,24 @@ def test_after_delete_adapter_the_model_is_one_that_never_had_it(arch, kept, del
     assert model.state_dict().keys() == base.state_dict().keys()
 
 
+@pytest.mark.parametrize("training", [False, True])
+def test_new_adapters_take_the_mode_of_the_model(training, tmp_path):
+    """Adapters added to (or loaded into) a model in eval mode are in eval mode: built in training
+    mode, their PHM layers never used the eval-mode weight cache until model.eval() was called again."""
+    from compacter.phm import PHMLinear
+
+    model, batch = tiny("t5")
+    model.train(training)
+    compacter.add_adapters(model, _config("compacter"), name="a")
+    compacter.save_adapters(model, tmp_path)
+    compacter.load_adapters(model, tmp_path, name="b")
+    assert {m.training for m in model.modules()} == {training}
+    if not training:
+        _logits(model, batch)
+        layers = [m for n, m in model.named_modules() if isinstance(m, PHMLinear) and f"{SITE_ATTR}.b." in n]
+        assert layers and all(m._cache is not None for m in layers)
+
+
 def _snapshot(model):
     return {k: v.clone() for k, v in model.state_dict().items()}, [type(m).__name__ for m in model.modules()], \
         sum(len(m._forward_hooks) for m in model.modules()), [p.requires_grad for p in model.parameters()]
