@@ -386,6 +386,20 @@ def test_indivisible_dimension_leaves_the_model_unmodified():
     _assert_unchanged(model, snap)
 
 
+@pytest.mark.parametrize("overrides, grow", [({}, "lower reduction_factor or set bottleneck_dim"),
+                                               ({"bottleneck_dim": 1}, "set a larger bottleneck_dim")])
+def test_a_phm_dim_that_fits_no_bottleneck_says_to_grow_the_bottleneck(overrides, grow):
+    """phm_dim 3 on a 32-wide model with a bottleneck of 1: the message ended at 'no phm_dim > 1
+    divides both 32 and 1', without saying which setting makes one divide."""
+    model, _ = tiny("t5")
+    snap = _snapshot(model)
+    with pytest.raises(ValueError) as err:
+        compacter.add_adapters(model, CompacterConfig("compacter", phm_dim=3, **overrides))
+    msg = str(err.value)
+    assert "no phm_dim > 1 divides both 32 and 1" in msg and grow in msg and "divisors of 32 [2, 4, 8, 16, 32]" in msg, msg
+    _assert_unchanged(model, snap)
+
+
 def test_an_embedding_target_is_refused_and_changes_nothing():
     model, _ = tiny("llama")
     snap = _snapshot(model)
