@@ -620,7 +620,10 @@ def adapter_modules(model: nn.Module, name: str | None = None) -> PendingAdapter
     """The attached modules and tensors of adapter ``name`` (default: the active one)."""
     state = _require_state(model)
     name = name if name is not None else state.active
-    if name is None or name not in state.configs:
+    if name is None:
+        raise ValueError(f"no adapter is active (inside disable_adapters, or after set_active_adapter(model, None)): "
+                         f"pass name=, one of: {', '.join(state.configs)}")
+    if name not in state.configs:
         raise ValueError(f"no adapter named {name!r}; this model has: {', '.join(state.configs) or 'none'}")
     out = PendingAdapters(name=name, config=state.configs[name])
     for target, site in iter_sites(model):

@@ -347,6 +347,15 @@ def test_save_needs_adapters(tmp_path):
         compacter.save_adapters(model, tmp_path)
 
 
+def test_save_without_an_active_adapter_asks_for_a_name(tmp_path):
+    """Inside disable_adapters the message was "no adapter named None"."""
+    model, _ = tiny("t5")
+    compacter.add_adapters(model, _config("compacter"), name="rte")
+    with compacter.disable_adapters(model), pytest.raises(ValueError, match="no adapter is active .* pass name=, one of: rte"):
+        compacter.save_adapters(model, tmp_path)
+    assert not tmp_path.joinpath(CONFIG_NAME).exists()
+
+
 class _FakeHub:
     """A Hugging Face Hub in a folder: upload_folder copies, hf_hub_download serves from a cache."""
 
