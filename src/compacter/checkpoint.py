@@ -243,6 +243,8 @@ def load_adapters(model: nn.Module, path: str | os.PathLike, name: str | None = 
     weights and config from different saves, a config with unknown fields or version, and a
     repo that cannot be read.
     """
+    if name is not None:  # "" is no name: it does not fall back to the saved one
+        check_adapter_name(name)
     given, model = model, unwrap(model)  # a torch.compile wrapper loads into the model it runs
     folder = adapter_folder(path, revision=revision, token=token)
     config, meta = read_adapter_config(folder)
@@ -250,7 +252,7 @@ def load_adapters(model: nn.Module, path: str | os.PathLike, name: str | None = 
     _check_floating(folder / WEIGHTS_NAME, tensors)
     if config.train_all and not activate:  # before its weights are copied into the model
         raise CheckpointError(f"{folder}: {FULL_IS_ACTIVE}")
-    name = name or meta.get("name") or "default"
+    name = name if name is not None else meta.get("name") or "default"
     found = _shapes(tensors)
     if meta.get("fingerprint") != fingerprint(found):
         raise CheckpointError(f"{folder / CONFIG_NAME}: fingerprint does not match the weights file (mixed-up or edited checkpoint)")

@@ -356,6 +356,17 @@ def test_save_without_an_active_adapter_asks_for_a_name(tmp_path):
     assert not tmp_path.joinpath(CONFIG_NAME).exists()
 
 
+@pytest.mark.parametrize("name", ["", "a.b"])
+def test_load_refuses_an_unusable_name_before_reading(tmp_path, name):
+    """An empty name is refused, as add_adapters refuses it, instead of falling back to the saved name."""
+    _saved(tmp_path)
+    model, _ = tiny("t5")
+    snap = _snapshot(model)
+    with pytest.raises(ValueError, match="adapter name must be a non-empty string"):
+        compacter.load_adapters(model, tmp_path, name=name)
+    _assert_unchanged(model, snap)
+
+
 class _FakeHub:
     """A Hugging Face Hub in a folder: upload_folder copies, hf_hub_download serves from a cache."""
 
