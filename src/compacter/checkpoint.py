@@ -1,10 +1,11 @@
 """Adapter-only checkpoints: ``adapter_model.safetensors`` + ``adapter_config.json``.
 
-The JSON holds the format version, the method config, the base model's name and type, and a
-fingerprint (SHA-256 of every tensor name and shape the adapter expects); the safetensors
+The JSON holds the format version, the method config, the base model's name and type, a
+fingerprint (SHA-256 of every tensor name and shape the adapter expects), and, where the adapter
+holds trained task-head tensors, the model class ("architecture") that head was made for; the safetensors
 metadata holds a SHA-256 of the method config, so weights and config written by two different
 saves (a save interrupted between its two files, files mixed up by hand) do not load as one
-checkpoint. Loading checks the config, the model type, the file and every shape *before* the
+checkpoint. Loading checks the config, the model type, the head's model class, the file and every shape *before* the
 model is touched; saving writes both files to temporary names and only then renames them into
 place (the old files moved aside and put back if a rename fails), so a failed save leaves the old
 checkpoint as it was and no new folders, and a crash never leaves a file half-written or a
@@ -27,11 +28,12 @@ from torch import nn
 
 from . import __version__
 from .config import FORMAT_VERSION, CompacterConfig
-from .inject import FULL_IS_ACTIVE, PendingAdapters, adapter_modules, attach_adapters, build_adapters, check_adapter_name, unwrap
+from .inject import (FULL_IS_ACTIVE, PendingAdapters, adapter_modules, attach_adapters, body_prefix, build_adapters,
+                     check_adapter_name, in_head, unwrap)
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
-_TOP_LEVEL = {"format_version", "library", "config", "base_model", "model_type", "fingerprint", "name"}
+_TOP_LEVEL = {"format_version", "library", "config", "base_model", "model_type", "fingerprint", "name", "architecture"}
 _CONFIG_HASH = "compacter_config_sha256"  # safetensors metadata key binding the weights to their config
 
 
@@ -64,6 +66,12 @@ def _full_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def _head_tensors(tensors: dict[str, torch.Tensor], config: CompacterConfig, model: nn.Module) -> list[str]:
+    """The saved tensors of ``model``'s task head (trained copies ``tuned.*``, or method 'full''s ``model.*``)."""
+    body = body_prefix(model)
+    return sorted(k for k in tensors if k.startswith(("tuned.", "model.")) and in_head(k.split(".", 1)[1], config, body))
+
+
 def save_adapters(model: nn.Module, path: str | os.PathLike, name: str | None = None) -> Path:
     """Write adapter ``name`` (default: the active one) to the folder ``path``; returns the folder."""
     model = unwrap(model)  # a torch.compile wrapper saves its model's adapter, under the model's names
@@ -80,6 +88,8 @@ def save_adapters(model: nn.Module, path: str | os.PathLike, name: str | None = 
         "model_type": getattr(config, "model_type", None),
         "fingerprint": fingerprint(_shapes(tensors)),
     }
+    if _head_tensors(tensors, pending.config, model):  # written only here: versions before this field refuse
+        meta["architecture"] = type(model).__name__  # it (an unknown field), and a headless adapter fits any class
     folder = Path(path)
     metadata = {"format": "pt", _CONFIG_HASH: config_hash(meta["config"])}
     created = _make_folders(folder)
@@ -189,6 +199,8 @@ def read_adapter_config(path: str | os.PathLike) -> tuple[CompacterConfig, dict]
         config = CompacterConfig.from_dict(saved)
         if meta.get("name") is not None:
             check_adapter_name(meta["name"])
+        if "architecture" in meta and not (isinstance(meta["architecture"], str) and meta["architecture"]):
+            raise ValueError(f"architecture must be a model class name, got {meta['architecture']!r}")
     except (ValueError, TypeError) as err:
         raise CheckpointError(f"{file}: {err}") from None
     return config, meta
@@ -239,7 +251,9 @@ def load_adapters(model: nn.Module, path: str | os.PathLike, name: str | None = 
 
     Refuses, with :class:`CheckpointError` and no change to the model, a checkpoint made for
     other shapes or another model type (a Llama adapter on a Mistral model: same shapes, but its
-    trained norms and head belong to the other architecture), a truncated or corrupt file,
+    trained norms and head belong to the other architecture), a trained task head made for another
+    model class (a BertForSequenceClassification ``classifier`` on BertForTokenClassification;
+    an adapter without head tensors loads into any class with the same body), a truncated or corrupt file,
     weights and config from different saves, a config with unknown fields or version, and a
     repo that cannot be read.
     """
@@ -263,6 +277,11 @@ def load_adapters(model: nn.Module, path: str | os.PathLike, name: str | None = 
     if saved_type and model_type and saved_type != model_type:
         raise CheckpointError(f"{folder / CONFIG_NAME}: adapter trained on a {saved_type!r} model "
                               f"({meta.get('base_model') or 'unnamed'}), this model is {model_type!r}")
+    heads, saved_class = _head_tensors(tensors, config, model), meta.get("architecture")
+    if heads and saved_class and saved_class != type(model).__name__:
+        raise CheckpointError(f"{folder / CONFIG_NAME}: the adapter's task head ({', '.join(heads[:3])}{', ...' if len(heads) > 3 else ''}) "
+                              f"was trained on {saved_class}, this model is {type(model).__name__}; load it into a {saved_class}, "
+                              f"or save an adapter without its head (train_head=False)")
     try:
         pending = build_adapters(model, config, name)
     except ValueError as err:

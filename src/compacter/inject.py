@@ -415,6 +415,14 @@ def _is_head(mname: str, config: CompacterConfig, body: str | None) -> bool:
     return body is None or not (mname == body or mname.startswith(body + "."))
 
 
+def in_head(param_name: str, config: CompacterConfig, body: str | None) -> bool:
+    """Whether parameter ``param_name`` lies in a task-head module (:func:`_is_head`), or in a module
+    inside one: the part of an adapter made for one model class (BertForSequenceClassification's and
+    BertForTokenClassification's ``classifier`` have the same shape and mean different things)."""
+    parts = param_name.split(".")[:-1]
+    return any(_is_head(".".join(parts[:i]), config, body) for i in range(1, len(parts) + 1))
+
+
 def _base_param(state: CompacterState | None, full: str, current: torch.Tensor) -> torch.Tensor | None:
     """The base model's own value of a parameter, even while another adapter's copy is active;
     None for a bias the base model does not have (another adapter added it: start from zeros)."""

@@ -13,7 +13,7 @@ from compacter import CheckpointError, CompacterConfig
 from compacter.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 
 from .test_inject import _assert_unchanged, _config, _logits, _snapshot, _train
-from .tiny import ARCHS, tiny
+from .tiny import _ENC, ARCHS, tiny
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
@@ -143,6 +143,60 @@ def test_refuses_a_checkpoint_of_another_model_type_with_the_same_shapes(tmp_pat
     _refused(tmp_path, f"adapter trained on a '{saved}' model .* this model is '{loaded}'", arch=loaded)
 
 
+def _bert(head):
+    torch.manual_seed(0)
+    return getattr(T, head)(T.BertConfig(**_ENC, num_labels=2)).eval()
+
+
+@pytest.mark.parametrize("loaded", ["BertForTokenClassification", "BertModel"])
+def test_refuses_a_task_head_trained_on_another_model_class(tmp_path, loaded):
+    """A BertForSequenceClassification classifier [2, 32] has the shape of BertForTokenClassification's
+    (num_labels=2) and loaded into it silently: only the model type was checked."""
+    model = _bert("BertForSequenceClassification")
+    compacter.add_adapters(model, _config("compacter++"))
+    compacter.save_adapters(model, tmp_path)
+    assert json.loads((tmp_path / CONFIG_NAME).read_text())["architecture"] == "BertForSequenceClassification"
+    other = _bert(loaded)
+    snap = _snapshot(other)
+    with pytest.raises(CheckpointError, match=f"tuned.classifier.bias.* trained on BertForSequenceClassification, this model is {loaded}"):
+        compacter.load_adapters(other, tmp_path)
+    _assert_unchanged(other, snap)
+
+
+def test_an_adapter_without_head_tensors_loads_into_another_class_with_the_same_body(tmp_path):
+    model, batch = tiny("t5")  # Compacter++ on T5 trains no head: adapters and layer norms only
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    compacter.add_adapters(model, _config("compacter++"))
+    _train(model, batch, steps=2)
+    compacter.save_adapters(model, tmp_path / "t5")
+    assert "architecture" not in json.loads((tmp_path / "t5" / CONFIG_NAME).read_text())  # the format earlier versions read
+    body = T.T5Model(model.config).eval()
+    assert not body.load_state_dict(base, strict=False).missing_keys  # the same body; T5Model has no lm_head
+    compacter.load_adapters(body, tmp_path / "t5")
+    with torch.no_grad():
+        expected = model(**batch, output_hidden_states=True).decoder_hidden_states[-1]
+        got = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   decoder_input_ids=model._shift_right(batch["labels"])).last_hidden_state
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    bert = _bert("BertForSequenceClassification")
+    compacter.add_adapters(bert, _config("compacter++", train_head=False))
+    compacter.save_adapters(bert, tmp_path / "bert")
+    compacter.load_adapters(_bert("BertForTokenClassification"), tmp_path / "bert")
+
+
+def test_a_head_saved_before_the_architecture_field_still_loads(tmp_path):
+    model = _bert("BertForSequenceClassification")
+    compacter.add_adapters(model, _config("compacter++"))
+    compacter.save_adapters(model, tmp_path)
+    meta = json.loads((tmp_path / CONFIG_NAME).read_text())
+    del meta["architecture"]
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(meta))
+    fresh = _bert("BertForSequenceClassification")
+    compacter.load_adapters(fresh, tmp_path)
+    batch = tiny("bert")[1]
+    torch.testing.assert_close(_logits(fresh, batch), _logits(model, batch), rtol=0, atol=0)
+
+
 def test_refuses_an_invalid_saved_name(tmp_path):
     _saved(tmp_path)
     meta = json.loads((tmp_path / CONFIG_NAME).read_text())
@@ -173,6 +227,7 @@ def test_refuses_garbage_weights(tmp_path):
     (lambda m: m["config"].update(phm_dim=0), "phm_dim"),
     (lambda m: m.pop("config"), "missing 'config'"),
     (lambda m: m.update(fingerprint="0" * 64), "fingerprint"),
+    (lambda m: m.update(architecture=["T5Model"]), "architecture must be a model class name"),
 ])
 def test_refuses_bad_configs(tmp_path, edit, match):
     _saved(tmp_path)
