@@ -209,7 +209,14 @@ def _owner_registrations(state: CompacterState, name: str | None) -> Iterator[tu
 def _drop_shared(state: CompacterState, state_dict: dict, prefix: str, local_metadata: dict) -> None:
     """``state_dict`` keeps each twice-registered tensor once, under its owner's key (the key
     ``from_pretrained`` knows): safetensors refuses shared tensors, so ``save_pretrained`` and
-    the Trainer's checkpoints failed on an adapted model."""
+    the Trainer's checkpoints failed on an adapted model.
+
+    So its key set depends on the active adapter: the owners' keys hold the active adapter's
+    trained copies, whose ``compacter.tuned.<active>.*`` keys are left out, while the inactive
+    adapters' copies and the base originals keep their ``compacter.*`` keys. A ``state_dict``
+    saved while "b" was active loads into a model with the same adapters and "b" active; with
+    "a" active, a strict load reports ``compacter.tuned.b.*`` missing, and ``strict=False``
+    leaves b's copies as they were (b's trained values go into a's copies, then a's own overwrite them)."""
     for _, holder_key, _, key in _owner_registrations(state, state.active):
         if holder_key is not None:
             state_dict.pop(f"{prefix}{holder_key}.{key}", None)

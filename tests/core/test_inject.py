@@ -365,6 +365,64 @@ def test_new_adapters_take_the_mode_of_the_model(training, tmp_path):
         assert layers and all(m._cache is not None for m in layers)
 
 
+def _two_adapters(model, train_batch=None):
+    for name, method in (("a", "compacter++"), ("b", "bitfit")):
+        compacter.add_adapters(model, _config(method), name=name)
+        if train_batch is not None:
+            _train(model, train_batch, steps=2)
+    return model
+
+
+@pytest.mark.parametrize("arch", ["t5", "bert", "gpt2"])
+def test_a_save_pretrained_checkpoint_reloads_as_the_readme_says(arch, tmp_path):
+    """The README's recipe for a Trainer checkpoint: from_pretrained of the base model, the same
+    adapters, load_state_dict(strict=False) of the saved file; from_pretrained of the checkpoint
+    alone gives neither the base nor the adapted model."""
+    from safetensors.torch import load_file
+
+    model, batch = tiny(arch)
+    model.save_pretrained(tmp_path / "base")
+    base_out = _logits(model, batch)
+    _two_adapters(model, batch)
+    expected = {}
+    for name in ("b", "a"):  # saved with "a" active
+        compacter.set_active_adapter(model, name)
+        expected[name] = _logits(model, batch)
+    model.save_pretrained(tmp_path / "run")
+    reloaded = _two_adapters(type(model).from_pretrained(tmp_path / "base").eval())
+    compacter.set_active_adapter(reloaded, "a")
+    result = reloaded.load_state_dict(load_file(tmp_path / "run" / "model.safetensors"), strict=False)
+    assert not result.unexpected_keys
+    assert all(k.endswith(("embed_tokens.weight", "lm_head.weight")) for k in result.missing_keys), result.missing_keys  # tied
+    for name in ("a", "b"):
+        compacter.set_active_adapter(reloaded, name)
+        torch.testing.assert_close(_logits(reloaded, batch), expected[name], rtol=0, atol=0)
+    with compacter.disable_adapters(reloaded):
+        torch.testing.assert_close(_logits(reloaded, batch), base_out, rtol=0, atol=0)
+    plain = type(model).from_pretrained(tmp_path / "run").eval()
+    assert not hasattr(plain, STATE_ATTR) and not torch.equal(_logits(plain, batch), base_out)
+
+
+def test_state_dict_keys_follow_the_active_adapter():
+    """As documented (README, _drop_shared): a state_dict saved while "b" is active loads strictly
+    with "b" active, and a strict load with "a" active reports b's copies missing."""
+    model, batch = tiny("t5")
+    _two_adapters(model, batch)
+    saved = model.state_dict()  # "b" active
+    compacter.set_active_adapter(model, "a")
+    assert model.state_dict().keys() != saved.keys()
+    fresh = _two_adapters(tiny("t5")[0])
+    compacter.set_active_adapter(fresh, "a")
+    with pytest.raises(RuntimeError, match=r"Missing key.*compacter\.tuned\.b\."):
+        fresh.load_state_dict(saved)
+    compacter.set_active_adapter(fresh, "b")
+    fresh.load_state_dict(saved)
+    for name in ("a", "b"):
+        compacter.set_active_adapter(fresh, name)
+        compacter.set_active_adapter(model, name)
+        torch.testing.assert_close(_logits(fresh, batch), _logits(model, batch), rtol=0, atol=0)
+
+
 def _snapshot(model):
     return {k: v.clone() for k, v in model.state_dict().items()}, [type(m).__name__ for m in model.modules()], \
         sum(len(m._forward_hooks) for m in model.modules()), [p.requires_grad for p in model.parameters()]
