@@ -51,10 +51,14 @@ def _check_phm_bottleneck(config: CompacterConfig, d_model: int, k: int, name: s
     other_n = f"choose phm_dim among {both}" if both else f"no phm_dim > 1 divides both {d_model} and {k}"
     needs = (f"{name}: PHM needs phm_dim n={n} to divide both dimensions of the adapter's down projection "
              f"[in={d_model}, out={k}] (and of its up projection)")
-    if d_model % n:
-        raise ValueError(f"{needs}; {other_n}")
     made = (f"bottleneck_dim is {k}" if config.bottleneck_dim is not None
             else f"the bottleneck is {d_model} // reduction_factor {config.reduction_factor} = {k}")
+    if d_model % n and both:
+        raise ValueError(f"{needs}; {other_n}")
+    if d_model % n:  # no phm_dim fits this bottleneck: it must grow before phm_dim can be chosen
+        grow = "set a larger bottleneck_dim" if config.bottleneck_dim is not None else "lower reduction_factor or set bottleneck_dim"
+        raise ValueError(f"{needs}; {other_n} ({made}): {grow}, and choose phm_dim among the divisors of {d_model} "
+                         f"{_common_divisors(d_model, d_model)} that divide the new bottleneck too")
     fix = f"set bottleneck_dim to a multiple of {n}"
     if config.bottleneck_dim is None:
         factor = next((f for f in range(min(config.reduction_factor, d_model // n), 0, -1) if (d_model // f) % n == 0), None)

@@ -1,10 +1,11 @@
 """Adapter-only checkpoints: ``adapter_model.safetensors`` + ``adapter_config.json``.
 
-The JSON holds the format version, the method config, the base model's name and type, and a
-fingerprint (SHA-256 of every tensor name and shape the adapter expects); the safetensors
+The JSON holds the format version, the method config, the base model's name and type, a
+fingerprint (SHA-256 of every tensor name and shape the adapter expects), and, where the adapter
+holds trained task-head tensors, the model class ("architecture") that head was made for; the safetensors
 metadata holds a SHA-256 of the method config, so weights and config written by two different
 saves (a save interrupted between its two files, files mixed up by hand) do not load as one
-checkpoint. Loading checks the config, the model type, the file and every shape *before* the
+checkpoint. Loading checks the config, the model type, the head's model class, the file and every shape *before* the
 model is touched; saving writes both files to temporary names and only then renames them into
 place (the old files moved aside and put back if a rename fails), so a failed save leaves the old
 checkpoint as it was and no new folders, and a crash never leaves a file half-written or a
@@ -27,11 +28,12 @@ from torch import nn
 
 from . import __version__
 from .config import FORMAT_VERSION, CompacterConfig
-from .inject import PendingAdapters, adapter_modules, attach_adapters, build_adapters, check_adapter_name
+from .inject import (FULL_IS_ACTIVE, PendingAdapters, adapter_modules, attach_adapters, body_prefix, build_adapters,
+                     check_adapter_name, in_head, unwrap)
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
-_TOP_LEVEL = {"format_version", "library", "config", "base_model", "model_type", "fingerprint", "name"}
+_TOP_LEVEL = {"format_version", "library", "config", "base_model", "model_type", "fingerprint", "name", "architecture"}
 _CONFIG_HASH = "compacter_config_sha256"  # safetensors metadata key binding the weights to their config
 
 
@@ -64,8 +66,15 @@ def _full_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def _head_tensors(tensors: dict[str, torch.Tensor], config: CompacterConfig, model: nn.Module) -> list[str]:
+    """The saved tensors of ``model``'s task head (trained copies ``tuned.*``, or method 'full''s ``model.*``)."""
+    body = body_prefix(model)
+    return sorted(k for k in tensors if k.startswith(("tuned.", "model.")) and in_head(k.split(".", 1)[1], config, body))
+
+
 def save_adapters(model: nn.Module, path: str | os.PathLike, name: str | None = None) -> Path:
     """Write adapter ``name`` (default: the active one) to the folder ``path``; returns the folder."""
+    model = unwrap(model)  # a torch.compile wrapper saves its model's adapter, under the model's names
     pending = adapter_modules(model, name)
     tensors = _full_state(model) if pending.config.train_all else pending.state_dict()
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
@@ -79,6 +88,8 @@ def save_adapters(model: nn.Module, path: str | os.PathLike, name: str | None = 
         "model_type": getattr(config, "model_type", None),
         "fingerprint": fingerprint(_shapes(tensors)),
     }
+    if _head_tensors(tensors, pending.config, model):  # written only here: versions before this field refuse
+        meta["architecture"] = type(model).__name__  # it (an unknown field), and a headless adapter fits any class
     folder = Path(path)
     metadata = {"format": "pt", _CONFIG_HASH: config_hash(meta["config"])}
     created = _make_folders(folder)
@@ -188,6 +199,8 @@ def read_adapter_config(path: str | os.PathLike) -> tuple[CompacterConfig, dict]
         config = CompacterConfig.from_dict(saved)
         if meta.get("name") is not None:
             check_adapter_name(meta["name"])
+        if "architecture" in meta and not (isinstance(meta["architecture"], str) and meta["architecture"]):
+            raise ValueError(f"architecture must be a model class name, got {meta['architecture']!r}")
     except (ValueError, TypeError) as err:
         raise CheckpointError(f"{file}: {err}") from None
     return config, meta
@@ -228,7 +241,8 @@ def _compare(file: Path, expected: dict[str, tuple[int, ...]], found: dict[str, 
 
 def load_adapters(model: nn.Module, path: str | os.PathLike, name: str | None = None, activate: bool = True, *,
                   revision: str | None = None, token: str | bool | None = None) -> nn.Module:
-    """Load a saved adapter into ``model`` under ``name`` (default: the saved name) and activate it.
+    """Load a saved adapter into ``model`` under ``name`` (default: the saved name) and activate it
+    (``activate=False``: load it frozen, as every inactive adapter is, and keep the active one).
 
     ``path``: a local folder, or a Hugging Face Hub repo id ``"namespace/name"`` that is not a
     local path (as :func:`push_adapters` writes; ``revision``: a branch, tag or commit; ``token``
@@ -237,15 +251,22 @@ def load_adapters(model: nn.Module, path: str | os.PathLike, name: str | None = 
 
     Refuses, with :class:`CheckpointError` and no change to the model, a checkpoint made for
     other shapes or another model type (a Llama adapter on a Mistral model: same shapes, but its
-    trained norms and head belong to the other architecture), a truncated or corrupt file,
+    trained norms and head belong to the other architecture), a trained task head made for another
+    model class (a BertForSequenceClassification ``classifier`` on BertForTokenClassification;
+    an adapter without head tensors loads into any class with the same body), a truncated or corrupt file,
     weights and config from different saves, a config with unknown fields or version, and a
     repo that cannot be read.
     """
+    if name is not None:  # "" is no name: it does not fall back to the saved one
+        check_adapter_name(name)
+    given, model = model, unwrap(model)  # a torch.compile wrapper loads into the model it runs
     folder = adapter_folder(path, revision=revision, token=token)
     config, meta = read_adapter_config(folder)
     tensors, metadata = _read_weights(folder)
     _check_floating(folder / WEIGHTS_NAME, tensors)
-    name = name or meta.get("name") or "default"
+    if config.train_all and not activate:  # before its weights are copied into the model
+        raise CheckpointError(f"{folder}: {FULL_IS_ACTIVE}")
+    name = name if name is not None else meta.get("name") or "default"
     found = _shapes(tensors)
     if meta.get("fingerprint") != fingerprint(found):
         raise CheckpointError(f"{folder / CONFIG_NAME}: fingerprint does not match the weights file (mixed-up or edited checkpoint)")
@@ -256,6 +277,11 @@ def load_adapters(model: nn.Module, path: str | os.PathLike, name: str | None = 
     if saved_type and model_type and saved_type != model_type:
         raise CheckpointError(f"{folder / CONFIG_NAME}: adapter trained on a {saved_type!r} model "
                               f"({meta.get('base_model') or 'unnamed'}), this model is {model_type!r}")
+    heads, saved_class = _head_tensors(tensors, config, model), meta.get("architecture")
+    if heads and saved_class and saved_class != type(model).__name__:
+        raise CheckpointError(f"{folder / CONFIG_NAME}: the adapter's task head ({', '.join(heads[:3])}{', ...' if len(heads) > 3 else ''}) "
+                              f"was trained on {saved_class}, this model is {type(model).__name__}; load it into a {saved_class}, "
+                              f"or save an adapter without its head (train_head=False)")
     try:
         pending = build_adapters(model, config, name)
     except ValueError as err:
@@ -266,11 +292,13 @@ def load_adapters(model: nn.Module, path: str | os.PathLike, name: str | None = 
             for full, p in model.named_parameters():
                 if f"model.{full}" in tensors:
                     p.copy_(tensors[f"model.{full}"])
-        return attach_adapters(model, pending, activate=activate)
+        attach_adapters(model, pending, activate=activate)
+        return given
     own = pending.state_dict()
     _compare(folder / WEIGHTS_NAME, _shapes(own), found)
     _copy_into(pending, tensors)
-    return attach_adapters(model, pending, activate=activate)
+    attach_adapters(model, pending, activate=activate)
+    return given
 
 
 def is_hub_id(path: str | os.PathLike, bare: bool = False) -> bool:

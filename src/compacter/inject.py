@@ -11,6 +11,8 @@ disabling gives back the base model's exact outputs. Owner and state share one P
 per trained tensor, also after a conversion that makes new Parameters (see
 :meth:`CompacterState._apply`).
 
+Every public function takes a ``torch.compile`` wrapper as the model it wraps (:func:`unwrap`).
+
 Building is separate from attaching: :func:`build_adapters` makes every module and checks every
 shape before the model is touched, so bad input leaves the model unmodified.
 
@@ -39,6 +41,19 @@ from .placement import is_norm, match_modules, output_features, placement_for
 SITE_ATTR = "compacter_adapters"
 STATE_ATTR = "compacter"
 _LAYER_INDEX = re.compile(r"(^|.*\.)\d+\..*")  # a module inside a numbered transformer block
+FULL_IS_ACTIVE = "method 'full' trains the base weights in place: it is always the active adapter (activate=False is refused)"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model a ``torch.compile`` wrapper (``OptimizedModule``, nested too) runs, else ``model``.
+
+    Every public function unwraps first, so ``compacter.save_adapters(torch.compile(model), ...)``
+    adds, switches, counts and saves exactly as on the model, under the model's own parameter
+    names: through the wrapper, modules were registered on the wrapper and names carried its
+    ``_orig_mod.`` prefix."""
+    while isinstance(model, torch._dynamo.eval_frame.OptimizedModule):  # no public name for the class in torch 2.x
+        model = model._orig_mod
+    return model
 
 
 def _key(param_name: str) -> str:
@@ -194,7 +209,14 @@ def _owner_registrations(state: CompacterState, name: str | None) -> Iterator[tu
 def _drop_shared(state: CompacterState, state_dict: dict, prefix: str, local_metadata: dict) -> None:
     """``state_dict`` keeps each twice-registered tensor once, under its owner's key (the key
     ``from_pretrained`` knows): safetensors refuses shared tensors, so ``save_pretrained`` and
-    the Trainer's checkpoints failed on an adapted model."""
+    the Trainer's checkpoints failed on an adapted model.
+
+    So its key set depends on the active adapter: the owners' keys hold the active adapter's
+    trained copies, whose ``compacter.tuned.<active>.*`` keys are left out, while the inactive
+    adapters' copies and the base originals keep their ``compacter.*`` keys. A ``state_dict``
+    saved while "b" was active loads into a model with the same adapters and "b" active; with
+    "a" active, a strict load reports ``compacter.tuned.b.*`` missing, and ``strict=False``
+    leaves b's copies as they were (b's trained values go into a's copies, then a's own overwrite them)."""
     for _, holder_key, _, key in _owner_registrations(state, state.active):
         if holder_key is not None:
             state_dict.pop(f"{prefix}{holder_key}.{key}", None)
@@ -259,6 +281,7 @@ def build_adapters(model: nn.Module, config: CompacterConfig, name: str = "defau
     if not isinstance(config, CompacterConfig):
         raise TypeError(f"config must be a CompacterConfig, got {type(config).__name__}")
     check_adapter_name(name)
+    model = unwrap(model)
     state = get_state(model)
     if state is not None and name in state.configs:
         raise ValueError(f"an adapter named {name!r} is already on this model; choose another name or delete_adapter first")
@@ -399,6 +422,14 @@ def _is_head(mname: str, config: CompacterConfig, body: str | None) -> bool:
     return body is None or not (mname == body or mname.startswith(body + "."))
 
 
+def in_head(param_name: str, config: CompacterConfig, body: str | None) -> bool:
+    """Whether parameter ``param_name`` lies in a task-head module (:func:`_is_head`), or in a module
+    inside one: the part of an adapter made for one model class (BertForSequenceClassification's and
+    BertForTokenClassification's ``classifier`` have the same shape and mean different things)."""
+    parts = param_name.split(".")[:-1]
+    return any(_is_head(".".join(parts[:i]), config, body) for i in range(1, len(parts) + 1))
+
+
 def _base_param(state: CompacterState | None, full: str, current: torch.Tensor) -> torch.Tensor | None:
     """The base model's own value of a parameter, even while another adapter's copy is active;
     None for a bias the base model does not have (another adapter added it: start from zeros)."""
@@ -410,35 +441,44 @@ def _base_param(state: CompacterState | None, full: str, current: torch.Tensor) 
 
 
 def attach_adapters(model: nn.Module, pending: PendingAdapters, activate: bool = True) -> nn.Module:
-    """Attach built adapters to ``model``, freeze the base, and (by default) activate them."""
+    """Attach built adapters to ``model``, freeze the base, and (by default) activate them; returns ``model``.
+
+    Not activated, they are frozen as every inactive adapter is. Method 'full' is the model's own
+    weights, so it cannot be attached inactive (refused before anything changes)."""
+    if pending.config.train_all and not activate:
+        raise ValueError(FULL_IS_ACTIVE)
+    given, model = model, unwrap(model)
     state = get_state(model)
     if state is None:
         state = CompacterState()
         state.base_requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
         for p in model.parameters():
             p.requires_grad_(False)
+        state.train(model.training)
         model.add_module(STATE_ATTR, state)
         state._root.append(model)
         state._checkpointing = [m for m in model.modules() if isinstance(getattr(m, "gradient_checkpointing", None), bool)]
         state._hooks = [model.register_forward_pre_hook(state.start_forward),
                         model.register_forward_hook(state.end_forward, always_call=True)]
     modules = dict(model.named_modules())
+    # new modules take the mode of the module they join (built in training mode, they left an eval
+    # model's PHM layers without their eval-mode weight cache until the next model.eval())
     for target, adapter in pending.sites.items():
         site = getattr(modules[target], SITE_ATTR, None)
         if site is None:
-            site = AdapterSite(pending.roles[target], adapter.d_model)
+            site = AdapterSite(pending.roles[target], adapter.d_model).train(modules[target].training)
             site._state.append(state)
             modules[target].add_module(SITE_ATTR, site)
             site._handle = modules[target].register_forward_hook(_site_hook)
-        site[pending.name] = adapter
+        site[pending.name] = adapter.train(modules[target].training)
     if pending.rule is not None:
-        state.rules[pending.name] = pending.rule
+        state.rules[pending.name] = pending.rule.train(state.training)
     if pending.config.adapter_type == "phm":
         banked = [proj for adapter in pending.sites.values() for proj in (adapter.down, adapter.up) if isinstance(proj, PHMLinear)]
         for i, layer in enumerate(banked):
             layer._bank_index = i
         state._banked[pending.name] = banked
-    tuned = nn.ParameterDict()
+    tuned = nn.ParameterDict().train(state.training)
     for full, copy in pending.tuned.items():
         owner, attr = _resolve(modules, full)
         if _key(full) not in state.base and full not in state.missing:
@@ -453,9 +493,10 @@ def attach_adapters(model: nn.Module, pending: PendingAdapters, activate: bool =
     if pending.config.train_all:
         for p in model.parameters():
             p.requires_grad_(True)
-    if activate:
-        set_active_adapter(model, pending.name)
-    return model
+    # sets every adapter's flags: an inactive new adapter is frozen (trainable_parameters, DDP's
+    # unused-parameter check and count_parameters agree on what trains)
+    set_active_adapter(model, pending.name if activate else state.active)
+    return given
 
 
 def _resolve(modules: dict[str, nn.Module], full: str) -> tuple[nn.Module, str]:
@@ -473,25 +514,26 @@ def add_adapters(model: nn.Module, config: CompacterConfig | None = None, name: 
 
 
 def get_state(model: nn.Module) -> CompacterState | None:
-    state = getattr(model, STATE_ATTR, None)
+    state = getattr(unwrap(model), STATE_ATTR, None)
     return state if isinstance(state, CompacterState) else None
 
 
 def _require_state(model: nn.Module) -> CompacterState:
     state = get_state(model)
     if state is None:
-        raise ValueError(f"{type(model).__name__} has no adapters: call compacter.add_adapters first")
+        raise ValueError(f"{type(unwrap(model)).__name__} has no adapters: call compacter.add_adapters first")
     return state
 
 
 def iter_sites(model: nn.Module) -> Iterator[tuple[str, AdapterSite]]:
-    for mname, module in model.named_modules():
+    for mname, module in unwrap(model).named_modules():
         if isinstance(module, AdapterSite):
             yield mname.rsplit(".", 1)[0], module
 
 
 def set_active_adapter(model: nn.Module, name: str | None) -> None:
     """Make adapter ``name`` the one in use and the one trained; ``None`` gives the base model back."""
+    model = unwrap(model)
     state = _require_state(model)
     if name is not None and name not in state.configs:
         raise ValueError(f"no adapter named {name!r}; this model has: {', '.join(state.configs) or 'none'}")
@@ -546,6 +588,7 @@ def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
 
 def delete_adapter(model: nn.Module, name: str) -> None:
     """Remove adapter ``name``; when none is left, the model is the base model again (hooks removed, flags restored)."""
+    model = unwrap(model)
     state = _require_state(model)
     if name not in state.configs:
         raise ValueError(f"no adapter named {name!r}; this model has: {', '.join(state.configs) or 'none'}")
@@ -565,6 +608,7 @@ def delete_adapter(model: nn.Module, name: str) -> None:
     state._banked.pop(name, None)
     del state.tuned[name]
     del state.configs[name]
+    _forget_untrained_bases(state)
     if not state.configs:
         for handle in state._hooks:
             handle.remove()
@@ -576,11 +620,25 @@ def delete_adapter(model: nn.Module, name: str) -> None:
                 params[full].requires_grad_(requires_grad)
 
 
+def _forget_untrained_bases(state: CompacterState) -> None:
+    """Drop the base originals (and missing-bias marks) of parameters no remaining adapter trains:
+    their owners hold the originals again, and a second registration in ``state.base`` would put
+    each such tensor twice into ``state_dict`` (``save_pretrained`` refused shared tensors, and a
+    model that never had the deleted adapter refused the extra keys)."""
+    trained = {key for tuned in state.tuned.values() for key in tuned}
+    for key in [k for k in state.base if k not in trained]:
+        del state.base[key]
+    state.missing.intersection_update(_unkey(k) for k in trained)
+
+
 def adapter_modules(model: nn.Module, name: str | None = None) -> PendingAdapters:
     """The attached modules and tensors of adapter ``name`` (default: the active one)."""
     state = _require_state(model)
     name = name if name is not None else state.active
-    if name is None or name not in state.configs:
+    if name is None:
+        raise ValueError(f"no adapter is active (inside disable_adapters, or after set_active_adapter(model, None)): "
+                         f"pass name=, one of: {', '.join(state.configs)}")
+    if name not in state.configs:
         raise ValueError(f"no adapter named {name!r}; this model has: {', '.join(state.configs) or 'none'}")
     out = PendingAdapters(name=name, config=state.configs[name])
     for target, site in iter_sites(model):
@@ -599,6 +657,7 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     copies and inactive adapters are not counted. ``trainable`` counts tensors with
     ``requires_grad``.
     """
+    model = unwrap(model)
     state = get_state(model)
     seen: set[int] = set()
     trainable = total = 0
@@ -625,7 +684,7 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The parameters an optimizer should get: those with ``requires_grad``, each once."""
     seen: set[int] = set()
     out = []
-    for p in model.parameters():
+    for p in unwrap(model).parameters():
         if p.requires_grad and id(p) not in seen:
             seen.add(id(p))
             out.append(p)

@@ -13,7 +13,7 @@ from compacter import CheckpointError, CompacterConfig
 from compacter.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 
 from .test_inject import _assert_unchanged, _config, _logits, _snapshot, _train
-from .tiny import ARCHS, tiny
+from .tiny import _ENC, ARCHS, tiny
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
@@ -93,6 +93,35 @@ def _refused(path, match, arch="t5"):
     _assert_unchanged(model, snap)
 
 
+@pytest.mark.parametrize("beside", [None, "compacter"])
+def test_an_adapter_loaded_inactive_is_frozen(tmp_path, beside):
+    """``activate=False`` loads the adapter frozen, as set_active_adapter leaves every inactive one:
+    its parameters had requires_grad, so trainable_parameters (an optimizer, DDP's unused-parameter
+    check) disagreed with count_parameters."""
+    _saved(tmp_path, "t5", "compacter++")
+    model, _ = tiny("t5")
+    if beside:
+        compacter.add_adapters(model, _config(beside), name="main")
+    trainable = [id(p) for p in compacter.trainable_parameters(model)] if beside else []
+    compacter.load_adapters(model, tmp_path, name="side", activate=False)
+    assert compacter.active_adapter(model) == ("main" if beside else None)
+    assert [id(p) for p in compacter.trainable_parameters(model)] == trainable
+    assert compacter.count_parameters(model)[0] == sum(p.numel() for p in compacter.trainable_parameters(model))
+    compacter.set_active_adapter(model, "side")
+    loaded_active, _ = tiny("t5")
+    compacter.load_adapters(loaded_active, tmp_path, name="side")
+    assert compacter.count_parameters(model) == compacter.count_parameters(loaded_active)
+
+
+def test_method_full_cannot_be_loaded_inactive(tmp_path):
+    _saved(tmp_path, "bert", "full")
+    model, _ = tiny("bert")
+    snap = _snapshot(model)
+    with pytest.raises(CheckpointError, match="always the active adapter"):
+        compacter.load_adapters(model, tmp_path, activate=False)
+    _assert_unchanged(model, snap)
+
+
 def test_refuses_other_shapes(tmp_path):
     _saved(tmp_path, "t5", "compacter")  # made on d_model 32
     wider = T.T5ForConditionalGeneration(T.T5Config(d_model=64, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=2, d_kv=16,
@@ -112,6 +141,60 @@ def test_refuses_a_checkpoint_for_another_architecture(tmp_path):
 def test_refuses_a_checkpoint_of_another_model_type_with_the_same_shapes(tmp_path, saved, loaded):
     _saved(tmp_path, saved, "compacter++")
     _refused(tmp_path, f"adapter trained on a '{saved}' model .* this model is '{loaded}'", arch=loaded)
+
+
+def _bert(head):
+    torch.manual_seed(0)
+    return getattr(T, head)(T.BertConfig(**_ENC, num_labels=2)).eval()
+
+
+@pytest.mark.parametrize("loaded", ["BertForTokenClassification", "BertModel"])
+def test_refuses_a_task_head_trained_on_another_model_class(tmp_path, loaded):
+    """A BertForSequenceClassification classifier [2, 32] has the shape of BertForTokenClassification's
+    (num_labels=2) and loaded into it silently: only the model type was checked."""
+    model = _bert("BertForSequenceClassification")
+    compacter.add_adapters(model, _config("compacter++"))
+    compacter.save_adapters(model, tmp_path)
+    assert json.loads((tmp_path / CONFIG_NAME).read_text())["architecture"] == "BertForSequenceClassification"
+    other = _bert(loaded)
+    snap = _snapshot(other)
+    with pytest.raises(CheckpointError, match=f"tuned.classifier.bias.* trained on BertForSequenceClassification, this model is {loaded}"):
+        compacter.load_adapters(other, tmp_path)
+    _assert_unchanged(other, snap)
+
+
+def test_an_adapter_without_head_tensors_loads_into_another_class_with_the_same_body(tmp_path):
+    model, batch = tiny("t5")  # Compacter++ on T5 trains no head: adapters and layer norms only
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    compacter.add_adapters(model, _config("compacter++"))
+    _train(model, batch, steps=2)
+    compacter.save_adapters(model, tmp_path / "t5")
+    assert "architecture" not in json.loads((tmp_path / "t5" / CONFIG_NAME).read_text())  # the format earlier versions read
+    body = T.T5Model(model.config).eval()
+    assert not body.load_state_dict(base, strict=False).missing_keys  # the same body; T5Model has no lm_head
+    compacter.load_adapters(body, tmp_path / "t5")
+    with torch.no_grad():
+        expected = model(**batch, output_hidden_states=True).decoder_hidden_states[-1]
+        got = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   decoder_input_ids=model._shift_right(batch["labels"])).last_hidden_state
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    bert = _bert("BertForSequenceClassification")
+    compacter.add_adapters(bert, _config("compacter++", train_head=False))
+    compacter.save_adapters(bert, tmp_path / "bert")
+    compacter.load_adapters(_bert("BertForTokenClassification"), tmp_path / "bert")
+
+
+def test_a_head_saved_before_the_architecture_field_still_loads(tmp_path):
+    model = _bert("BertForSequenceClassification")
+    compacter.add_adapters(model, _config("compacter++"))
+    compacter.save_adapters(model, tmp_path)
+    meta = json.loads((tmp_path / CONFIG_NAME).read_text())
+    del meta["architecture"]
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(meta))
+    fresh = _bert("BertForSequenceClassification")
+    compacter.load_adapters(fresh, tmp_path)
+    batch = tiny("bert")[1]
+    torch.testing.assert_close(_logits(fresh, batch), _logits(model, batch), rtol=0, atol=0)
 
 
 def test_refuses_an_invalid_saved_name(tmp_path):
@@ -144,6 +227,7 @@ def test_refuses_garbage_weights(tmp_path):
     (lambda m: m["config"].update(phm_dim=0), "phm_dim"),
     (lambda m: m.pop("config"), "missing 'config'"),
     (lambda m: m.update(fingerprint="0" * 64), "fingerprint"),
+    (lambda m: m.update(architecture=["T5Model"]), "architecture must be a model class name"),
 ])
 def test_refuses_bad_configs(tmp_path, edit, match):
     _saved(tmp_path)
@@ -316,6 +400,26 @@ def test_save_needs_adapters(tmp_path):
     model, _ = tiny("t5")
     with pytest.raises(ValueError, match="add_adapters"):
         compacter.save_adapters(model, tmp_path)
+
+
+def test_save_without_an_active_adapter_asks_for_a_name(tmp_path):
+    """Inside disable_adapters the message was "no adapter named None"."""
+    model, _ = tiny("t5")
+    compacter.add_adapters(model, _config("compacter"), name="rte")
+    with compacter.disable_adapters(model), pytest.raises(ValueError, match="no adapter is active .* pass name=, one of: rte"):
+        compacter.save_adapters(model, tmp_path)
+    assert not tmp_path.joinpath(CONFIG_NAME).exists()
+
+
+@pytest.mark.parametrize("name", ["", "a.b"])
+def test_load_refuses_an_unusable_name_before_reading(tmp_path, name):
+    """An empty name is refused, as add_adapters refuses it, instead of falling back to the saved name."""
+    _saved(tmp_path)
+    model, _ = tiny("t5")
+    snap = _snapshot(model)
+    with pytest.raises(ValueError, match="adapter name must be a non-empty string"):
+        compacter.load_adapters(model, tmp_path, name=name)
+    _assert_unchanged(model, snap)
 
 
 class _FakeHub:

@@ -330,6 +330,107 @@ def test_state_dict_holds_each_tensor_once_and_round_trips(arch, method, tmp_pat
         torch.testing.assert_close(_logits(again, batch), expected, rtol=0, atol=0)  # the saved adapter holds it
 
 
+@pytest.mark.parametrize("arch", ["bert", "t5"])
+@pytest.mark.parametrize("kept, deleted", [("compacter++", "bitfit"), ("bitfit", "compacter++")])
+@pytest.mark.parametrize("active", ["kept", "deleted"])
+def test_after_delete_adapter_the_model_is_one_that_never_had_it(arch, kept, deleted, active, tmp_path):
+    """Deleting an adapter forgets the base originals only it trained (BitFit's biases beside
+    Compacter++): state_dict has the keys of a model that never had it, save_pretrained works, and
+    that state_dict loads strictly into such a model."""
+    model, batch = tiny(arch)
+    compacter.add_adapters(model, _config(kept), name="kept")
+    _train(model, batch, steps=2)
+    compacter.add_adapters(model, _config(deleted), name="deleted")
+    compacter.set_active_adapter(model, active)
+    compacter.delete_adapter(model, "deleted")
+    compacter.set_active_adapter(model, "kept")
+    never, _ = tiny(arch)
+    compacter.add_adapters(never, _config(kept), name="kept")
+    assert model.state_dict().keys() == never.state_dict().keys()
+    model.save_pretrained(tmp_path)
+    never.load_state_dict(model.state_dict(), strict=True)
+    torch.testing.assert_close(_logits(never, batch), _logits(model, batch), rtol=0, atol=0)
+    compacter.delete_adapter(model, "kept")
+    base, _ = tiny(arch)
+    assert model.state_dict().keys() == base.state_dict().keys()
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_new_adapters_take_the_mode_of_the_model(training, tmp_path):
+    """Adapters added to (or loaded into) a model in eval mode are in eval mode: built in training
+    mode, their PHM layers never used the eval-mode weight cache until model.eval() was called again."""
+    from compacter.phm import PHMLinear
+
+    model, batch = tiny("t5")
+    model.train(training)
+    compacter.add_adapters(model, _config("compacter"), name="a")
+    compacter.save_adapters(model, tmp_path)
+    compacter.load_adapters(model, tmp_path, name="b")
+    assert {m.training for m in model.modules()} == {training}
+    if not training:
+        _logits(model, batch)
+        layers = [m for n, m in model.named_modules() if isinstance(m, PHMLinear) and f"{SITE_ATTR}.b." in n]
+        assert layers and all(m._cache is not None for m in layers)
+
+
+def _two_adapters(model, train_batch=None):
+    for name, method in (("a", "compacter++"), ("b", "bitfit")):
+        compacter.add_adapters(model, _config(method), name=name)
+        if train_batch is not None:
+            _train(model, train_batch, steps=2)
+    return model
+
+
+@pytest.mark.parametrize("arch", ["t5", "bert", "gpt2"])
+def test_a_save_pretrained_checkpoint_reloads_as_the_readme_says(arch, tmp_path):
+    """The README's recipe for a Trainer checkpoint: from_pretrained of the base model, the same
+    adapters, load_state_dict(strict=False) of the saved file; from_pretrained of the checkpoint
+    alone gives neither the base nor the adapted model."""
+    from safetensors.torch import load_file
+
+    model, batch = tiny(arch)
+    model.save_pretrained(tmp_path / "base")
+    base_out = _logits(model, batch)
+    _two_adapters(model, batch)
+    expected = {}
+    for name in ("b", "a"):  # saved with "a" active
+        compacter.set_active_adapter(model, name)
+        expected[name] = _logits(model, batch)
+    model.save_pretrained(tmp_path / "run")
+    reloaded = _two_adapters(type(model).from_pretrained(tmp_path / "base").eval())
+    compacter.set_active_adapter(reloaded, "a")
+    result = reloaded.load_state_dict(load_file(tmp_path / "run" / "model.safetensors"), strict=False)
+    assert not result.unexpected_keys
+    assert all(k.endswith(("embed_tokens.weight", "lm_head.weight")) for k in result.missing_keys), result.missing_keys  # tied
+    for name in ("a", "b"):
+        compacter.set_active_adapter(reloaded, name)
+        torch.testing.assert_close(_logits(reloaded, batch), expected[name], rtol=0, atol=0)
+    with compacter.disable_adapters(reloaded):
+        torch.testing.assert_close(_logits(reloaded, batch), base_out, rtol=0, atol=0)
+    plain = type(model).from_pretrained(tmp_path / "run").eval()
+    assert not hasattr(plain, STATE_ATTR) and not torch.equal(_logits(plain, batch), base_out)
+
+
+def test_state_dict_keys_follow_the_active_adapter():
+    """As documented (README, _drop_shared): a state_dict saved while "b" is active loads strictly
+    with "b" active, and a strict load with "a" active reports b's copies missing."""
+    model, batch = tiny("t5")
+    _two_adapters(model, batch)
+    saved = model.state_dict()  # "b" active
+    compacter.set_active_adapter(model, "a")
+    assert model.state_dict().keys() != saved.keys()
+    fresh = _two_adapters(tiny("t5")[0])
+    compacter.set_active_adapter(fresh, "a")
+    with pytest.raises(RuntimeError, match=r"Missing key.*compacter\.tuned\.b\."):
+        fresh.load_state_dict(saved)
+    compacter.set_active_adapter(fresh, "b")
+    fresh.load_state_dict(saved)
+    for name in ("a", "b"):
+        compacter.set_active_adapter(fresh, name)
+        compacter.set_active_adapter(model, name)
+        torch.testing.assert_close(_logits(fresh, batch), _logits(model, batch), rtol=0, atol=0)
+
+
 def _snapshot(model):
     return {k: v.clone() for k, v in model.state_dict().items()}, [type(m).__name__ for m in model.modules()], \
         sum(len(m._forward_hooks) for m in model.modules()), [p.requires_grad for p in model.parameters()]
@@ -348,6 +449,20 @@ def test_indivisible_dimension_leaves_the_model_unmodified():
         compacter.add_adapters(model, CompacterConfig("compacter", phm_dim=4, bottleneck_dim=6))
     msg = str(err.value)
     assert "SelfAttention.o" in msg and "out=6" in msg and "n=4" in msg
+    _assert_unchanged(model, snap)
+
+
+@pytest.mark.parametrize("overrides, grow", [({}, "lower reduction_factor or set bottleneck_dim"),
+                                               ({"bottleneck_dim": 1}, "set a larger bottleneck_dim")])
+def test_a_phm_dim_that_fits_no_bottleneck_says_to_grow_the_bottleneck(overrides, grow):
+    """phm_dim 3 on a 32-wide model with a bottleneck of 1: the message ended at 'no phm_dim > 1
+    divides both 32 and 1', without saying which setting makes one divide."""
+    model, _ = tiny("t5")
+    snap = _snapshot(model)
+    with pytest.raises(ValueError) as err:
+        compacter.add_adapters(model, CompacterConfig("compacter", phm_dim=3, **overrides))
+    msg = str(err.value)
+    assert "no phm_dim > 1 divides both 32 and 1" in msg and grow in msg and "divisors of 32 [2, 4, 8, 16, 32]" in msg, msg
     _assert_unchanged(model, snap)
 
 
