@@ -149,7 +149,7 @@ def test_mean_std_and_seed_count(tmp_path):
 
 def test_rows_follow_the_paper_order_and_missing_cells_are_dashes(tmp_path):
     methods = ["compacter++", "my-method", "bitfit", "full", "compacter", "adapter", "phm-adapter",
-               "adapter-lowrank", "pfeiffer", "another"]
+               "adapter-lowrank", "pfeiffer", "adapterdrop", "another"]
     for method in methods:
         write_run(tmp_path, method, method=method, memory=3 * 1024 ** 3)
     write_run(tmp_path, "full-cola", method="full", task="cola", score=60.0)

@@ -9,6 +9,7 @@ Every method is a preset of one configurable bottleneck adapter (as in AdapterHu
 | phm-adapter     | phm          | attention + ffn      | PHM, n=12, full B_i, each layer its own A_i   |
 | adapter         | linear       | attention + ffn      | dense (Houlsby)                               |
 | pfeiffer        | linear       | ffn                  | dense                                         |
+| adapterdrop     | linear       | attention + ffn      | dense, none in each stack's first 5 layers    |
 | adapter-lowrank | lowrank      | attention + ffn      | W = u vᵀ, rank 1                              |
 | bitfit          | none         | —                    | bias terms only (+ layer norms)               |
 | full            | none         | —                    | every weight                                  |
@@ -31,7 +32,8 @@ from typing import Any
 
 from .phm import PHM_INITS, RULE_INITS
 
-METHODS = ("compacter", "compacter++", "phm-adapter", "adapter", "pfeiffer", "adapter-lowrank", "bitfit", "full")
+METHODS = ("compacter", "compacter++", "phm-adapter", "adapter", "pfeiffer", "adapterdrop", "adapter-lowrank", "bitfit",
+           "full")
 ADAPTER_TYPES = ("phm", "lowrank", "linear", "none")
 NON_LINEARITIES = ("gelu_new", "gelu", "relu", "silu", "swish", "tanh", "identity")
 FORMAT_VERSION = 1
@@ -44,6 +46,7 @@ DEFAULT_LEARNING_RATES = {
     "adapter-lowrank": 3e-3,
     "adapter": 3e-4,
     "pfeiffer": 3e-4,
+    "adapterdrop": 3e-4,
     "bitfit": 3e-4,
     "full": 3e-4,
 }
@@ -58,6 +61,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     "adapter": dict(adapter_type="linear", after_attention=True, after_ffn=True),
     "pfeiffer": dict(adapter_type="linear", after_attention=False, after_ffn=True),
+    # the paper's AdapterDrop baseline: Houlsby adapters, none in the first 5 layers of the encoder and of the decoder
+    "adapterdrop": dict(adapter_type="linear", after_attention=True, after_ffn=True, drop_first_layers=5),
     "adapter-lowrank": dict(adapter_type="lowrank", lowrank_rank=1, after_attention=True, after_ffn=True),
     "bitfit": dict(adapter_type="none", after_attention=False, after_ffn=False, train_biases=True),
     "full": dict(adapter_type="none", after_attention=False, after_ffn=False, train_all=True),
@@ -123,6 +128,11 @@ class CompacterConfig:
     #: BitFit on models without biases (T5, Llama): add zero-initialised biases to the block's linear layers.
     add_missing_biases: bool = True
     train_all: bool = False
+    #: AdapterDrop: no adapter in the first N layers of each stack (encoder and decoder counted apart).
+    #: A site's layer is the first all-digit part of its module name (``encoder.block.3...`` -> 3,
+    #: ``model.layers.3...`` -> 3); a site without one keeps its adapter. ALBERT's number there is its
+    #: layer group, whose adapters every depth shares.
+    drop_first_layers: int = 0
     # --- placement override: regexes matched (fullmatch) against module names ---
     attention_modules: tuple[str, ...] | None = None
     ffn_modules: tuple[str, ...] | None = None
@@ -173,6 +183,8 @@ class CompacterConfig:
             positive_int(name)
         if self.bottleneck_dim is not None:
             positive_int("bottleneck_dim")
+        v = self.drop_first_layers
+        check(isinstance(v, int) and not isinstance(v, bool) and v >= 0, f"drop_first_layers must be an int >= 0, got {v!r}")
         for name in ("after_attention", "after_ffn", "adapter_bias", "factorized_phm", "shared_phm_rule", "learn_phm",
                      "train_layer_norms", "train_head", "train_biases", "add_missing_biases", "train_all"):
             boolean(name)

@@ -301,6 +301,13 @@ def build_adapters(model: nn.Module, config: CompacterConfig, name: str = "defau
             if not targets:
                 own = f" (it matches only modules of the adapters already attached: {matched[:3]})" if matched else ""
                 raise ValueError(f"no module of {type(model).__name__} matches the {role} patterns {list(patterns)}{own}")
+            if config.drop_first_layers:
+                kept = [t for t in targets if (layer_index(t) is None or layer_index(t) >= config.drop_first_layers)]
+                if not kept:
+                    raise ValueError(f"drop_first_layers={config.drop_first_layers} leaves no {role} site of "
+                                     f"{type(model).__name__}: its {len(targets)} site(s) are all in layers below "
+                                     f"{config.drop_first_layers} (e.g. {targets[-1]}); lower drop_first_layers")
+                targets = kept
             for target in targets:
                 if target in pending.sites:
                     raise ValueError(f"module {target} matches both the attention and the ffn patterns")
@@ -312,6 +319,12 @@ def build_adapters(model: nn.Module, config: CompacterConfig, name: str = "defau
         _place_like_model(pending, model, modules)
     pending.tuned = _tuned_copies(model, config, modules)
     return pending
+
+
+def layer_index(module_name: str) -> int | None:
+    """The layer a site is in: the first all-digit part of its name (``decoder.block.3.layer.2.DenseReluDense.wo``
+    -> 3), or None where there is none (see ``CompacterConfig.drop_first_layers``)."""
+    return next((int(part) for part in module_name.split(".") if part.isdigit()), None)
 
 
 def _place_like_model(pending: PendingAdapters, model: nn.Module, modules: dict[str, nn.Module]) -> None:

@@ -63,7 +63,7 @@ from .tasks import TASK_NAMES, get_task
 
 RESULTS_FILE = "results.json"
 #: Row order of the paper's tables; methods not listed come after, alphabetically.
-METHOD_ORDER = ("full", "adapter", "pfeiffer", "adapter-lowrank", "phm-adapter", "bitfit", "compacter", "compacter++")
+METHOD_ORDER = ("full", "adapter", "pfeiffer", "adapterdrop", "adapter-lowrank", "phm-adapter", "bitfit", "compacter", "compacter++")
 MISSING = "—"
 _GIB = 1024 ** 3
 

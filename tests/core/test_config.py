@@ -58,7 +58,8 @@ def test_unknown_method_lists_the_allowed_ones():
 @pytest.mark.parametrize("bad", [dict(phm_dim=1), dict(bottleneck_dim=0), dict(phm_rule_init="zeros"), dict(adapter_type="mlp"),
                                  dict(head_modules=[""]), dict(head_modules=5), dict(head_modules=None), dict(ffn_modules={"a": 1}), dict(reduction_factor=2.5),
                                  dict(adapter_init_std=0), dict(phm_init_range=float("inf")), dict(adapter_init_std=float("nan")),
-                                 dict(ffn_modules=["(unclosed"]), dict(attention_modules=["a", "*"]), dict(train_all=True)])
+                                 dict(ffn_modules=["(unclosed"]), dict(attention_modules=["a", "*"]), dict(train_all=True),
+                                 dict(drop_first_layers=-1), dict(drop_first_layers=True), dict(drop_first_layers=1.5)])
 def test_bad_values(bad):
     with pytest.raises(ValueError, match=list(bad)[0]):
         CompacterConfig("compacter", **bad)

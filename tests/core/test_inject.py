@@ -89,6 +89,7 @@ def test_every_adapter_method_runs_on_every_architecture(arch):
 @pytest.mark.parametrize("method,expected", [
     ("compacter++", 104_704), ("compacter", 161_728), ("phm-adapter", 398_976),
     ("adapter", 1_855_104), ("pfeiffer", 951_360), ("adapter-lowrank", 161_664),
+    ("adapterdrop", 1_101_984),  # Houlsby's on 7 of 12 layers of each stack
 ])
 def test_t5_base_trainable_counts_equal_the_paper(method, expected):
     with torch.device("meta"):
@@ -114,7 +115,7 @@ def test_t5_base_table_of_the_readme():
         name = re.match(r"`([^`]+)`", cells[0])
         if line.startswith("| `") and name:
             table[name.group(1)] = (int(cells[3].replace(",", "")), f"{float(cells[4]):.4f}")
-    assert set(table) == {"compacter", "compacter++", "phm-adapter", "adapter", "pfeiffer", "adapter-lowrank", "bitfit", "full"}
+    assert set(table) == set(compacter.METHODS)
     rows = count_methods("t5-base-shapes", list(table))
     assert {r["method"]: (r["trainable"], f"{r['percent']:.4f}") for r in rows} == table
 
@@ -600,3 +601,57 @@ def test_an_adapter_named_like_the_head_is_not_trained_as_another_adapters_head(
     compacter.add_adapters(model, _config("compacter++"), name="second")
     tuned = getattr(model, STATE_ATTR).tuned["second"]
     assert tuned and not [k for k in tuned if SITE_ATTR in k]
+
+
+@pytest.mark.parametrize("arch", ["t5", "bert", "llama", "gpt2", "bart"])
+def test_adapterdrop_leaves_each_stacks_first_layers_without_adapters(arch):
+    """AdapterDrop (drop_first_layers=N): no site in the first N layers of the encoder nor of the
+    decoder, Houlsby's sites everywhere else."""
+    from compacter.inject import layer_index
+
+    model, batch = tiny(arch)
+    houlsby = {name for name, _ in iter_sites(compacter.add_adapters(tiny(arch)[0], _config("adapter")))}
+    compacter.add_adapters(model, _config("adapterdrop", drop_first_layers=1))
+    kept = {name for name, _ in iter_sites(model)}
+    with torch.no_grad():
+        model(**batch)  # runs
+    assert kept == {name for name in houlsby if layer_index(name) >= 1}
+    assert kept and kept < houlsby
+    if arch in ("t5", "bart"):  # both stacks lose their layer 0, both keep their layer 1
+        assert {name.split(".")[0 if arch == "t5" else 1] for name in houlsby - kept} == {"encoder", "decoder"}
+        assert {name.split(".")[0 if arch == "t5" else 1] for name in kept} == {"encoder", "decoder"}
+
+
+def test_adapterdrop_preset_is_the_papers_and_refuses_a_model_it_would_leave_without_adapters():
+    config = CompacterConfig("adapterdrop")
+    assert (config.adapter_type, config.after_attention, config.after_ffn, config.drop_first_layers) == ("linear", True, True, 5)
+    assert config.learning_rate == 3e-4
+    model = tiny("t5")[0]  # 2 layers per stack
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"drop_first_layers=5 leaves no attention site of T5ForConditionalGeneration.*lower drop_first_layers"):
+        compacter.add_adapters(model, _config("adapterdrop"))
+    assert not hasattr(model, STATE_ATTR) and not list(iter_sites(model))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_layer_index_is_the_first_number_in_the_name():
+    from compacter.inject import layer_index
+
+    assert layer_index("decoder.block.3.layer.2.DenseReluDense.wo") == 3
+    assert layer_index("model.layers.11.self_attn.o_proj") == 11
+    assert layer_index("transformer.h.0.mlp.c_proj") == 0
+    assert layer_index("adapter.out") is None
+
+
+def test_an_adapterdrop_adapter_round_trips_through_its_checkpoint(tmp_path):
+    model, batch = tiny("t5")
+    compacter.add_adapters(model, _config("adapterdrop", drop_first_layers=1))
+    for p in compacter.trainable_parameters(model):
+        torch.nn.init.normal_(p, std=0.1)  # not the zero-output start
+    compacter.save_adapters(model, tmp_path / "ad")
+    fresh = tiny("t5")[0]
+    compacter.load_adapters(fresh, tmp_path / "ad")
+    assert {n for n, _ in iter_sites(fresh)} == {n for n, _ in iter_sites(model)}
+    model.eval(), fresh.eval()
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, fresh(**batch).logits)
