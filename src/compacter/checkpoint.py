@@ -41,6 +41,14 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded into this model; the model was left unchanged."""
 
 
+def architecture(model) -> str:
+    """The model class a trained head belongs to: the nearest class of ``model``'s that transformers
+    defines (a user's ``class MyBert(BertForSequenceClassification)`` is a BertForSequenceClassification),
+    else its own class name."""
+    own = type(model)
+    return next((c.__name__ for c in own.__mro__ if c.__module__.startswith("transformers.")), own.__name__)
+
+
 def fingerprint(shapes: dict[str, tuple[int, ...]]) -> str:
     """SHA-256 over the sorted ``name:shape`` pairs of the adapter's tensors."""
     text = "\n".join(f"{k}:{list(v)}" for k, v in sorted(shapes.items()))
@@ -89,7 +97,7 @@ def save_adapters(model: nn.Module, path: str | os.PathLike, name: str | None = 
         "fingerprint": fingerprint(_shapes(tensors)),
     }
     if _head_tensors(tensors, pending.config, model):  # written only here: versions before this field refuse
-        meta["architecture"] = type(model).__name__  # it (an unknown field), and a headless adapter fits any class
+        meta["architecture"] = architecture(model)  # it (an unknown field), and a headless adapter fits any class
     folder = Path(path)
     metadata = {"format": "pt", _CONFIG_HASH: config_hash(meta["config"])}
     created = _make_folders(folder)
@@ -278,7 +286,7 @@ def load_adapters(model: nn.Module, path: str | os.PathLike, name: str | None = 
         raise CheckpointError(f"{folder / CONFIG_NAME}: adapter trained on a {saved_type!r} model "
                               f"({meta.get('base_model') or 'unnamed'}), this model is {model_type!r}")
     heads, saved_class = _head_tensors(tensors, config, model), meta.get("architecture")
-    if heads and saved_class and saved_class != type(model).__name__:
+    if heads and saved_class and saved_class not in {architecture(model), *(c.__name__ for c in type(model).__mro__)}:
         raise CheckpointError(f"{folder / CONFIG_NAME}: the adapter's task head ({', '.join(heads[:3])}{', ...' if len(heads) > 3 else ''}) "
                               f"was trained on {saved_class}, this model is {type(model).__name__}; load it into a {saved_class}, "
                               f"or save an adapter without its head (train_head=False)")

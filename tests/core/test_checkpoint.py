@@ -163,6 +163,23 @@ def test_refuses_a_task_head_trained_on_another_model_class(tmp_path, loaded):
     _assert_unchanged(other, snap)
 
 
+def test_a_head_loads_into_a_subclass_of_its_class_and_back(tmp_path):
+    """A user's subclass of the class a head was trained on is that class: a head saved from it
+    records the transformers class, and a head of the transformers class loads into the subclass."""
+
+    class MyBert(T.BertForSequenceClassification):
+        pass
+
+    model = _bert("BertForSequenceClassification")
+    compacter.add_adapters(model, _config("compacter++"))
+    compacter.save_adapters(model, tmp_path / "plain")
+    mine = MyBert(model.config).eval()
+    compacter.load_adapters(mine, tmp_path / "plain")
+    compacter.save_adapters(mine, tmp_path / "mine")
+    assert json.loads((tmp_path / "mine" / CONFIG_NAME).read_text())["architecture"] == "BertForSequenceClassification"
+    compacter.load_adapters(_bert("BertForSequenceClassification"), tmp_path / "mine")
+
+
 def test_an_adapter_without_head_tensors_loads_into_another_class_with_the_same_body(tmp_path):
     model, batch = tiny("t5")  # Compacter++ on T5 trains no head: adapters and layer norms only
     base = {k: v.clone() for k, v in model.state_dict().items()}
