@@ -816,7 +816,9 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     steps_per_epoch = optimizer_steps_per_epoch(len(splits["train"]), cfg.batch_size, accelerator.num_processes, cfg.grad_accum)
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
     _refuse_other_settings(cfg, run)
-    _refuse_finished(cfg, run, total_steps)
+    # a last/ of an older version counted whole global batches and whole steps of them only (see _refuse_old_epochs)
+    old_total = cfg.max_steps or len(splits["train"]) // (cfg.batch_size * accelerator.num_processes) // cfg.grad_accum * cfg.epochs
+    _refuse_finished(cfg, run, total_steps, old_total)
     if cfg.resume:
         _check_resume_state(run, cfg.is_peer)
         _refuse_old_epochs(run, len(splits["train"]), cfg.batch_size, accelerator.num_processes, cfg.grad_accum)
@@ -1080,11 +1082,13 @@ def _same_adapter(a: TrainConfig, b: TrainConfig) -> bool:
         return False
 
 
-def _refuse_finished(cfg: TrainConfig, run: Path, total_steps: int) -> None:
+def _refuse_finished(cfg: TrainConfig, run: Path, total_steps: int, old_total: int | None = None) -> None:
     """With resume on, a folder holding a finished run (results.json, and last/ at its final step
     or early-stopped, or no last/ at all) is refused before anything is written: training "again"
     there would re-test best/ and overwrite results.json, or silently start a new run over the
-    old one. More steps than the run had (--max-steps, --epochs) extend it from last/."""
+    old one. More steps than the run had (--max-steps, --epochs) extend it from last/.
+    ``old_total``: the run's steps as a version that dropped each epoch's last partial batch counted
+    them, for a last/ it saved (no "keeps_last_batch"): such a run finished at that count."""
     if not (cfg.resume and (run / "results.json").exists()):
         return
     fix = "To train it again, give another --output-dir (or --no-resume to start over in this folder, replacing its run files)"
@@ -1092,6 +1096,8 @@ def _refuse_finished(cfg: TrainConfig, run: Path, total_steps: int) -> None:
     if state is None:
         raise ValueError(f"{run} holds a finished run (results.json) and no last/ to resume from. {fix}")
     progress = read_state_meta(state.parent)["progress"]
+    if not progress.get("keeps_last_batch") and old_total is not None:
+        total_steps = old_total
     if _finished(cfg, progress, total_steps):
         stopped = " (early-stopped)" if progress["step"] < total_steps else ""
         raise ValueError(f"{run} holds a finished run (results.json; last/ at step {progress['step']} of {total_steps}"

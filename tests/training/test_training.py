@@ -947,6 +947,21 @@ def test_a_last_state_from_before_partial_batches_resumes_only_where_its_epochs_
         assert any("resumed" in line and "step 2" in line for line in logs)
 
 
+def test_a_run_finished_before_partial_batches_is_still_a_finished_run(model_dirs, tmp_path):
+    """A finished run of the version that dropped each epoch's last partial batch (20 examples at
+    batch 8, 1 epoch: 2 steps then, 3 now) is a finished run, not an old state to refuse with
+    advice (--no-resume) that would delete its results."""
+    cfg = _cfg(model_dirs, "encoder", tmp_path, train_samples=20, epochs=1, max_steps=None, eval_every=None, eval_before=False)
+    train(cfg, log=lambda *a: None)
+    state = tmp_path / "run-encoder" / "last" / "train_state.json"
+    meta = json.loads(state.read_text())
+    meta["progress"].pop("keeps_last_batch")
+    meta["progress"]["step"] = 2  # where the older version's epoch ended
+    state.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"holds a finished run \(results.json; last/ at step 2 of 2\): nothing to resume"):
+        train(cfg, log=lambda *a: None)
+
+
 @pytest.mark.parametrize("family,method", [("seq2seq", "compacter++"), ("seq2seq", "bitfit"), ("encoder", "pfeiffer"),
                                            ("encoder", "full")])
 def test_percent_trainable_is_of_the_base_model_as_loaded(model_dirs, tmp_path, family, method):
