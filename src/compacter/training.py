@@ -432,11 +432,13 @@ def epoch_batches(n: int, epoch: int, seed: int, batch_size: int, rank: int, wor
 def _check_engine(accelerator, grad_accum: int) -> None:
     """Refuse ``--grad-accum`` > 1 under DeepSpeed before anything is read: the loop accumulates
     gradients itself (see :func:`_train_loop`), while DeepSpeed's engine steps inside
-    ``accelerator.backward`` by its own ``gradient_accumulation_steps``; the two would disagree on
-    when a step ends. DeepSpeed's own accumulation setting is not read either, so say so."""
+    ``accelerator.backward``: recent Accelerate versions step it where the loop's sync flag says,
+    older ones (1.0) by DeepSpeed's own ``gradient_accumulation_steps``, and no DeepSpeed run of
+    this loop has been made (no GPU here). Untested and version-dependent, so refused."""
     if grad_accum > 1 and str(getattr(accelerator, "distributed_type", "")).upper().endswith("DEEPSPEED"):
-        raise ValueError(f"--grad-accum {grad_accum} is not supported under DeepSpeed (its engine steps inside backward by "
-                         f"its own gradient_accumulation_steps, which this loop does not follow): use --grad-accum 1 and "
+        raise ValueError(f"--grad-accum {grad_accum} is not supported under DeepSpeed (its engine steps inside backward; "
+                         f"with older Accelerate versions by its own gradient_accumulation_steps, which this loop's own "
+                         f"accumulation does not follow, and the combination is untested): use --grad-accum 1 and "
                          f"a larger --batch-size or more processes, and leave gradient_accumulation_steps at 1 in the "
                          f"Accelerate/DeepSpeed config")
 
@@ -909,13 +911,17 @@ def _train_loop(cfg, run, model, forward, raw_model, batcher, splits, validation
         batches = epoch_batches(n, progress["epoch"], cfg.seed, cfg.batch_size, accelerator.process_index, world)
         for b in range(progress["batch"], len(batches)):
             # an optimizer step takes grad_accum micro-batches; the epoch's last step takes those left
-            # (fewer), as the transformers Trainer does (its loss / current_gradient_accumulation_steps)
+            # (fewer), each weighing 1/group: the transformers Trainer's rule for a model whose forward takes no
+            # loss kwargs (loss / current_gradient_accumulation_steps); for models that do, newer Trainers weigh by
+            # target tokens over the whole step instead (num_items_in_batch), which this loop does not
             first = b - b % cfg.grad_accum
             group = min(cfg.grad_accum, len(batches) - first)
             sync = b + 1 == first + group
             accelerator.gradient_state._set_sync_gradients(sync)  # what the Trainer sets (accumulation is ours)
             # the gradient is the mean over the step's micro-batches of each global micro-batch's mean
-            # loss; within one, every example weighs the same: a process whose slice of the epoch's
+            # loss; within one, every example weighs the same where the loss is one term per example
+            # (an encoder's; a seq2seq or decoder loss is a mean over each process's target tokens, so
+            # there processes weigh by examples, not tokens): a process whose slice of the epoch's
             # last, partial batch is smaller than the others' scales its mean down (share < 1), as
             # the all-reduce averages the processes' gradients (share 1 on whole batches)
             share = len(batches[b]) * world / global_batch_size(n, b, cfg.batch_size, world)
