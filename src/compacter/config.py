@@ -69,6 +69,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+#: Fields added after format 1, written only when set: an adapter that does not use them stays readable
+#: by the versions before them (which refuse unknown fields); reading fills in the default.
+_OMITTED_AT_DEFAULT = frozenset({"drop_first_layers"})
+
+
 class ConfigError(ValueError):
     """An invalid :class:`CompacterConfig`; ``problems`` lists each problem, one line each."""
 
@@ -129,9 +134,8 @@ class CompacterConfig:
     add_missing_biases: bool = True
     train_all: bool = False
     #: AdapterDrop: no adapter in the first N layers of each stack (encoder and decoder counted apart).
-    #: A site's layer is the first all-digit part of its module name (``encoder.block.3...`` -> 3,
-    #: ``model.layers.3...`` -> 3); a site without one keeps its adapter. ALBERT's number there is its
-    #: layer group, whose adapters every depth shares.
+    #: A site's layer is the number in its module name that differs between the sites of its stack
+    #: (``encoder.block.3...`` -> 3; a wrapper's ``0.`` prefix does not count); refused on ALBERT.
     drop_first_layers: int = 0
     # --- placement override: regexes matched (fullmatch) against module names ---
     attention_modules: tuple[str, ...] | None = None
@@ -229,7 +233,8 @@ class CompacterConfig:
 
     # ---- serialisation ----
     def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if not (f.name in _OMITTED_AT_DEFAULT and getattr(self, f.name) == f.default)}
         for key in ("head_modules", "attention_modules", "ffn_modules"):
             if out[key] is not None:
                 out[key] = list(out[key])

@@ -36,7 +36,7 @@ from torch import nn
 from .adapters import BottleneckAdapter
 from .config import CompacterConfig
 from .phm import PHMLinear, PHMRule, batched_weights
-from .placement import is_norm, match_modules, output_features, placement_for
+from .placement import is_norm, match_modules, model_type, output_features, placement_for
 
 SITE_ATTR = "compacter_adapters"
 STATE_ATTR = "compacter"
@@ -302,12 +302,7 @@ def build_adapters(model: nn.Module, config: CompacterConfig, name: str = "defau
                 own = f" (it matches only modules of the adapters already attached: {matched[:3]})" if matched else ""
                 raise ValueError(f"no module of {type(model).__name__} matches the {role} patterns {list(patterns)}{own}")
             if config.drop_first_layers:
-                kept = [t for t in targets if (layer_index(t) is None or layer_index(t) >= config.drop_first_layers)]
-                if not kept:
-                    raise ValueError(f"drop_first_layers={config.drop_first_layers} leaves no {role} site of "
-                                     f"{type(model).__name__}: its {len(targets)} site(s) are all in layers below "
-                                     f"{config.drop_first_layers} (e.g. {targets[-1]}); lower drop_first_layers")
-                targets = kept
+                targets = _drop_first_layers(model, targets, config.drop_first_layers, role)
             for target in targets:
                 if target in pending.sites:
                     raise ValueError(f"module {target} matches both the attention and the ffn patterns")
@@ -321,10 +316,37 @@ def build_adapters(model: nn.Module, config: CompacterConfig, name: str = "defau
     return pending
 
 
-def layer_index(module_name: str) -> int | None:
-    """The layer a site is in: the first all-digit part of its name (``decoder.block.3.layer.2.DenseReluDense.wo``
-    -> 3), or None where there is none (see ``CompacterConfig.drop_first_layers``)."""
-    return next((int(part) for part in module_name.split(".") if part.isdigit()), None)
+def layer_indices(names: list[str]) -> dict[str, int | None]:
+    """The layer each site is in. Names alike but for their numbers form one stack (T5's encoder and
+    decoder are two: ``encoder.block.N...`` and ``decoder.block.N...``); a site's layer is the first
+    of its numbers that differs between the sites of its stack (``0.encoder.layer.6.attention...``
+    in a wrapper: 6, not the wrapper's 0). A stack of one site is layer 0; a name without a number
+    has no layer (None)."""
+    stacks: dict[tuple[str, ...], list[list[str]]] = {}
+    for name in names:
+        parts = name.split(".")
+        stacks.setdefault(tuple("#" if p.isdigit() else p for p in parts), []).append(parts)
+    out: dict[str, int | None] = {}
+    for shape, members in stacks.items():
+        numbers = [i for i, p in enumerate(shape) if p == "#"]
+        varying = next((i for i in numbers if len({m[i] for m in members}) > 1), None)
+        for parts in members:
+            out[".".join(parts)] = None if not numbers else 0 if varying is None else int(parts[varying])
+    return out
+
+
+def _drop_first_layers(model: nn.Module, targets: list[str], n: int, role: str) -> list[str]:
+    """AdapterDrop: the sites of ``targets`` outside each stack's first ``n`` layers."""
+    if model_type(model) == "albert":
+        raise ValueError("drop_first_layers: ALBERT runs one layer's weights (and adapters) at every depth, so there "
+                         "are no first layers to leave without adapters; use drop_first_layers=0 (method 'adapter')")
+    layers = layer_indices(targets)
+    kept = [t for t in targets if layers[t] is None or layers[t] >= n]
+    if not kept:
+        raise ValueError(f"drop_first_layers={n} leaves no {role} site of {type(model).__name__}: it has "
+                         f"{1 + max(v for v in layers.values() if v is not None)} layer(s) per stack "
+                         f"(e.g. {targets[-1]}); lower drop_first_layers")
+    return kept
 
 
 def _place_like_model(pending: PendingAdapters, model: nn.Module, modules: dict[str, nn.Module]) -> None:

@@ -96,3 +96,14 @@ def test_head_modules_none_is_refused_but_placement_none_is_the_methods():
         CompacterConfig("compacter", head_modules=None)
     assert CompacterConfig("compacter", head_modules=[]).head_modules == ()
     assert CompacterConfig("compacter", attention_modules=None, ffn_modules=None).ffn_modules is None
+
+
+def test_fields_added_after_format_1_are_written_only_when_set():
+    """A config that does not use drop_first_layers is written as the versions before it wrote it
+    (they refuse unknown fields), and reads back the same."""
+    plain = CompacterConfig("compacter++")
+    assert "drop_first_layers" not in plain.to_dict()
+    assert CompacterConfig.from_dict(plain.to_dict()) == plain
+    drop = CompacterConfig("adapterdrop")
+    assert drop.to_dict()["drop_first_layers"] == 5 and CompacterConfig.from_dict(drop.to_dict()) == drop
+    assert CompacterConfig.from_dict(CompacterConfig("adapter", drop_first_layers=2).to_dict()).drop_first_layers == 2

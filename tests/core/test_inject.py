@@ -607,7 +607,7 @@ def test_an_adapter_named_like_the_head_is_not_trained_as_another_adapters_head(
 def test_adapterdrop_leaves_each_stacks_first_layers_without_adapters(arch):
     """AdapterDrop (drop_first_layers=N): no site in the first N layers of the encoder nor of the
     decoder, Houlsby's sites everywhere else."""
-    from compacter.inject import layer_index
+    from compacter.inject import layer_indices
 
     model, batch = tiny(arch)
     houlsby = {name for name, _ in iter_sites(compacter.add_adapters(tiny(arch)[0], _config("adapter")))}
@@ -615,7 +615,8 @@ def test_adapterdrop_leaves_each_stacks_first_layers_without_adapters(arch):
     kept = {name for name, _ in iter_sites(model)}
     with torch.no_grad():
         model(**batch)  # runs
-    assert kept == {name for name in houlsby if layer_index(name) >= 1}
+    layers = layer_indices(sorted(houlsby))
+    assert kept == {name for name in houlsby if layers[name] >= 1}
     assert kept and kept < houlsby
     if arch in ("t5", "bart"):  # both stacks lose their layer 0, both keep their layer 1
         assert {name.split(".")[0 if arch == "t5" else 1] for name in houlsby - kept} == {"encoder", "decoder"}
@@ -634,13 +635,31 @@ def test_adapterdrop_preset_is_the_papers_and_refuses_a_model_it_would_leave_wit
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_layer_index_is_the_first_number_in_the_name():
-    from compacter.inject import layer_index
+def test_a_sites_layer_is_the_number_that_varies_within_its_stack():
+    from compacter.inject import layer_indices
 
-    assert layer_index("decoder.block.3.layer.2.DenseReluDense.wo") == 3
-    assert layer_index("model.layers.11.self_attn.o_proj") == 11
-    assert layer_index("transformer.h.0.mlp.c_proj") == 0
-    assert layer_index("adapter.out") is None
+    t5 = [f"{stack}.block.{i}.layer.{j}.DenseReluDense.wo" for stack, j in (("encoder", 1), ("decoder", 2)) for i in range(3)]
+    assert list(layer_indices(t5).values()) == [0, 1, 2, 0, 1, 2]
+    wrapped = [f"0.encoder.layer.{i}.attention.output.dense" for i in range(7)]  # a SentenceTransformer-style wrapper
+    assert list(layer_indices(wrapped).values()) == list(range(7))
+    assert layer_indices(["model.layers.0.mlp.down_proj"]) == {"model.layers.0.mlp.down_proj": 0}  # one layer
+    assert layer_indices(["adapter.out"]) == {"adapter.out": None}
+
+
+def test_adapterdrop_in_a_wrapper_counts_the_wrapped_models_layers_and_refuses_albert():
+    model = torch.nn.Sequential(T.BertModel(T.BertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                                                         intermediate_size=64, vocab_size=99)))
+    config = _config("adapterdrop", drop_first_layers=2, attention_modules=[r".*layer\.\d+\.attention\.output\.dense"],
+                     ffn_modules=[r".*layer\.\d+\.output\.dense"])
+    compacter.add_adapters(model, config)
+    assert {name for name, _ in iter_sites(model)} == {"0.encoder.layer.2.attention.output.dense", "0.encoder.layer.2.output.dense"}
+    with pytest.raises(ValueError, match=r"drop_first_layers=3 leaves no attention site of BertModel: it has 3 layer\(s\) per stack"):
+        compacter.add_adapters(T.BertModel(model[0].config), _config("adapterdrop", drop_first_layers=3))
+    albert = T.AlbertModel(T.AlbertConfig(embedding_size=16, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                                          intermediate_size=64, vocab_size=99))
+    with pytest.raises(ValueError, match="ALBERT runs one layer's weights"):
+        compacter.add_adapters(albert, _config("adapterdrop", drop_first_layers=1))
+    assert not list(iter_sites(albert))
 
 
 def test_an_adapterdrop_adapter_round_trips_through_its_checkpoint(tmp_path):
