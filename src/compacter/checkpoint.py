@@ -42,11 +42,12 @@ class CheckpointError(ValueError):
 
 
 def architecture(model) -> str:
-    """The model class a trained head belongs to: the nearest class of ``model``'s that transformers
-    defines (a user's ``class MyBert(BertForSequenceClassification)`` is a BertForSequenceClassification),
-    else its own class name."""
+    """The model class a trained head belongs to: the nearest transformers task-model class among
+    ``model``'s classes (``BertForSequenceClassification`` for a user's ``class MyBert(BertForSequenceClassification)``),
+    else its own class name (a class built on ``BertPreTrainedModel`` is its own head, not a BERT one)."""
     own = type(model)
-    return next((c.__name__ for c in own.__mro__ if c.__module__.startswith("transformers.")), own.__name__)
+    return next((c.__name__ for c in own.__mro__ if c.__module__.startswith("transformers.") and "For" in c.__name__),
+                own.__name__)
 
 
 def fingerprint(shapes: dict[str, tuple[int, ...]]) -> str:

@@ -180,6 +180,29 @@ def test_a_head_loads_into_a_subclass_of_its_class_and_back(tmp_path):
     compacter.load_adapters(_bert("BertForSequenceClassification"), tmp_path / "mine")
 
 
+def test_a_head_class_built_on_a_pretrained_base_class_is_its_own(tmp_path):
+    """A user's head model built on BertPreTrainedModel (not on a transformers task class) records
+    its own class: its head is refused by BertForSequenceClassification, whose classifier has the same shape."""
+
+    class MyTagger(T.BertPreTrainedModel):
+        def __init__(self, config):
+            super().__init__(config)
+            self.bert = T.BertModel(config, add_pooling_layer=False)
+            self.classifier = torch.nn.Linear(config.hidden_size, config.num_labels)
+            self.post_init()
+
+        def forward(self, input_ids=None, attention_mask=None, **kwargs):
+            return self.classifier(self.bert(input_ids, attention_mask=attention_mask).last_hidden_state)
+
+    model = MyTagger(_bert("BertForSequenceClassification").config).eval()
+    compacter.add_adapters(model, _config("compacter++"))
+    compacter.save_adapters(model, tmp_path)
+    assert json.loads((tmp_path / CONFIG_NAME).read_text())["architecture"] == "MyTagger"
+    other = _bert("BertForSequenceClassification")
+    with pytest.raises(CheckpointError, match="trained on MyTagger, this model is BertForSequenceClassification"):
+        compacter.load_adapters(other, tmp_path)
+
+
 def test_an_adapter_without_head_tensors_loads_into_another_class_with_the_same_body(tmp_path):
     model, batch = tiny("t5")  # Compacter++ on T5 trains no head: adapters and layer norms only
     base = {k: v.clone() for k, v in model.state_dict().items()}
