@@ -82,7 +82,7 @@ def make_batch(size: str, batch: int, src_len: int, tgt_len: int, device: torch.
 OURS = ("compacter++", "compacter")
 #: opt-in with --methods. "<method>-noln": the same adapters without training the layer norms (the
 #: AdapterHub default, so the like-for-like comparison with the ah-* rows).
-EXTRA_OURS = ("compacter++-nobank", "compacter-nobank", "compacter++-noln", "compacter-noln", "ln-only", "pfeiffer", "adapter", "adapter-lowrank", "phm-adapter", "bitfit")
+EXTRA_OURS = ("compacter++-nobank", "compacter-nobank", "compacter++-noln", "compacter-noln", "ln-only", "pfeiffer", "adapter", "adapterdrop", "adapter-lowrank", "phm-adapter", "bitfit")
 PEERS = ("peft-lora", "ah-compacter++", "ah-compacter")
 DEFAULT_METHODS = ("floor",) + OURS + ("full",) + PEERS
 ALL_METHODS = DEFAULT_METHODS + EXTRA_OURS
@@ -98,6 +98,7 @@ DESCRIPTIONS = {
     "ln-only": "compacter: layer norms trained, no adapter (compacter++ minus its adapters)",
     "pfeiffer": "compacter: CompacterConfig('pfeiffer') (dense bottleneck after FFN, + layer norms)",
     "adapter": "compacter: CompacterConfig('adapter') (dense Houlsby, + layer norms)",
+    "adapterdrop": "compacter: CompacterConfig('adapterdrop') (dense Houlsby, none in each stack's first 5 layers, + layer norms)",
     "adapter-lowrank": "compacter: CompacterConfig('adapter-lowrank')",
     "phm-adapter": "compacter: CompacterConfig('phm-adapter')",
     "bitfit": "compacter: CompacterConfig('bitfit')",

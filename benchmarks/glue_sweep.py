@@ -38,7 +38,7 @@ from compacter.config import METHODS
 from compacter.peers import PEER_METHODS
 from compacter.report import report_main
 from compacter.tasks import get_task, load_split
-from compacter.training import TrainConfig
+from compacter.training import TrainConfig, default_model_path
 
 #: The tasks of the paper's tables: GLUE, then SuperGLUE.
 PAPER_TASKS = ("mnli", "qqp", "qnli", "sst2", "cola", "stsb", "mrpc", "rte", "multirc", "copa", "record", "cb", "boolq", "wic")
@@ -120,10 +120,22 @@ def run_config(args: argparse.Namespace, folder: Path, task: str, method: str, s
     return cfg
 
 
+def check_methods(args: argparse.Namespace, overrides: dict) -> None:
+    """Before any run: every one of our methods can be placed on the model (built from its config on
+    the meta device; e.g. adapterdrop, which drops 5 layers of each stack, cannot on 5 or fewer)."""
+    from compacter.params import count_methods
+
+    try:
+        count_methods(args.model or default_model_path(), [m for m in args.methods if m in METHODS], overrides)
+    except ValueError as err:
+        raise SystemExit(f"--methods: {err}") from None
+
+
 def main() -> None:
     args = parse_args()
     out = Path(args.out)
     overrides = parse_key_values(args.adapter)  # the same KEY=VALUE parsing as `compacter train --adapter`
+    check_methods(args, overrides)
     budgets = args.train_samples or [None]
     for seed in args.seeds:
         for task in args.tasks:

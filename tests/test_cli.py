@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import transformers as T
 
+import compacter
+
 from compacter.cli import build_parser, main, parse_key_values
 
 
@@ -41,6 +43,18 @@ def test_params_from_a_config_folder(tmp_path, capsys):
     out = capsys.readouterr().out
     # 2 layers x (64*16*2 + 16 + 64) + 2 layers x 2 norms x 128 + embeddings norm 128 + head (64*2+2)
     assert f"| pfeiffer | {2 * (64 * 16 * 2 + 16 + 64) + 5 * 128 + 130:,} |" in out
+
+
+def test_params_by_default_counts_every_method_the_model_can_hold(tmp_path, capsys):
+    """adapterdrop leaves no layer of a 3-layer model: the default table names it in a note and
+    counts the others; asked for by name, it is an error naming why."""
+    T.BertConfig(hidden_size=384, num_hidden_layers=3, num_attention_heads=2, intermediate_size=128).save_pretrained(tmp_path)
+    assert main(["params", "--model", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert all(f"| {m} |" in out for m in compacter.METHODS if m != "adapterdrop") and "| adapterdrop |" not in out
+    assert "(not on this model: adapterdrop: drop_first_layers=5 leaves no attention site" in out
+    assert main(["params", "--model", str(tmp_path), "--methods", "adapterdrop"]) == 2
+    assert "drop_first_layers=5 leaves no attention site" in capsys.readouterr().err
 
 
 def test_bad_input_gets_an_error_not_a_traceback(capsys):

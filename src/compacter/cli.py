@@ -296,14 +296,14 @@ def cmd_params(args: argparse.Namespace) -> int:
     from .params import KNOWN_SHAPES, params_table
 
     overrides = args.adapter and parse_key_values(args.adapter)
-    for method in args.methods:  # before the model's config is read
+    for method in args.methods or METHODS:  # before the model's config is read
         try:
             CompacterConfig(method, **(overrides or {}))
         except (ValueError, TypeError) as err:
             raise ValueError(f"--adapter {' '.join(args.adapter)} (with method {method}): {err}") from None
     if args.model not in KNOWN_SHAPES:  # a mistyped local path reached transformers as a Hub repo id
         check_model_path(args.model)
-    print(params_table(args.model, args.methods, overrides))
+    print(params_table(args.model, args.methods or list(METHODS), overrides, skip_unfit=args.methods is None))
     return 0
 
 
@@ -348,8 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Count trainable and total parameters of each method on a model built from its config "
                             "(no weights are loaded).")
     params.add_argument("--model", required=True, help="a model folder or hub name (its config.json is enough), or t5-base-shapes")
-    params.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, metavar="METHOD",
-                        help=f"methods to count (default: all of {', '.join(METHODS)})")
+    params.add_argument("--methods", nargs="+", default=None, choices=METHODS, metavar="METHOD",
+                        help=f"methods to count (default: all of {', '.join(METHODS)}, less those this model cannot "
+                             f"hold, e.g. adapterdrop on 5 layers or fewer, each named in a note)")
     params.add_argument("--adapter", action="append", metavar="KEY=VALUE", help="CompacterConfig overrides for every method")
     params.set_defaults(func=cmd_params)
     report = sub.add_parser("report", help="run directories -> markdown tables and the paper's Figure 1/Figure 4 plots",

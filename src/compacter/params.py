@@ -43,20 +43,31 @@ def empty_model(name: str) -> torch.nn.Module:
         return auto.from_config(config)
 
 
-def count_methods(name: str, methods: list[str], overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """``[{method, trainable, total, percent}]``; ``percent`` is of the base model's parameters."""
+def count_methods(name: str, methods: list[str], overrides: dict[str, Any] | None = None,
+                  skip_unfit: bool = False) -> list[dict[str, Any]]:
+    """``[{method, trainable, total, percent}]``; ``percent`` is of the base model's parameters.
+    ``skip_unfit``: a method the model cannot hold (adapterdrop's 5 dropped layers on a model of 5
+    or fewer) is a row ``{method, unfit: reason}`` instead of an error."""
     rows = []
     base = count_parameters(empty_model(name))[1]
     for method in methods:
         model = empty_model(name)
-        add_adapters(model, CompacterConfig(method, **(overrides or {})))
+        config = CompacterConfig(method, **(overrides or {}))
+        try:
+            add_adapters(model, config)
+        except ValueError as err:
+            if not (skip_unfit and config.drop_first_layers):  # any other problem is the model's, for every method
+                raise
+            rows.append({"method": method, "unfit": str(err)})
+            continue
         trainable, total = count_parameters(model)
         rows.append({"method": method, "trainable": trainable, "total": total, "percent": 100 * trainable / base})
     return rows
 
 
-def params_table(name: str, methods: list[str], overrides: dict[str, Any] | None = None) -> str:
-    rows = count_methods(name, methods, overrides)
+def params_table(name: str, methods: list[str], overrides: dict[str, Any] | None = None, skip_unfit: bool = False) -> str:
+    rows = count_methods(name, methods, overrides, skip_unfit)
     lines = [f"model {name}", "| method | trainable | total | % of base |", "|---|---:|---:|---:|"]
-    lines += [f"| {r['method']} | {r['trainable']:,} | {r['total']:,} | {r['percent']:.4f} |" for r in rows]
+    lines += [f"| {r['method']} | {r['trainable']:,} | {r['total']:,} | {r['percent']:.4f} |" for r in rows if "unfit" not in r]
+    lines += [f"(not on this model: {r['method']}: {r['unfit']})" for r in rows if "unfit" in r]
     return "\n".join(lines)

@@ -94,3 +94,15 @@ def test_paper_flag_refuses_an_unknown_task_before_any_run(capsys):
     with pytest.raises(SystemExit):
         _sweep_module().parse_args(["--paper", "--tasks", "cola", "mnlii"])
     assert "unknown task 'mnlii'" in capsys.readouterr().err
+
+
+def test_a_method_the_model_cannot_hold_is_refused_before_any_run(model_dirs, tmp_path):
+    """The tiny encoder has 2 layers: adapterdrop (5 dropped) cannot be placed, and the sweep says
+    so before training anything, not after the methods before it ran."""
+    sweep = _sweep_module()
+    args = sweep.parse_args(["--model", model_dirs["encoder"], "--tasks", "demo", "--methods", "compacter++", "adapterdrop",
+                             "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="--methods: drop_first_layers=5 leaves no attention site"):
+        sweep.check_methods(args, {"reduction_factor": 4})
+    sweep.check_methods(sweep.parse_args(["--model", model_dirs["encoder"], "--methods", "compacter++", "adapter"]),
+                        {"reduction_factor": 4})
