@@ -29,6 +29,15 @@ def test_aliases(alias, name):
     assert get_task(alias).name == name
 
 
+@pytest.mark.parametrize("name", ["mnli-mm", "MNLI-mm", "glue-mnli_mm"])
+def test_mnli_mismatched_is_a_split_not_a_task(name):
+    """'mnli-mm' resolved to 'mnli', whose test set is the matched one: asking for MNLI-mm gave
+    matched accuracy without a word."""
+    with pytest.raises(ValueError, match="MNLI-mismatched is a split of 'mnli'.*--split validation"):
+        get_task(name)
+    assert get_task("mnli-m").name == "mnli"
+
+
 def test_unknown_task_lists_the_allowed_names():
     with pytest.raises(ValueError, match="unknown task 'glue-foo'.*cola.*superglue-rte.*demo"):
         get_task("glue-foo")

@@ -50,7 +50,11 @@ TASK_NAMES: tuple[str, ...] = tuple(TASKS)
 GLUE_TASKS = tuple(t.name for t in _TASKS if t.benchmark == "glue")
 SUPERGLUE_TASKS = tuple(t.name for t in _TASKS if t.benchmark == "superglue")
 
-_ALIASES = {"wsc.fixed": "wsc", "superglue-wsc.fixed": "wsc", "mnli-mm": "mnli", "mnli-m": "mnli"}
+_ALIASES = {"wsc.fixed": "wsc", "superglue-wsc.fixed": "wsc", "mnli-m": "mnli"}
+#: names that look like a task but are a split of one: what to use instead
+_SPLIT_NAMES = {"mnli-mm": "MNLI-mismatched is a split of 'mnli', not a task of its own: 'mnli' tests on validation_matched "
+                           "and validates on validation_mismatched (the paper's protocol), so `compacter evaluate <run>/best "
+                           "--split validation` scores a trained mnli adapter on the mismatched set"}
 
 
 def _canonical(name: str) -> str:
@@ -71,6 +75,8 @@ def get_task(name: str | Task) -> Task:
     if isinstance(name, Task):
         return name
     key = _canonical(name)
+    if key in _SPLIT_NAMES:
+        raise ValueError(f"task {name!r}: {_SPLIT_NAMES[key]}")
     if key not in TASKS:
         raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(TASK_NAMES)}")
     return TASKS[key]
