@@ -193,8 +193,15 @@ def test_hub_without_datasets_package(monkeypatch):
 
 def test_hub_offline(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", FakeDatasets(error=ConnectionError("no network")))
-    with pytest.raises(RuntimeError, match=r"could not load nyu-mll/glue.*no network.*data_dir"):
+    with pytest.raises(RuntimeError, match=r"could not load nyu-mll/glue.*no network\. Offline\? .*data_dir"):
         load_split("cola", "train")
+
+
+def test_a_hub_error_that_is_not_the_network_is_not_called_offline(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", FakeDatasets(error=ValueError("BuilderConfig 'cola' not found")))
+    with pytest.raises(RuntimeError, match=r"ValueError: BuilderConfig 'cola' not found\. Pass data_dir=") as err:
+        load_split("cola", "train")
+    assert "Offline" not in str(err.value)
 
 
 def test_hub_bad_row_names_the_row(monkeypatch):

@@ -292,10 +292,11 @@ def hub_rows(task: Task, split: str) -> Rows:
     try:
         rows = datasets.load_dataset(repo, config, split=split)
     except Exception as err:  # network, cache or hub errors: say what to do instead
-        raise RuntimeError(
-            f"could not load {repo} ({config}, {split}) from the hub: {type(err).__name__}: {err}. "
-            "Offline? Pass data_dir= with the benchmark files."
-        ) from err
+        # network and not-found errors are OSErrors (ConnectionError, datasets' DatasetNotFoundError); others
+        # (a config the repository no longer has: ValueError) are not a connection problem
+        hint = " Offline? Pass data_dir= with the benchmark files." if isinstance(err, OSError) else \
+            " Pass data_dir= with the benchmark files to use your own copy."
+        raise RuntimeError(f"could not load {repo} ({config}, {split}) from the hub: {type(err).__name__}: {err}.{hint}") from err
     return ((f"{repo}/{config}[{split}] row {i}", dict(row)) for i, row in enumerate(rows))
 
 
