@@ -459,6 +459,12 @@ def optimizer_steps_per_epoch(n: int, batch_size: int, world: int, grad_accum: i
     return math.ceil(micro / grad_accum)
 
 
+def whole_batch_steps_per_epoch(n: int, batch_size: int, world: int, grad_accum: int) -> int:
+    """Optimizer steps in an epoch as versions before e8bbdc7 counted them (whole global batches,
+    whole steps of them): what a last/ they saved counts in (see :func:`_refuse_old_epochs`)."""
+    return n // (batch_size * world) // grad_accum
+
+
 # ----------------------------------------------------------------------------- state
 
 
@@ -640,11 +646,16 @@ def _check_optimizer_state(optimizer, state: dict) -> None:
                                  f"the parameter {list(params[idx].shape)}")
 
 
+def _resume_folder(run: Path) -> Path:
+    """The folder a resume reads: last/, else a crashed swap's last.old/ (which `_recover` puts back)."""
+    return run / "last" if (run / "last").exists() else run / "last.old"
+
+
 def _check_resume_state(run: Path, peer: bool) -> None:
     """Before the model is loaded: the files a resume would read (in last/, or a crashed swap's
     last.old/ that `_recover` would put back) are there and readable; damage is named with its file.
     (Their tensors' names and shapes are checked when they are loaded.)"""
-    folder = run / "last" if (run / "last").exists() else run / "last.old"
+    folder = _resume_folder(run)
     if not (folder / STATE_META).exists():
         return
     read_state_meta(folder)
@@ -666,13 +677,13 @@ def _refuse_old_epochs(run: Path, n: int, batch_size: int, world: int, grad_accu
     difference (whole global batches, and whole steps of them). Elsewhere its step counter, its
     epoch and its learning-rate schedule do not fit this version's epochs (CB's 250 examples at batch
     100: 2 steps an epoch then, 3 now), and a resume would train a run neither version makes."""
-    folder = run / "last" if (run / "last").exists() else run / "last.old"
+    folder = _resume_folder(run)
     if not (folder / STATE_META).exists() or read_state_meta(folder)["progress"].get("keeps_last_batch"):
         return
-    step = batch_size * world
-    if n % step == 0 and (n // step) % grad_accum == 0:
+    old, new = whole_batch_steps_per_epoch(n, batch_size, world, grad_accum), optimizer_steps_per_epoch(n, batch_size, world, grad_accum)
+    if old == new:  # whole global batches, whole steps of them: the same epochs either way
         return
-    old, new = n // step // grad_accum, optimizer_steps_per_epoch(n, batch_size, world, grad_accum)
+    step = batch_size * world
     raise ckpt.CheckpointError(
         f"{folder / STATE_META}: saved by an older version, whose epochs left out their last partial batch "
         f"({n} training examples at a global batch of {step}{f' x {grad_accum} accumulated' if grad_accum > 1 else ''}: "
@@ -819,7 +830,8 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
     _refuse_other_settings(cfg, run)
     # a last/ of an older version counted whole global batches and whole steps of them only (see _refuse_old_epochs)
-    old_total = cfg.max_steps or len(splits["train"]) // (cfg.batch_size * accelerator.num_processes) // cfg.grad_accum * cfg.epochs
+    old_total = cfg.max_steps or whole_batch_steps_per_epoch(len(splits["train"]), cfg.batch_size, accelerator.num_processes,
+                                                             cfg.grad_accum) * cfg.epochs
     _refuse_finished(cfg, run, total_steps, old_total)
     if cfg.resume:
         _check_resume_state(run, cfg.is_peer)
