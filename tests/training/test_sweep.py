@@ -106,3 +106,9 @@ def test_a_method_the_model_cannot_hold_is_refused_before_any_run(model_dirs, tm
         sweep.check_methods(args, {"reduction_factor": 4})
     sweep.check_methods(sweep.parse_args(["--model", model_dirs["encoder"], "--methods", "compacter++", "adapter"]),
                         {"reduction_factor": 4})
+
+
+def test_a_negative_warmup_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        _sweep_module().parse_args(["--warmup-steps", "-1"])
+    assert "argument --warmup-steps: must be 0 or more, got -1" in capsys.readouterr().err
