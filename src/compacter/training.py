@@ -1123,7 +1123,18 @@ def _refuse_finished(cfg: TrainConfig, run: Path, total_steps: int, old_total: i
 
 
 def _peak_rss() -> int | None:
-    """This process's peak resident memory so far, in bytes (None where the OS does not say)."""
+    """This process's peak resident memory so far, in bytes (None where the OS does not say).
+
+    On Linux this is VmHWM, the high-water mark of this process's own address space: unlike
+    ``ru_maxrss``, which a child started by ``subprocess`` inherits from its parent across exec
+    (a sweep parent holding 1.5 GiB made every run report at least 1.5 GiB), exec resets it."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # "VmHWM:   123456 kB"
+    except (OSError, ValueError, IndexError):
+        pass  # not Linux (or no procfs): ru_maxrss below
     try:
         import resource
     except ImportError:  # Windows

@@ -112,3 +112,20 @@ def test_a_negative_warmup_is_refused(capsys):
     with pytest.raises(SystemExit):
         _sweep_module().parse_args(["--warmup-steps", "-1"])
     assert "argument --warmup-steps: must be 0 or more, got -1" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the inherited ru_maxrss is a Linux behaviour")
+def test_a_run_started_by_a_large_parent_reports_its_own_peak_memory(tmp_path):
+    # glue_sweep starts each run with subprocess; ru_maxrss carries the parent's high-water mark
+    # across exec, so a parent that once held 1 GiB made every run report at least 1 GiB.
+    parent = (
+        "import subprocess, sys\n"
+        "big = b'x' * (1 << 30)  # touched: resident\n"
+        "del big\n"
+        "child = 'import resource; from compacter.training import _peak_rss; print(_peak_rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)'\n"
+        "sys.exit(subprocess.call([sys.executable, '-c', child]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, check=True).stdout.split()
+    ours, inherited = int(out[0]), int(out[1])
+    assert inherited >= 1 << 30  # the premise: ru_maxrss holds the parent's peak
+    assert 0 < ours < 1 << 30, f"the child reported {ours / 2**30:.2f} GiB, its parent's peak"
