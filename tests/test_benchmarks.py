@@ -105,3 +105,26 @@ def test_adapter_variants_writes_every_variant_and_build(tmp_path):
         [("encoder", k) for k in keys] + [("decoder", k) for k in keys] + [("all", k) for k, _ in av.BUILDS])
     assert all(r["ratio_to_library"] == 1.0 for r in rows if r["method"] == "library")
     assert next(r for r in rows if r["method"] == "layer by layer")["ratio_to_layer_by_layer"] == 1.0
+
+
+def test_a_row_built_twice_is_the_same_model_and_draws_the_same_adapter_weights():
+    # GPU runs build every row twice (memory pass, timed pass); later builds copy the first
+    # instead of initialising again, and must give what a fresh build would.
+    _load("train_step")  # puts benchmarks/ on the path
+    import _common as common
+
+    cpu = torch.device("cpu")
+    first, _ = common.prepare_model("compacter++", "tiny", cpu, seed=3)
+    again, _ = common.prepare_model("compacter++", "tiny", cpu, seed=3)
+    assert first is not again
+    a, b = first.state_dict(), again.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert all(p.data_ptr() != q.data_ptr() for p, q in zip(first.parameters(), again.parameters()))  # no shared storage
+    from transformers import T5ForConditionalGeneration
+
+    torch.manual_seed(3)
+    fresh = T5ForConditionalGeneration(common.t5_config("tiny"))
+    f = fresh.state_dict()
+    assert all(torch.equal(f[k], a[k]) for k in f)  # the base weights a fresh build gives
+    other, _ = common.prepare_model("compacter++", "tiny", cpu, seed=4)
+    assert not torch.equal(other.state_dict()["shared.weight"], a["shared.weight"])  # the seed still matters
