@@ -233,8 +233,11 @@ class CompacterConfig:
 
     # ---- serialisation ----
     def to_dict(self) -> dict[str, Any]:
+        preset = PRESETS[self.method]
+        # omitted only where reading rebuilds the same value: adapterdrop's preset sets drop_first_layers=5,
+        # so its 0 must be written
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-               if not (f.name in _OMITTED_AT_DEFAULT and getattr(self, f.name) == f.default)}
+               if not (f.name in _OMITTED_AT_DEFAULT and getattr(self, f.name) == f.default == preset.get(f.name, f.default))}
         for key in ("head_modules", "attention_modules", "ffn_modules"):
             if out[key] is not None:
                 out[key] = list(out[key])

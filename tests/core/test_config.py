@@ -17,6 +17,17 @@ def test_every_preset_round_trips_through_json(method):
         assert getattr(config, key) == value
 
 
+@pytest.mark.parametrize("method,changes", [("adapterdrop", dict(drop_first_layers=0)), ("adapterdrop", dict(drop_first_layers=2)),
+                                            ("adapter", dict(drop_first_layers=3))])
+def test_a_field_set_away_from_its_preset_round_trips(method, changes):
+    # drop_first_layers is left out of the JSON at 0 (older readers refuse it), but adapterdrop's preset
+    # is 5: its 0 must be written, or the saved adapter reads back with 5 and no longer loads
+    config = CompacterConfig(method, **changes)
+    assert CompacterConfig.from_json(config.to_json()) == config
+    assert config.replace(reduction_factor=8).drop_first_layers == config.drop_first_layers
+    assert "drop_first_layers" not in CompacterConfig("adapter").to_dict()  # still omitted where reading restores it
+
+
 def test_paper_defaults():
     c = CompacterConfig("compacter")
     assert (c.phm_dim, c.phm_rank, c.factorized_phm, c.shared_phm_rule, c.phm_init_range) == (4, 1, True, True, 1e-4)
