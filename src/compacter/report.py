@@ -18,8 +18,9 @@ Decisions:
   "mean ± std (n=k)", std being the sample standard deviation (ddof=1).
 - "average" is the mean of the row's task cells (the tasks that row has, starred when that
   is fewer than the table's). A table with both GLUE and SuperGLUE tasks also gets a "GLUE"
-  and a "SuperGLUE" average, each over its benchmark's tasks only, as the paper reports them
-  (Tables 1 and 2); "train time" is
+  and a "SuperGLUE" average, each over the table's tasks of that benchmark only: the paper
+  reports the two benchmarks apart (Tables 1 and 2), though over its own task sets (its
+  SuperGLUE table has BoolQ, CB, COPA, MultiRC, ReCoRD and WiC, not WSC); "train time" is
   the mean wall time per run of the training loop (`train_seconds`: per-epoch validation and
   checkpoint writes included; runs since 2026-11-29 also record that part as `eval_seconds`), "peak memory" the largest peak over the row's runs (CUDA
   memory allocated on a GPU; on a CPU the process's peak resident set, `peak_rss_bytes`).
