@@ -35,7 +35,9 @@ _TASK_TYPES = {"seq2seq": "SEQ_2_SEQ_LM", "encoder": "SEQ_CLS", "decoder": "CAUS
 
 def add_peer(model: nn.Module, method: str, family: str, options: dict) -> nn.Module:
     """Wrap ``model`` with the peer method; ``options`` override the peer's own defaults
-    (LoRA: r=8, alpha=16; AdapterHub: its ``CompacterPlusPlusConfig`` / ``CompacterConfig``)."""
+    (LoRA: r=8, alpha=16 on PEFT's default targets for the model type, ours in ``_LORA_TARGETS``
+    where PEFT has none, else ``target_modules`` must be given; AdapterHub: its
+    ``CompacterPlusPlusConfig`` / ``CompacterConfig``)."""
     if method == "peft-lora":
         return _add_peft_lora(model, family, options)
     if method in ("ah-compacter++", "ah-compacter"):
@@ -49,11 +51,52 @@ def _add_peft_lora(model: nn.Module, family: str, options: dict) -> nn.Module:
     except ImportError:
         raise ImportError("--method peft-lora needs PEFT: pip install 'compacter[bench]'") from None
     defaults = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "task_type": _TASK_TYPES[family]}
+    targets = _lora_targets(peft, model, options)
+    if targets is not None:
+        defaults["target_modules"] = targets
     if family == "encoder":  # the whole new head, as ours and AdapterHub's train it: PEFT's default
         # (classifier, score) would leave DistilBERT's pre_classifier and DeBERTa's pooler frozen at random init
         defaults["modules_to_save"] = _outside_body(model)
     config = _lora_config(peft, defaults, options)
     return peft.get_peft_model(model, config)
+
+
+#: LoRA targets for model types PEFT has no default for (its error only says to specify target_modules):
+#: the attention's query and value projections, as PEFT's defaults elsewhere (BERT's query/value, Llama's q_proj/v_proj)
+_LORA_TARGETS = {
+    "distilbert": ["q_lin", "v_lin"],
+    "albert": ["query", "value"],
+    # Phi-3 fuses q, k and v into one qkv_proj (as GPT-2's c_attn, PEFT's own default there): one rank-8 LoRA
+    # on it covers q, k and v together, a (n_heads + 2 n_kv_heads) * head_dim-wide output
+    "phi3": ["qkv_proj"],
+}
+
+
+def _lora_targets(peft, model: nn.Module, options: dict) -> list[str] | None:
+    """The LoRA ``target_modules`` to set: None where the user names targets (``target_modules`` or
+    ``target_parameters``) or PEFT has its own default for the model type; ours for the types in
+    ``_LORA_TARGETS``; any other type is a ValueError naming it and how to pass targets, before the
+    model is touched (PEFT's own error names neither the model type nor --adapter)."""
+    if options.get("target_modules") is not None or options.get("target_parameters"):
+        return None
+    mtype = getattr(getattr(model, "config", None), "model_type", None)
+    if mtype in _LORA_TARGETS:
+        return list(_LORA_TARGETS[mtype])
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING  # what LoraModel looks up
+
+    if mtype in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:
+        return None
+    body = body_prefix(model)
+    scope = getattr(model, body) if body is not None else model
+    linears = sorted({name.rsplit(".", 1)[-1] for name, m in scope.named_modules() if isinstance(m, nn.Linear) and name})
+    shown = ", ".join(linears[:16]) + (", ..." if len(linears) > 16 else "")
+    raise ValueError(
+        f"--method peft-lora: PEFT has no default LoRA target modules for model type {mtype!r} ({type(model).__name__}); "
+        "name the layers to adapt (module names, matched against each module name's end; PEFT's defaults elsewhere are mostly "
+        f"the attention's query and value projections){f'; its linear layers: {shown}' if shown else ''}. On the command line: "
+        "--adapter 'target_modules=[\"query\",\"value\"]'; in Python: TrainConfig(method=\"peft-lora\", "
+        "adapter={\"target_modules\": [\"query\", \"value\"]}) or add_peer(model, \"peft-lora\", family, "
+        "{\"target_modules\": [...]})")
 
 
 #: LoraConfig fields the pipeline sets itself (from the model family; PEFT's own bookkeeping)
