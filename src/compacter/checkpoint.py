@@ -264,7 +264,8 @@ def load_adapters(model: nn.Module, path: str | os.PathLike, name: str | None = 
     model class (a BertForSequenceClassification ``classifier`` on BertForTokenClassification;
     an adapter without head tensors loads into any class with the same body), a truncated or corrupt file,
     weights and config from different saves, a config with unknown fields or version, and a
-    repo that cannot be read.
+    repo that cannot be read. A checkpoint written before a tied base tensor got one trained
+    copy loads its trained copy, or is refused where that cannot be told (:func:`_one_copy_per_tie`).
     """
     if name is not None:  # "" is no name: it does not fall back to the saved one
         check_adapter_name(name)
@@ -303,8 +304,9 @@ def load_adapters(model: nn.Module, path: str | os.PathLike, name: str | None = 
                     p.copy_(tensors[f"model.{full}"])
         attach_adapters(model, pending, activate=activate)
         return given
+    tensors = _one_copy_per_tie(folder / WEIGHTS_NAME, pending, tensors)
     own = pending.state_dict()
-    _compare(folder / WEIGHTS_NAME, _shapes(own), found)
+    _compare(folder / WEIGHTS_NAME, _shapes(own), _shapes(tensors))
     _copy_into(pending, tensors)
     attach_adapters(model, pending, activate=activate)
     return given
@@ -383,3 +385,37 @@ def _copy_into(pending: PendingAdapters, tensors: dict[str, torch.Tensor]) -> No
     with torch.no_grad():
         for key, p in pending.state_dict().items():
             p.copy_(tensors[key].to(device=p.device, dtype=p.dtype))
+
+
+def _one_copy_per_tie(file: Path, pending: PendingAdapters, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` with one copy of each tensor the base model ties under several names, under its
+    first name (``tuned.<first name>``, as :func:`save_adapters` writes it).
+
+    Checkpoints saved before a tie got one trained copy hold a copy under each name (BitFit on
+    BertForMaskedLM: ``tuned.cls.predictions.bias`` and ``tuned.cls.predictions.decoder.bias``),
+    trained apart: the forward used one of them, the other got no gradient and kept its start,
+    the base model's value. Such a checkpoint loads the copy that differs from this model's base
+    value (the trained one; copies equal to each other are one); where more than one differs
+    (both trained, or the adapter was trained on another base model), it is refused: which one
+    the forward used cannot be told."""
+    out = dict(tensors)
+    for full, others in pending.ties.items():
+        names = [f"tuned.{n}" for n in (full, *others) if f"tuned.{n}" in tensors]
+        if names in ([], [f"tuned.{full}"]):
+            continue  # the current format (or a checkpoint that _compare refuses)
+        start = pending.tuned[full].detach().to("cpu")  # a fresh copy: the base model's value
+        if any(tensors[n].shape != start.shape for n in names):
+            continue  # other shapes: _compare names them
+        trained: list[str] = []
+        for n in names:
+            if not torch.equal(tensors[n].to(start.dtype), start) and not any(torch.equal(tensors[n], tensors[t]) for t in trained):
+                trained.append(n)
+        if len(trained) > 1:
+            raise CheckpointError(f"{file}: {', '.join(trained)} are copies of one tied tensor of the base model ({full}), "
+                                  f"saved apart by an older version, and more than one was trained (or this is another "
+                                  f"base model than the adapter's): which one the model used cannot be told")
+        kept = out[(trained or names)[0]]
+        for n in names:
+            del out[n]
+        out[f"tuned.{full}"] = kept
+    return out

@@ -136,6 +136,7 @@ class CompacterState(nn.Module):
         self.active: str | None = None
         self.base_requires_grad: dict[str, bool] = {}
         self.missing: set[str] = set()  # base params that do not exist (BitFit biases added to bias-free layers)
+        self.ties: dict[str, list[str]] = {}  # trained base param name -> the other names the base model ties it under
         self._banked: dict[str, list[PHMLinear]] = {}  # adapter name -> its PHM layers, in bank order
         self._bank: list[torch.Tensor] | None = None  # their W during one forward pass of the model
         self._in_forward = False  # between the root's forward pre-hook and the first adapter call
@@ -191,19 +192,21 @@ class CompacterState(nn.Module):
         return f"adapters={list(self.configs)}, active={self.active!r}"
 
 
-def _owner_registrations(state: CompacterState, name: str | None) -> Iterator[tuple[str, str | None, nn.ParameterDict | None, str]]:
-    """``(owner's parameter name, its holder's key under the state, the holder, the key in it)``
-    for every base parameter some adapter trains, as it sits in its owner while adapter ``name``
+def _owner_registrations(state: CompacterState, name: str | None) -> Iterator[tuple[list[str], str | None, nn.ParameterDict | None, str]]:
+    """``(owners' parameter names, its holder's key under the state, the holder, the key in it)``
+    for every base parameter some adapter trains, as it sits in its owners while adapter ``name``
     is active: the adapter's copy (``"tuned.<name>"``), else the base original (``"base"``), else
-    nothing (a BitFit bias the base model lacks: holder None)."""
+    nothing (a BitFit bias the base model lacks: holder None). The names: the key's, then the
+    others the base model ties the tensor under (``state.ties``), which all hold the same one."""
     active = state.tuned[name] if name is not None else {}
     for key in {k for tuned in state.tuned.values() for k in tuned}:
+        owners = [_unkey(key), *state.ties.get(_unkey(key), ())]
         if key in active:
-            yield _unkey(key), f"tuned.{name}", active, key
+            yield owners, f"tuned.{name}", active, key
         elif key in state.base:
-            yield _unkey(key), "base", state.base, key
+            yield owners, "base", state.base, key
         else:
-            yield _unkey(key), None, None, key
+            yield owners, None, None, key
 
 
 def _drop_shared(state: CompacterState, state_dict: dict, prefix: str, local_metadata: dict) -> None:
@@ -225,22 +228,31 @@ def _drop_shared(state: CompacterState, state_dict: dict, prefix: str, local_met
 def _restore_shared(state: CompacterState, incompatible_keys) -> None:
     """``load_state_dict`` of a ``state_dict`` without those keys: the owners' keys load the same
     Parameter objects, so they are not missing (``load_state_dict(model.state_dict())`` stays
-    strict-clean); still missing where the owner's key is missing too. A load with
-    ``assign=True`` puts new Parameters into the owners: the state takes them, so there is still
-    one Parameter per trained tensor (saving and switching see the loaded values)."""
+    strict-clean); still missing where the owner's key is missing too. A tensor tied under
+    several names is loaded by any of them (``save_pretrained`` keeps one of a tie): the others
+    are not missing. A load with ``assign=True`` puts new Parameters into the owners: the state
+    takes the first owner's and points the others at it, so there is still one Parameter per
+    trained tensor (saving and switching see the loaded values) and the tie holds."""
     missing = incompatible_keys.missing_keys
     modules = dict(state._root[0].named_modules()) if state._root else None
-    for owner_key, holder_key, holder, key in _owner_registrations(state, state.active):
+    for owners, holder_key, holder, key in _owner_registrations(state, state.active):
         if holder is None:
             continue
         suffix = f"{STATE_ATTR}.{holder_key}.{key}"
         for full in [m for m in missing if m.endswith(suffix)]:
-            if full[: len(full) - len(suffix)] + owner_key not in missing:
+            if any(full[: len(full) - len(suffix)] + name not in missing for name in owners):
                 missing.remove(full)
+        for name in owners if len(owners) > 1 else ():
+            for full in [m for m in missing if m == name or m.endswith("." + name)]:
+                if any(full[: len(full) - len(name)] + other not in missing for other in owners):
+                    missing.remove(full)
         if modules is not None:
-            owner, attr = _resolve(modules, owner_key)
+            owner, attr = _resolve(modules, owners[0])
             if owner._parameters.get(attr) is not None and owner._parameters[attr] is not holder[key]:
                 holder[key] = owner._parameters[attr]
+            for other in owners[1:]:
+                owner, attr = _resolve(modules, other)
+                owner._parameters[attr] = holder[key]
 
 
 @dataclass
@@ -253,6 +265,7 @@ class PendingAdapters:
     roles: dict[str, str] = field(default_factory=dict)  # target module name -> "attention" | "ffn"
     rule: PHMRule | None = None
     tuned: dict[str, nn.Parameter] = field(default_factory=dict)  # base param name -> trained copy
+    ties: dict[str, list[str]] = field(default_factory=dict)  # base param name -> the other names the base ties it under
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The adapter's own tensors, keyed as in ``adapter_model.safetensors``."""
@@ -312,7 +325,7 @@ def build_adapters(model: nn.Module, config: CompacterConfig, name: str = "defau
         if config.adapter_type == "phm" and config.shared_phm_rule:
             pending.rule = PHMRule(config.phm_dim, config.phm_rule_init, config.phm_init_range, config.learn_phm)
         _place_like_model(pending, model, modules)
-    pending.tuned = _tuned_copies(model, config, modules)
+    pending.tuned, pending.ties = _tuned_copies(model, config, modules)
     return pending
 
 
@@ -402,13 +415,31 @@ def _is_own_module(mname: str, module: nn.Module) -> bool:
             or f".{SITE_ATTR}" in f".{mname}")
 
 
-def _tuned_copies(model: nn.Module, config: CompacterConfig, modules: dict[str, nn.Module]) -> dict[str, nn.Parameter]:
-    """Trainable copies of the base parameters the method trains (norms, head, biases)."""
+def _ties(modules: dict[str, nn.Module]) -> dict[str, list[str]]:
+    """Every name of each parameter of ``modules``, keyed by its first one (``named_parameters``'
+    name): more than one where the model ties a tensor under several names (BertForMaskedLM's
+    ``cls.predictions.bias`` is ``cls.predictions.decoder.bias``)."""
+    names: dict[int, list[str]] = {}
+    for mname, module in modules.items():
+        for pname, p in module._parameters.items():
+            if p is not None:
+                names.setdefault(id(p), []).append(f"{mname}.{pname}" if mname else pname)
+    return {group[0]: group for group in names.values()}
+
+
+def _tuned_copies(model: nn.Module, config: CompacterConfig,
+                  modules: dict[str, nn.Module]) -> tuple[dict[str, nn.Parameter], dict[str, list[str]]]:
+    """Trainable copies of the base parameters the method trains (norms, head, biases), and the
+    other names of those the base model ties under several names. A tied tensor gets one copy,
+    under its first name, that every name is pointed at (the tie holds: two copies broke it, the
+    forward trained one of them, and the other was saved, counted and restored as a dead copy)."""
     if config.train_all:
-        return {}
+        return {}, {}
     state = get_state(model)
     wanted: dict[str, torch.Tensor | None] = {}
     modules = {mname: module for mname, module in modules.items() if not _is_own_module(mname, module)}  # the base model's own
+    ties = _ties(modules)
+    first = {name: group[0] for group in ties.values() for name in group}
     body = body_prefix(model)
     for mname, module in modules.items():
         head = _is_head(mname, config, body)
@@ -416,21 +447,22 @@ def _tuned_copies(model: nn.Module, config: CompacterConfig, modules: dict[str, 
         for pname, p in module.named_parameters(recurse=False):
             full = f"{mname}.{pname}" if mname else pname
             if head or norm or (config.train_biases and pname == "bias"):
-                wanted[full] = _base_param(state, full, p)
+                wanted.setdefault(first[full], _base_param(state, first[full], p))
         if config.train_biases and config.add_missing_biases and isinstance(module, nn.Linear) and module.bias is None \
                 and _LAYER_INDEX.fullmatch(mname):
             wanted[f"{mname}.bias"] = None  # no bias in the base model: a zero one is added
     for mname, module in modules.items():  # heads are trained whole, sub-modules included
         if _is_head(mname, config, body):
             for pname, p in module.named_parameters():
-                wanted.setdefault(f"{mname}.{pname}", _base_param(state, f"{mname}.{pname}", p))
+                full = first.get(f"{mname}.{pname}", f"{mname}.{pname}")  # a module shared under two names: its first
+                wanted.setdefault(full, _base_param(state, full, p))
     out = {}
     for full, base in wanted.items():
         if base is None:
             module = modules[full.rsplit(".", 1)[0]]
             base = torch.zeros(module.out_features, device=module.weight.device, dtype=module.weight.dtype)
         out[full] = nn.Parameter(base.detach().clone(), requires_grad=True)
-    return out
+    return out, {full: ties[full][1:] for full in out if len(ties.get(full, ())) > 1}
 
 
 def body_prefix(model: nn.Module) -> str | None:
@@ -524,6 +556,7 @@ def attach_adapters(model: nn.Module, pending: PendingAdapters, activate: bool =
                 state.base[_key(full)] = current
         tuned[_key(full)] = copy
     state.tuned[pending.name] = tuned
+    state.ties.update(pending.ties)
     state.configs[pending.name] = pending.config
     if pending.config.train_all:
         for p in model.parameters():
@@ -595,9 +628,10 @@ def set_active_adapter(model: nn.Module, name: str | None) -> None:
 def _point_owners(state: CompacterState, modules: dict[str, nn.Module], name: str | None) -> None:
     """Point every base parameter that some adapter trains at adapter ``name``'s copy, or at the
     base model's own (or at nothing: a BitFit bias the base model lacks)."""
-    for full, _, holder, key in _owner_registrations(state, name):
-        owner, attr = _resolve(modules, full)
-        owner._parameters[attr] = holder[key] if holder is not None else None
+    for owners, _, holder, key in _owner_registrations(state, name):
+        for full in owners:  # every name of a tied tensor
+            owner, attr = _resolve(modules, full)
+            owner._parameters[attr] = holder[key] if holder is not None else None
 
 
 def active_adapter(model: nn.Module) -> str | None:
@@ -664,6 +698,7 @@ def _forget_untrained_bases(state: CompacterState) -> None:
     for key in [k for k in state.base if k not in trained]:
         del state.base[key]
     state.missing.intersection_update(_unkey(k) for k in trained)
+    state.ties = {full: others for full, others in state.ties.items() if _key(full) in trained}
 
 
 def adapter_modules(model: nn.Module, name: str | None = None) -> PendingAdapters:
@@ -682,6 +717,7 @@ def adapter_modules(model: nn.Module, name: str | None = None) -> PendingAdapter
             out.roles[target] = site.role
     out.rule = state.rules[name] if name in state.rules else None
     out.tuned = {_unkey(k): p for k, p in state.tuned[name].items()}
+    out.ties = {full: list(state.ties[full]) for full in out.tuned if full in state.ties}
     return out
 
 

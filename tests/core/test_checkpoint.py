@@ -12,7 +12,7 @@ import compacter
 from compacter import CheckpointError, CompacterConfig
 from compacter.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 
-from .test_inject import _assert_unchanged, _config, _logits, _snapshot, _train
+from .test_inject import _assert_unchanged, _config, _logits, _snapshot, _tied_mlm, _train
 from .tiny import _ENC, ARCHS, tiny
 
 
@@ -590,3 +590,70 @@ def test_a_saved_head_modules_null_still_loads(tmp_path):
     fresh, _ = tiny("bert")
     compacter.load_adapters(fresh, tmp_path / "a")
     torch.testing.assert_close(_logits(fresh, batch), _logits(model, batch))
+
+
+def test_a_tied_base_parameter_is_saved_once_and_loaded_under_all_its_names(tmp_path):
+    """BitFit on BertForMaskedLM: the tied LM bias is saved under its first name only (it was
+    saved twice, as two copies) and loads as one Parameter under both names."""
+    from safetensors.torch import load_file
+
+    model, batch = _tied_mlm()
+    compacter.add_adapters(model, _config("bitfit"))
+    _train(model, batch, steps=2, lr=1e-1)
+    expected = _logits(model, batch)
+    compacter.save_adapters(model, tmp_path)
+    saved = load_file(tmp_path / WEIGHTS_NAME)
+    assert "tuned.cls.predictions.bias" in saved and "tuned.cls.predictions.decoder.bias" not in saved
+    fresh, _ = _tied_mlm()
+    compacter.load_adapters(fresh, tmp_path)
+    assert fresh.cls.predictions.bias is fresh.cls.predictions.decoder.bias
+    torch.testing.assert_close(_logits(fresh, batch), expected, rtol=0, atol=0)
+    assert compacter.count_parameters(fresh) == compacter.count_parameters(model)
+    compacter.delete_adapter(fresh, "default")
+    base, _ = _tied_mlm()
+    assert fresh.cls.predictions.bias is fresh.cls.predictions.decoder.bias
+    torch.testing.assert_close(_logits(fresh, batch), _logits(base, batch), rtol=0, atol=0)
+
+
+def _as_saved_before_ties(folder, trained_under, dead_value):
+    """Rewrite a checkpoint as versions that broke the tie saved it: a copy under each name of
+    the tied LM bias, the trained one under ``trained_under``, ``dead_value`` under the other."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from compacter.checkpoint import fingerprint
+
+    names = ("tuned.cls.predictions.bias", "tuned.cls.predictions.decoder.bias")
+    tensors = load_file(folder / WEIGHTS_NAME)
+    trained = tensors.pop(names[0])
+    tensors.update({n: trained if n == trained_under else dead_value for n in names})
+    with safe_open(str(folder / WEIGHTS_NAME), "pt") as f:
+        metadata = f.metadata()
+    save_file(tensors, folder / WEIGHTS_NAME, metadata=metadata)
+    meta = json.loads((folder / CONFIG_NAME).read_text())
+    meta["fingerprint"] = fingerprint({k: tuple(v.shape) for k, v in tensors.items()})
+    (folder / CONFIG_NAME).write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("trained_under", ["tuned.cls.predictions.decoder.bias", "tuned.cls.predictions.bias"])
+def test_a_checkpoint_with_a_copy_per_tied_name_loads_the_trained_one_or_is_refused(tmp_path, trained_under):
+    """The dead copy kept the base model's value: the other one is loaded. Two trained copies
+    cannot be told apart: refused, the model unchanged."""
+    model, batch = _tied_mlm()
+    base = model.cls.predictions.bias.detach().clone()
+    compacter.add_adapters(model, _config("bitfit"))
+    _train(model, batch, steps=2, lr=1e-1)
+    expected = _logits(model, batch)
+    compacter.save_adapters(model, tmp_path / "old")
+    _as_saved_before_ties(tmp_path / "old", trained_under, base)
+    fresh, _ = _tied_mlm()
+    compacter.load_adapters(fresh, tmp_path / "old")
+    assert fresh.cls.predictions.bias is fresh.cls.predictions.decoder.bias
+    torch.testing.assert_close(_logits(fresh, batch), expected, rtol=0, atol=0)
+    compacter.save_adapters(model, tmp_path / "both")
+    _as_saved_before_ties(tmp_path / "both", trained_under, base + 1)
+    fresh, _ = _tied_mlm()
+    snap = _snapshot(fresh)
+    with pytest.raises(CheckpointError, match=r"copies of one tied tensor .*cls\.predictions\.bias.*more than one was trained"):
+        compacter.load_adapters(fresh, tmp_path / "both")
+    _assert_unchanged(fresh, snap)

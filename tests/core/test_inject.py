@@ -8,10 +8,10 @@ import transformers as T
 
 import compacter
 from compacter import CompacterConfig
-from compacter.inject import SITE_ATTR, STATE_ATTR, iter_sites
+from compacter.inject import SITE_ATTR, STATE_ATTR, get_state, iter_sites
 from compacter.placement import is_norm
 
-from .tiny import ARCHS, t5_base_config, tiny
+from .tiny import _ENC, ARCHS, t5_base_config, tiny
 
 TINY = dict(reduction_factor=4)  # tiny models have d_model 32: a bottleneck of 8
 ADAPTER_METHODS = ["compacter", "compacter++", "phm-adapter", "adapter", "pfeiffer", "adapter-lowrank"]
@@ -715,3 +715,87 @@ def test_an_adapterdrop_adapter_round_trips_through_its_checkpoint(tmp_path):
     model.eval(), fresh.eval()
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, fresh(**batch).logits)
+
+
+def _tied_mlm():
+    """A tiny BertForMaskedLM: ``cls.predictions.bias`` and ``cls.predictions.decoder.bias`` are
+    one Parameter (as the word embeddings and the decoder's weight are), and its batch."""
+    torch.manual_seed(0)
+    model = T.BertForMaskedLM(T.BertConfig(**_ENC)).eval()
+    assert model.cls.predictions.bias is model.cls.predictions.decoder.bias
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, _ENC["vocab_size"], (2, 7), generator=g)
+    return model, dict(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids.clone())
+
+
+def test_a_tied_base_parameter_gets_one_trained_copy_under_all_its_names():
+    """BitFit on BertForMaskedLM: the tied LM bias got a copy per name, the tie was broken, the
+    copy the forward does not use had no gradient, and count_parameters counted the bias twice."""
+    model, batch = _tied_mlm()
+    base = model.cls.predictions.bias.detach().clone()
+    expected = sum(p.numel() for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n)  # each tensor once
+    compacter.add_adapters(model, _config("bitfit"))
+    bias = model.cls.predictions.bias
+    assert bias is model.cls.predictions.decoder.bias and bias.requires_grad
+    tuned = get_state(model).tuned["default"]
+    assert "cls/predictions/bias" in tuned and "cls/predictions/decoder/bias" not in tuned
+    assert compacter.count_parameters(model)[0] == expected == sum(p.numel() for p in compacter.trainable_parameters(model))
+    model.train()
+    model(**batch).loss.backward()
+    assert bias.grad is not None and bias.grad.abs().sum() > 0
+    _train(model, batch, steps=2, lr=1e-1)
+    assert model.cls.predictions.bias is model.cls.predictions.decoder.bias is bias and not torch.equal(bias, base)
+
+
+def test_switching_disabling_and_deleting_keep_a_tie():
+    model, batch = _tied_mlm()
+    original = model.cls.predictions.bias
+    base_out = _logits(model, batch)
+    base_keys = model.state_dict().keys()
+    for name in ("a", "b"):
+        compacter.add_adapters(model, _config("bitfit"), name=name)
+        _train(model, batch, steps=2, lr=1e-1)
+    predictions = model.cls.predictions
+    for name in ("a", "b", None):
+        compacter.set_active_adapter(model, name)
+        assert predictions.bias is predictions.decoder.bias
+        assert (predictions.bias is original) is (name is None)
+    assert torch.equal(_logits(model, batch), base_out)
+    compacter.set_active_adapter(model, "a")
+    with compacter.disable_adapters(model):
+        assert predictions.bias is predictions.decoder.bias is original
+    assert predictions.bias is predictions.decoder.bias is not original
+    compacter.delete_adapter(model, "a")
+    assert predictions.bias is predictions.decoder.bias is original  # "b" inactive: the base's again
+    compacter.set_active_adapter(model, "b")
+    assert predictions.bias is predictions.decoder.bias is not original
+    compacter.delete_adapter(model, "b")
+    assert predictions.bias is predictions.decoder.bias is original
+    assert model.state_dict().keys() == base_keys and torch.equal(_logits(model, batch), base_out)
+
+
+def test_a_save_pretrained_checkpoint_of_a_tied_model_reloads_as_the_readme_says(tmp_path):
+    """save_pretrained keeps one name of a tie; the other was reported missing
+    (``compacter.base.cls/predictions/decoder/bias``). A strict load of the model's own
+    state_dict, also with assign=True, keeps the tie."""
+    from safetensors.torch import load_file
+
+    model, batch = _tied_mlm()
+    compacter.add_adapters(model, _config("bitfit"))
+    _train(model, batch, steps=2, lr=1e-1)
+    expected = _logits(model, batch)
+    model.save_pretrained(tmp_path)
+    fresh, _ = _tied_mlm()
+    compacter.add_adapters(fresh, _config("bitfit"))
+    result = fresh.load_state_dict(load_file(tmp_path / "model.safetensors"), strict=False)
+    assert not result.unexpected_keys
+    assert result.missing_keys == ["cls.predictions.decoder.weight"]  # transformers' tied embeddings, as the README says
+    torch.testing.assert_close(_logits(fresh, batch), expected, rtol=0, atol=0)
+    assert fresh.cls.predictions.bias is fresh.cls.predictions.decoder.bias
+    for assign in (False, True):
+        again, _ = _tied_mlm()
+        compacter.add_adapters(again, _config("bitfit"))
+        assert not again.load_state_dict(model.state_dict(), strict=True, assign=assign).missing_keys
+        bias = again.cls.predictions.bias
+        assert bias is again.cls.predictions.decoder.bias is get_state(again).tuned["default"]["cls/predictions/bias"]
+        torch.testing.assert_close(_logits(again, batch), expected, rtol=0, atol=0)
