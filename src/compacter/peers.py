@@ -65,10 +65,21 @@ def _add_peft_lora(model: nn.Module, family: str, options: dict) -> nn.Module:
 #: the attention's query and value projections, as PEFT's defaults elsewhere (BERT's query/value, Llama's q_proj/v_proj)
 _LORA_TARGETS = {
     "distilbert": ["q_lin", "v_lin"],
-    "albert": ["query", "value"],
-    # Phi-3 fuses q, k and v into one qkv_proj (as GPT-2's c_attn, PEFT's own default there): one rank-8 LoRA
-    # on it covers q, k and v together, a (n_heads + 2 n_kv_heads) * head_dim-wide output
+    **dict.fromkeys(("albert", "camembert", "xlm-roberta-xl", "roberta-prelayernorm", "megatron-bert", "ernie", "roformer",
+                     "data2vec-text"), ["query", "value"]),
+    **dict.fromkeys(("mpnet", "longt5", "umt5"), ["q", "v"]),
+    # the Llama and BART layouts of the placement table that PEFT does not list
+    **dict.fromkeys(("vaultgemma", "olmo", "olmo2", "olmo3", "smollm3", "granite", "cohere", "cohere2", "helium", "glm", "glm4",
+                     "exaone4", "seed_oss", "arcee", "apertus", "nemotron", "hunyuan_v1_dense", "ernie4_5", "ministral",
+                     "starcoder2", "biogpt", "xglm", "m2m_100", "blenderbot", "blenderbot-small", "plbart", "mbart", "marian",
+                     "pegasus"), ["q_proj", "v_proj"]),
+    # LED's and BigBird-Pegasus's encoders wrap a Longformer / BigBird attention (query, value), their decoders BART's
+    **dict.fromkeys(("led", "bigbird_pegasus"), ["q_proj", "v_proj", "query", "value"]),
+    # fused projections (as GPT-2's c_attn, PEFT's own default there): one rank-8 LoRA covers q, k and v together.
+    # Phi-3's qkv_proj is (n_heads + 2 n_kv_heads) * head_dim wide.
     "phi3": ["qkv_proj"],
+    "persimmon": ["query_key_value"],
+    "modernbert": ["Wqkv"],
 }
 
 

@@ -96,9 +96,11 @@ def test_lora_trains_where_peft_has_no_default_targets(arch):
     assert all(p.grad.abs().sum() > 0 for n, p in lora.items() if "lora_B" in n)  # B starts at zero, so A's gradient does too
 
 
-def test_a_type_peft_cannot_map_is_a_clear_error():
+def test_a_type_peft_cannot_map_is_a_clear_error(monkeypatch):
+    from compacter import peers
     from compacter.peers import add_peer
 
+    monkeypatch.delitem(peers._LORA_TARGETS, "mpnet")  # every type of the placement table has targets: pretend one has none
     model = T.MPNetForSequenceClassification(T.MPNetConfig(**_ENC))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     message = r"no default LoRA target modules for model type 'mpnet' \(MPNetForSequenceClassification\).*linear layers: dense, k, o, q, v" \

@@ -226,3 +226,32 @@ def test_every_placement_is_tested_on_a_tiny_model():
         tested |= {builder().config.model_type for builder, _, _ in ARCHS.values()}
         tested |= {builder().config.model_type for builder in MODELS.values()}
     assert set(PLACEMENTS) <= tested, sorted(set(PLACEMENTS) - tested)
+
+
+_LORA_CASES = [name for name, case in CASES.items() if case.model_type in __import__("compacter.peers", fromlist=["_LORA_TARGETS"])._LORA_TARGETS]
+
+
+@pytest.mark.parametrize("name", _LORA_CASES)
+def test_the_lora_peer_trains_the_targets_we_give_where_peft_has_none(name):
+    """PEFT has no default LoRA targets for these types; ours (peers._LORA_TARGETS) name layers that exist."""
+    pytest.importorskip("peft")
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    from compacter.peers import _LORA_TARGETS, add_peer
+
+    case = CASES[name]
+    assert case.model_type not in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING  # else PEFT's own would be used
+    model = add_peer(_build(case), "peft-lora", case.family, {})  # eval mode: no layerdrop (M2M100 skips layers in training)
+    adapted = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if ".lora_A" in n}
+    assert adapted == set(_LORA_TARGETS[case.model_type])
+    model(**_batch(case.family)).loss.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if ".lora_B" in n)
+
+
+def test_every_type_of_the_placement_table_has_lora_targets():
+    pytest.importorskip("peft")
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    from compacter.peers import _LORA_TARGETS
+
+    assert [t for t in PLACEMENTS if t not in _LORA_TARGETS and t not in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING] == []
