@@ -186,7 +186,8 @@ def read_adapter_config(path: str | os.PathLike) -> tuple[CompacterConfig, dict]
     """Parse and validate ``adapter_config.json`` in folder ``path``; returns the config and the raw metadata."""
     file = Path(path) / CONFIG_NAME
     if not file.is_file():
-        raise CheckpointError(f"{file}: no adapter config here (expected {CONFIG_NAME} beside {WEIGHTS_NAME})")
+        raise CheckpointError(f"{file}: no adapter config here (expected {CONFIG_NAME} beside {WEIGHTS_NAME})"
+                              f"{_other_checkpoint(Path(path))}")
     try:
         meta = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -215,6 +216,21 @@ def read_adapter_config(path: str | os.PathLike) -> tuple[CompacterConfig, dict]
     return config, meta
 
 
+def _other_checkpoint(folder: Path) -> str:
+    """What ``folder`` holds instead of an adapter, for the error: a run directory (its best/ is the
+    adapter), or a peer run's checkpoint (peer_config.json), which :func:`load_adapters` does not read."""
+    if (folder / "best" / CONFIG_NAME).is_file() or (folder / "best" / "peer_config.json").is_file():
+        return f"; {folder} is a run directory: its best adapter is {folder / 'best'}"
+    if (folder / "peer_config.json").is_file():
+        try:
+            method = json.loads((folder / "peer_config.json").read_text()).get("method")
+        except (ValueError, OSError, AttributeError):
+            method = None
+        return (f"; {folder} holds a peer method's checkpoint ({method or 'peer_config.json'}), not a compacter adapter: "
+                "`compacter evaluate` and `compacter predict` read it inside its run directory")
+    return ""
+
+
 def _read_weights(path: Path, name: str = WEIGHTS_NAME, what: str = "adapter weights") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors and metadata of weights file ``name`` in folder ``path``; a missing or damaged
     file is a CheckpointError naming it (``what``: what the file holds, for the message)."""
@@ -234,6 +250,23 @@ def _check_floating(file: Path, tensors: dict[str, torch.Tensor]) -> None:
     if bad:
         shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
         raise CheckpointError(f"{file}: every tensor must be floating-point; these are not: {shown}")
+
+
+def _check_finite(file: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """No trained tensor holds NaN or an infinity. Training refuses a non-finite loss before it
+    saves, so such values are damage (bytes overwritten, a bad edit); loaded, they silently turn the
+    model's outputs into garbage (an untrained-looking score) or a NaN loss at the next step."""
+    bad = []
+    for key, value in sorted(tensors.items()):
+        if value.is_floating_point():
+            count = int((~torch.isfinite(value)).sum())
+            if count:
+                bad.append(f"{key} ({count} of {value.numel()} values)")
+    if bad:
+        shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise CheckpointError(f"{file}: damaged: NaN or infinite values in {shown}; training never saves those "
+                              f"(it stops at a non-finite loss), so the file was changed after it was written: "
+                              f"use another copy, or train again")
 
 
 def _compare(file: Path, expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> None:
@@ -263,9 +296,10 @@ def load_adapters(model: nn.Module, path: str | os.PathLike, name: str | None = 
     trained norms and head belong to the other architecture), a trained task head made for another
     model class (a BertForSequenceClassification ``classifier`` on BertForTokenClassification;
     an adapter without head tensors loads into any class with the same body), a truncated or corrupt file,
-    weights and config from different saves, a config with unknown fields or version, and a
-    repo that cannot be read. A checkpoint written before a tied base tensor got one trained
-    copy loads its trained copy, or is refused where that cannot be told (:func:`_one_copy_per_tie`).
+    a tensor holding NaN or infinite values (damage: training never saves them), weights and config
+    from different saves, a config with unknown fields or version, and a repo that cannot be read.
+    A checkpoint written before a tied base tensor got one trained copy loads its trained copy, or
+    is refused where that cannot be told (:func:`_one_copy_per_tie`).
     """
     if name is not None:  # "" is no name: it does not fall back to the saved one
         check_adapter_name(name)
@@ -274,6 +308,7 @@ def load_adapters(model: nn.Module, path: str | os.PathLike, name: str | None = 
     config, meta = read_adapter_config(folder)
     tensors, metadata = _read_weights(folder)
     _check_floating(folder / WEIGHTS_NAME, tensors)
+    _check_finite(folder / WEIGHTS_NAME, tensors)
     if config.train_all and not activate:  # before its weights are copied into the model
         raise CheckpointError(f"{folder}: {FULL_IS_ACTIVE}")
     name = name if name is not None else meta.get("name") or "default"

@@ -522,6 +522,7 @@ def restore_trained(model, folder: Path) -> None:
     own = trained_state(model)
     file = folder / (PEER_WEIGHTS if peer else ckpt.WEIGHTS_NAME)
     ckpt._check_floating(file, saved)
+    ckpt._check_finite(file, saved)  # a damaged last/ resumed into a NaN loss, blamed on the learning rate
     ckpt._compare(file, ckpt._shapes(own), ckpt._shapes(saved))
     with torch.no_grad():
         for key, p in own.items():

@@ -657,3 +657,75 @@ def test_a_checkpoint_with_a_copy_per_tied_name_loads_the_trained_one_or_is_refu
     with pytest.raises(CheckpointError, match=r"copies of one tied tensor .*cls\.predictions\.bias.*more than one was trained"):
         compacter.load_adapters(fresh, tmp_path / "both")
     _assert_unchanged(fresh, snap)
+
+
+def _damage(tmp_path, name, value=None):
+    """Overwrite the bytes of one tensor of ``name`` in place (the header, names and shapes intact):
+    0xFF bytes are float32 NaNs, as a disk or a bad edit leaves them; or save ``value`` into it."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    file = tmp_path / name
+    if value is not None:
+        with safe_open(file, framework="pt") as f:
+            metadata = f.metadata()
+        tensors = load_file(file)
+        key = sorted(tensors)[-1]
+        tensors[key] = tensors[key].clone()
+        tensors[key].view(-1)[0] = value
+        save_file(tensors, file, metadata=metadata)
+        return key
+    data = bytearray(file.read_bytes())
+    header = 8 + int.from_bytes(data[:8], "little")
+    meta = json.loads(data[8:header])
+    key = sorted(k for k in meta if k != "__metadata__")[-1]
+    start, end = meta[key]["data_offsets"]
+    data[header + start: header + end] = b"\xff" * (end - start)
+    file.write_bytes(bytes(data))
+    return key
+
+
+@pytest.mark.parametrize("value", [None, float("inf")])
+def test_refuses_nan_or_infinite_tensors_and_names_them(tmp_path, value):
+    """Overwritten bytes that read as NaN loaded silently: `compacter evaluate` printed the untrained
+    score with exit status 0, and a resume from such a last/ said "loss is nan ... try a lower
+    --learning-rate". Training never saves a non-finite tensor (it stops at a non-finite loss first)."""
+    from compacter.training import restore_trained
+
+    _saved(tmp_path)
+    key = _damage(tmp_path, WEIGHTS_NAME, value)
+    count = "1" if value else r"\d+"  # one value set to inf; every value of the overwritten tensor NaN
+    match = f"{WEIGHTS_NAME}: damaged: NaN or infinite values in {re.escape(key)} \\({count} of \\d+ values\\)"
+    _refused(tmp_path, match)
+    model, _ = tiny("t5")  # restore_trained: how training reloads best/ for its test, and last/ to resume
+    compacter.add_adapters(model, _config("compacter"))
+    snap = _snapshot(model)
+    with pytest.raises(CheckpointError, match=match):
+        restore_trained(model, tmp_path)
+    _assert_unchanged(model, snap)
+
+
+def test_a_run_does_not_resume_from_a_nan_last_checkpoint(tmp_path):
+    """A damaged last/ resumed into "loss is nan at step N; ... Try a lower --learning-rate": now the
+    resume stops before training, naming the file and the tensor."""
+    from compacter.training import TrainConfig, train
+    from tests.training.conftest import make_model_dir
+
+    model = make_model_dir(tmp_path / "model", "encoder")
+    cfg = dict(task="demo", batch_size=8, max_steps=2, eval_every=2, max_eval_samples=8, progress=False, eval_before=False,
+               adapter={"reduction_factor": 4}, model=model, output_dir=str(tmp_path / "run"))
+    train(TrainConfig(**cfg), log=lambda *a: None)
+    key = _damage(tmp_path / "run" / "last", WEIGHTS_NAME)
+    with pytest.raises(CheckpointError, match=f"last/{WEIGHTS_NAME}: damaged: NaN or infinite values in {re.escape(key)} "
+                                              ".*the run cannot resume from it"):
+        train(TrainConfig(**{**cfg, "max_steps": 4}), log=lambda *a: None)
+
+
+def test_a_run_directory_or_a_peer_checkpoint_says_what_it_is(tmp_path):
+    """load_adapters("runs/x") said only "no adapter config here"."""
+    _saved(tmp_path / "run" / "best")
+    _refused(tmp_path / "run", f"no adapter config here .*; {re.escape(str(tmp_path / 'run'))} is a run directory: "
+                               f"its best adapter is {re.escape(str(tmp_path / 'run' / 'best'))}")
+    (tmp_path / "peer").mkdir()
+    (tmp_path / "peer" / "peer_config.json").write_text('{"method": "peft-lora"}\n')
+    _refused(tmp_path / "peer", "holds a peer method's checkpoint \\(peft-lora\\), not a compacter adapter")
