@@ -251,3 +251,16 @@ def test_unlabeled_bad_rows_say_what_the_task_needs(name, raw, message):
 
     with pytest.raises(DataError, match=message):
         format_unlabeled(get_task(name), raw)
+
+
+@pytest.mark.parametrize("name, raw, keys", [
+    ("demo", {"text": "great fun"}, "['text']"),  # it listed ['label', 'text']: 'label' is predict's placeholder
+    ("wsc", {"sentence": "No text field."}, "['sentence']"),
+    ("demo", {"text": "x", "label": "positive"}, "['label', 'text']"),  # a label the user gave is theirs
+])
+def test_unlabeled_rows_list_only_the_fields_given(name, raw, keys):
+    from compacter.tasks.formats import format_unlabeled
+
+    with pytest.raises(DataError) as err:
+        format_unlabeled(get_task(name), raw)
+    assert f"(row has {keys})" in str(err.value), err.value

@@ -70,6 +70,8 @@ def test_every_task_has_a_hub_source_or_is_the_demo():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(kind="ranking"), "kind must be one of"),
     (dict(kind="classification"), "needs label_names"),
+    # the command line's spelling too: it was only label_names=[...], which no flag takes
+    (dict(kind="classification"), r"needs label_names \(--label-names\).*e\.g\. --label-names negative positive"),
     (dict(kind="regression", metric_names=["bleu"]), "unknown metric 'bleu'"),
     (dict(kind="regression", metric_names=["accuracy"]), "metric 'accuracy' needs a classification task, not regression"),
     (dict(kind="generation", metric_names=["pearson"]), "metric 'pearson' needs a regression task"),

@@ -142,3 +142,56 @@ def test_shared_data_splits_are_reproducible_and_disjoint(shared_data):
     official = load_split("mrpc", "validation", shared_data)
     assert _sources(first["validation"]) + _sources(first["test"]) == _sources(official)
     assert first["validation"] != other["validation"]
+
+
+def _glue_dir(root, names):
+    """Tiny GLUE release files: RTE (train, dev), SST-2 (1,010 train rows, so 1,000 carve out), MNLI."""
+    pair = "index\tsentence1\tsentence2\tlabel\n"
+    files = {
+        "RTE/train.tsv": pair + "".join(f"{i}\tt{i}\th{i}\tentailment\n" for i in range(12)),
+        "RTE/dev.tsv": pair + "".join(f"{i}\td{i}\th{i}\tnot_entailment\n" for i in range(9)),
+        "SST-2/train.tsv": "sentence\tlabel\n" + "".join(f"s{i}\t{i % 2}\n" for i in range(1010)),
+        "SST-2/dev.tsv": "sentence\tlabel\n" + "".join(f"v{i}\t1\n" for i in range(7)),
+        "MNLI/train.tsv": "sentence1\tsentence2\tgold_label\n" + "".join(f"p{i}\th{i}\tneutral\n" for i in range(5)),
+        "MNLI/dev_matched.tsv": "sentence1\tsentence2\tgold_label\n" + "".join(f"m{i}\th{i}\tneutral\n" for i in range(4)),
+        "MNLI/dev_mismatched.tsv": "sentence1\tsentence2\tgold_label\n" + "".join(f"x{i}\th{i}\tneutral\n" for i in range(3)),
+    }
+    for name, text in files.items():
+        if name.split("/")[0] in names:
+            (root / "glue" / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / "glue" / name).write_text(text)
+    return root
+
+
+@pytest.mark.parametrize("task", ["rte", "sst2", "mnli", "demo"])
+@pytest.mark.parametrize("split", ["validation", "test"])
+def test_paper_split_is_paper_splits_split(tmp_path, task, split):
+    """`compacter evaluate` scores one split: the same examples as the whole protocol gives."""
+    from compacter.tasks.splits import paper_split
+
+    data_dir = None if task == "demo" else _glue_dir(tmp_path, ("RTE", "SST-2", "MNLI"))
+    for seed in (42, 7):
+        assert paper_split(task, split, data_dir, seed) == paper_splits(task, data_dir, seed)[split]
+
+
+@pytest.mark.parametrize("task, folder", [("rte", "RTE"), ("sst2", "SST-2"), ("mnli", "MNLI")])
+def test_the_test_split_needs_no_training_file(tmp_path, task, folder):
+    """evaluate read (and needed) train.tsv to score the test split, which never comes from it."""
+    from compacter.tasks.splits import paper_split
+
+    full = paper_splits(task, _glue_dir(tmp_path / "full", (folder,)))["test"]
+    data_dir = _glue_dir(tmp_path / "dev-only", (folder,))
+    (data_dir / "glue" / folder / "train.tsv").unlink()
+    assert paper_split(task, "test", data_dir) == full
+    if task == "rte":  # the validation half of dev.tsv needs no training file either
+        assert paper_split(task, "validation", data_dir)
+
+
+def test_a_validation_split_carved_from_train_says_it_needs_that_file(tmp_path):
+    from compacter.tasks.splits import paper_split
+
+    data_dir = _glue_dir(tmp_path, ("SST-2",))
+    (data_dir / "glue" / "SST-2" / "train.tsv").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no train\.tsv .*the validation split of sst2 is 1,000 examples carved out "
+                                                r"of its training set .*needs that file \(the test split does not\)"):
+        paper_split("sst2", "validation", data_dir)

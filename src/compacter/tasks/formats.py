@@ -231,7 +231,10 @@ def format_unlabeled(task: Task, raw: Mapping[str, Any]) -> list[Example]:
     try:
         examples = task.format(row)
     except DataError as err:
-        raise DataError(f"{err}; {input_description(task)}") from err
+        # "missing field 'sentence' (row has ['label', 'text'])": the keys listed are the row the user
+        # gave, not the placeholders added here (a label the user never wrote)
+        message = str(err).replace(f"(row has {sorted(row)})", f"(row has {sorted(raw)})")
+        raise DataError(f"{message}; {input_description(task)}") from err
     if not examples:
         raise DataError(f"the row gives no examples (no questions or answers?); {input_description(task)}")
     return [dataclasses.replace(e, target="", label=None, answers=None, group=None if no_group else e.group)

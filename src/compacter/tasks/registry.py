@@ -115,7 +115,8 @@ def custom_task(
     if kind not in KINDS:
         problems.append(f"kind must be one of {KINDS}, got {kind!r}")
     if kind == "classification" and not label_names:
-        problems.append("classification needs label_names, e.g. label_names=['negative', 'positive']")
+        problems.append("classification needs label_names (--label-names): the label values as the files spell them, "
+                        "e.g. --label-names negative positive (in Python: label_names=['negative', 'positive'])")
     problems += metric_problems(metric_names or (), kind, len(label_names) if label_names else None)
     if isinstance(text_columns, str) or not text_columns:
         problems.append("text_columns must be a non-empty list of column names")

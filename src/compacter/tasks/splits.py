@@ -138,3 +138,31 @@ def paper_splits(
     names = set(_SOURCES["half" if protocol == "auto" else protocol])
     official = {name: load_split(task, name, data_dir) for name in sorted(names)}
     return apply_protocol(protocol, official, seed, train_samples, sample_seed)
+
+
+def paper_split(task: str | Task, split: str, data_dir: str | Path | None = None, seed: int = 42) -> list[Example]:
+    """One held-out split ("validation" or "test") of :func:`paper_splits`, the same examples,
+    reading only the official split it comes from: the test set never needs the training file
+    (it is half of the official validation set, or the official validation set itself; MNLI's
+    validation-matched), and the validation set needs it only where the paper carves it out of the
+    training set (SST-2, QNLI, QQP, ReCoRD), which a missing training file then says.
+    ``train_samples`` does not matter here: it subsamples the training split only."""
+    task = get_task(task)
+    protocol = protocol_for(task, data_dir)
+    if split not in ("validation", "test") or protocol == "auto":  # "auto" picks by the training set's size
+        return paper_splits(task, data_dir, seed)[split]
+    index = ("validation", "test").index(split)
+    source = _SOURCES[protocol][index + 1]
+    try:
+        official = load_split(task, source, data_dir)
+    except FileNotFoundError as err:
+        if source != "train":
+            raise
+        raise FileNotFoundError(f"{err}: the {split} split of {task.name} is {VALIDATION_FROM_TRAIN:,} examples carved out of "
+                                f"its training set (the paper's protocol for large sets), so it needs that file "
+                                f"(the test split does not)") from None
+    if protocol == "half":
+        return split_half(official, seed)[index]
+    if protocol == "carve" and split == "validation":
+        return carve(official, VALIDATION_FROM_TRAIN, seed)[1]
+    return list(official)
