@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 import transformers as T
 
 import compacter
@@ -472,3 +473,188 @@ def test_other_os_errors_are_errors_not_tracebacks(monkeypatch, capsys):
     monkeypatch.setattr("compacter.cli.cmd_report", unreadable)
     assert main(["report", "runs"]) == 2
     assert capsys.readouterr().err == "error: [Errno 21] Is a directory: 'inputs'\n"
+
+
+# --- evaluate / predict: peer runs, damaged checkpoints, run directories, splits; usage errors ---
+
+
+@pytest.fixture(scope="module")
+def lora_runs(tmp_path_factory):
+    """Tiny PEFT LoRA runs (encoder: with the new head in modules_to_save; seq2seq), trained on the demo task."""
+    pytest.importorskip("peft")
+    from compacter.training import TrainConfig, train
+
+    from .training.conftest import make_model_dir
+
+    root = tmp_path_factory.mktemp("lora-runs")
+    runs = {}
+    for family in ("encoder", "seq2seq"):
+        model = make_model_dir(root / f"model-{family}", family)
+        cfg = TrainConfig(task="demo", model=model, method="peft-lora", adapter={"r": 4}, batch_size=8, max_steps=4, eval_every=2,
+                          max_eval_samples=16, learning_rate=1e-2, progress=False, output_dir=str(root / family))
+        runs[family] = (root / family, train(cfg, log=lambda *a: None))
+    return runs
+
+
+@pytest.mark.parametrize("family", ["encoder", "seq2seq"])
+def test_evaluate_and_predict_read_a_peft_lora_run(lora_runs, family, capsys):
+    """`compacter evaluate <peft-lora run>/best` said "no adapter config here" beside its peer_config.json:
+    now it rebuilds the peer as the run did, loads its tensors, and scores what results.json says."""
+    from safetensors.torch import load_file
+
+    from compacter.cli import _load_adapted
+    from compacter.peers import PEER_WEIGHTS, trained_tensors
+
+    run, results = lora_runs[family]
+    for split in ("test", "validation"):
+        capsys.readouterr()
+        assert main(["evaluate", str(run / "best"), "--split", split]) == 0
+        printed = json.loads(capsys.readouterr().out)
+        assert printed["score"] == pytest.approx(results[split]["score"]), split
+    net, *_ = _load_adapted(str(run / "best"), None, None)
+    saved, loaded = load_file(run / "best" / PEER_WEIGHTS), trained_tensors(net)
+    assert sorted(saved) == sorted(loaded) and any("lora_A" in k for k in saved)
+    assert all(torch.equal(saved[k], loaded[k].detach()) for k in saved)
+    capsys.readouterr()
+    assert main(["predict", str(run / "best"), "--text", "The soup was great."]) == 0
+    [line] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert line["input"] == {"sentence": "The soup was great."} and line["prediction"]  # an untrained T5 generates any text
+
+
+def test_a_peer_checkpoint_out_of_its_run_or_damaged_is_a_clear_error(lora_runs, tmp_path, capsys):
+    import shutil
+
+    from compacter.peers import PEER_WEIGHTS
+
+    from .core.test_checkpoint import _damage
+
+    run, _ = lora_runs["encoder"]
+    shutil.copytree(run / "best", tmp_path / "alone")
+    assert main(["evaluate", str(tmp_path / "alone")]) == 2
+    assert "a peft-lora peer checkpoint records only its method; its options (--adapter), model and task are in its " \
+           "run's config.json" in capsys.readouterr().err
+    shutil.copytree(run, tmp_path / "run", ignore=shutil.ignore_patterns("last"))
+    key = _damage(tmp_path / "run" / "best", PEER_WEIGHTS)
+    assert main(["predict", str(tmp_path / "run" / "best"), "--text", "x"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'run' / 'best' / PEER_WEIGHTS}: damaged: NaN or infinite values in {key} (" in err, err
+
+
+def test_a_damaged_adapter_is_refused_not_scored(wsc_adapter, tmp_path, capsys):
+    """NaN layer norms loaded silently: evaluate printed the untrained score with exit status 0."""
+    import shutil
+
+    from .core.test_checkpoint import _damage
+
+    shutil.copytree(Path(wsc_adapter).parent, tmp_path / "run")
+    key = _damage(tmp_path / "run" / "best", "adapter_model.safetensors")
+    assert main(["predict", str(tmp_path / "run" / "best"), "--text", json.dumps(WSC_HUB)]) == 2
+    assert f"adapter_model.safetensors: damaged: NaN or infinite values in {key} (" in capsys.readouterr().err
+
+
+def test_evaluate_of_a_run_directory_names_its_best_folder(wsc_adapter, capsys):
+    run = Path(wsc_adapter).parent
+    assert main(["evaluate", str(run)]) == 2
+    assert f"{run} is a run directory: its best adapter is {run / 'best'}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--adapter", "reduction_factor"], "argument --adapter: expected KEY=VALUE, got 'reduction_factor'"),
+    (["params", "--model", "t5-base-shapes", "--adapter", "=16"], "argument --adapter: expected KEY=VALUE, got '=16'"),
+    (["predict", "ADAPTER"], "give --text (repeatable) or --file"),
+    (["predict", "ALONE", "--text", "x"], "--task is required (the adapter folder is not inside a run directory)"),
+])
+def test_usage_errors_exit_2_with_the_usage(wsc_adapter, tmp_path, argv, message, capsys):
+    """`--adapter x` and `predict` without inputs exited 1 (a bare SystemExit), other usage errors 2 (argparse)."""
+    import shutil
+
+    shutil.copytree(wsc_adapter, tmp_path / "alone")
+    argv = [{"ADAPTER": wsc_adapter, "ALONE": str(tmp_path / "alone")}.get(a, a) for a in argv]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: compacter {argv[0]}") and f"compacter {argv[0]}: error: {message}" in err, err
+
+
+def test_one_adapter_flag_takes_several_items(monkeypatch):
+    """The help's example `phm_dim=8 reduction_factor=16` after one --adapter was a usage error."""
+    seen = []
+    monkeypatch.setattr("compacter.training.train", seen.append)
+    monkeypatch.setattr("compacter.training.end_distributed", lambda: False)
+    assert main(["train", "--adapter", "phm_dim=8", "reduction_factor=16", "--adapter", "phm_dim=4", "--no-progress"]) == 0
+    assert seen[0].adapter == {"phm_dim": 4, "reduction_factor": 16}  # the flag repeated: the last value wins
+
+
+def test_train_help_shows_no_none_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in out and "your own training file (.csv, .tsv, .jsonl) --validation-file" in out
+    assert "e.g. --adapter phm_dim=8 reduction_factor=16" in out
+
+
+def _run_on_files(root, files: dict, **options):
+    """A run folder (untrained adapter, config.json) on the user's own files: the demo's rows as JSON lines."""
+    from compacter import CompacterConfig, add_adapters, save_adapters
+    from compacter.modeling import load_model
+    from compacter.tasks import get_task, load_split
+
+    from .training.conftest import make_model_dir
+
+    rows = [e for split in ("train", "validation", "test") for e in load_split("demo", split)]
+    names = ("negative", "positive")
+    at = 0
+    for name, n in files.items():
+        lines = [json.dumps({"text": e.fields["sentence"], "label": names[e.label]}) for e in rows[at:at + n]]
+        (root / name).write_text("\n".join(lines) + "\n")
+        at += n
+    model = make_model_dir(root / "model", "encoder")
+    net = load_model(model, "encoder", get_task("demo"))
+    add_adapters(net, CompacterConfig("compacter++", reduction_factor=4))
+    save_adapters(net, root / "run" / "best")
+    config = {"model": model, "task": "mine", "text_columns": ["text"], "label_names": list(names),
+              **{f"{split}_file": str(root / f"{split}.jsonl") for split in ("train", "validation", "test")
+                 if f"{split}.jsonl" in files}, **options}
+    (root / "run" / "config.json").write_text(json.dumps(config))
+    return root / "run" / "best"
+
+
+@pytest.mark.parametrize("files", [{"train.jsonl": 40, "validation.jsonl": 20},
+                                   {"train.jsonl": 40, "validation.jsonl": 10, "test.jsonl": 12}])
+@pytest.mark.parametrize("split", ["validation", "test"])
+def test_evaluate_needs_no_training_file_where_the_held_out_sets_do_not_come_from_it(tmp_path, files, split, capsys, monkeypatch):
+    """evaluate read the training file (and failed without it) though these splits never come from it."""
+    import compacter.training as training
+    from compacter.cli import _own_split
+
+    best = _run_on_files(tmp_path, files)
+    own = training.TrainConfig.from_dict(json.loads((best.parent / "config.json").read_text()))
+    expected = training.load_splits(own, training.resolve_task(own))[split]
+    assert _own_split(own, training.resolve_task(own), split) == expected
+    (tmp_path / "train.jsonl").unlink()
+    capsys.readouterr()
+    assert main(["evaluate", str(best), "--split", split]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == {"task", "split", "accuracy", "score"}
+
+
+def test_evaluate_says_why_held_out_sets_carved_from_training_need_that_file(tmp_path, capsys):
+    best = _run_on_files(tmp_path, {"train.jsonl": 60})
+    (tmp_path / "train.jsonl").unlink()
+    assert main(["evaluate", str(best)]) == 2
+    assert "the run held its validation and test examples out of its training file (it had no --validation-file), " \
+           "so scoring them needs that file" in capsys.readouterr().err
+
+
+def test_evaluate_scores_a_benchmark_test_split_without_its_training_file(wsc_adapter, tmp_path, capsys):
+    """RTE's test split is half of dev.tsv: a data dir without train.tsv was an error."""
+    import shutil
+
+    from .tasks.test_splits import _glue_dir
+
+    shutil.copytree(Path(wsc_adapter).parent, tmp_path / "run")
+    data_dir = _glue_dir(tmp_path / "data", ("RTE",))
+    (data_dir / "glue" / "RTE" / "train.tsv").unlink()
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "run" / "best"), "--task", "rte", "--data-dir", str(data_dir)]) == 0
+    assert json.loads(capsys.readouterr().out)["task"] == "rte"

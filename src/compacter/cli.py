@@ -19,6 +19,11 @@ from .config import METHODS
 from .peers import PEER_METHODS
 
 
+class UsageError(ValueError):
+    """A command line that asks for something impossible or leaves out what is needed: ``main``
+    reports it as argparse does its own (the subcommand's usage, exit status 2)."""
+
+
 def _parse_value(text: str) -> Any:
     try:
         return json.loads(text)
@@ -43,6 +48,18 @@ def parse_key_values(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def key_value(text: str) -> str:
+    """argparse type of ``--adapter``: one KEY=VALUE item (parsed later by :func:`parse_key_values`)."""
+    key, sep, _ = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return text
+
+
+#: help of ``--adapter``: several items after one flag, or the flag repeated
+ADAPTER_HELP = "one or more KEY=VALUE items after one flag, or the flag repeated (a key given twice: the last wins); "
+
+
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     from .training import TrainConfig
 
@@ -54,7 +71,9 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         help_text = f.metadata.get("help", "").replace("%", "%%")
         hint = hints[f.name]
         if f.name == "adapter":
-            parser.add_argument(flag, action="append", metavar="KEY=VALUE", help=help_text, default=None)
+            parser.add_argument(flag, action="extend", nargs="+", type=key_value, metavar="KEY=VALUE", default=None,
+                                help=ADAPTER_HELP + help_text.replace(" (repeatable)", "").replace(
+                                    "e.g. phm_dim=8 reduction_factor=16", "e.g. --adapter phm_dim=8 reduction_factor=16"))
         elif hint is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"{help_text} (default: {f.default})")
         elif typing.get_origin(hint) in (list, typing.Union, getattr(__import__("types"), "UnionType", None)) and "list" in str(hint):
@@ -63,7 +82,7 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
             base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
             if type(None) in typing.get_args(hint) and f.default is not None:  # e.g. --max-grad-norm none
                 base = _or_none(base)
-            shown = "" if f.default is None and "default:" in help_text else f" (default: {f.default})"
+            shown = "" if f.default is None else f" (default: {f.default})"  # None: not set, the help says what then
             parser.add_argument(flag, type=base, default=None, help=help_text + shown,
                                 choices=METHODS + PEER_METHODS if f.name == "method" else None)
 
@@ -154,22 +173,34 @@ def read_config_file(path: str) -> dict[str, Any]:
 
 
 def _load_adapted(adapter_dir: str, model: str | None, task_name: str | None, dtype: str | None = None):
-    """Base model + saved adapter, ready to predict; the model, task and weights dtype default to
-    the run's (a run trained in bfloat16 is evaluated in bfloat16, as its results.json was).
-    Returns (model, batcher, task, run config dict, own) where ``own`` is the run's TrainConfig when
-    it trained on the user's own files and no other --task is asked for (else None)."""
+    """Base model + saved adapter (or a peer run's saved peer, :func:`_load_peer`), ready to predict;
+    the model, task and weights dtype default to the run's (a run trained in bfloat16 is evaluated
+    in bfloat16, as its results.json was). Returns (model, batcher, task, run config dict, own)
+    where ``own`` is the run's TrainConfig when it trained on the user's own files and no other
+    --task is asked for (else None)."""
     from . import load_adapters, read_adapter_config
     from .modeling import Batcher, check_model_path, load_model, load_tokenizer, model_family
     from .tasks import get_task
-    from .training import DTYPES
+    from .training import DTYPES, default_model_path
 
-    config, meta = read_adapter_config(adapter_dir)
+    peer = _peer_method(adapter_dir)
     run_config = _run_config(adapter_dir)
-    model_path = model or run_config.get("model") or meta.get("base_model")
-    if not model_path:
-        raise SystemExit("error: the adapter does not name its base model: pass --model")
+    if peer:  # peer_config.json names the method only: its options, model and task are the run's
+        if not run_config:
+            raise ValueError(f"{adapter_dir}: a {peer} peer checkpoint records only its method; its options (--adapter), "
+                             f"model and task are in its run's config.json, expected at {_run_config_path(adapter_dir)}: "
+                             "give the checkpoint inside its run directory (<run>/best)")
+        if run_config.get("method") != peer:
+            raise ValueError(f"{adapter_dir}: peer_config.json says {peer}, but {_run_config_path(adapter_dir)} "
+                             f"says method {run_config.get('method')!r}: files of two runs?")
+        meta = {}
+    else:
+        _, meta = read_adapter_config(adapter_dir)
+    model_path = model or run_config.get("model") or meta.get("base_model") or (peer and default_model_path())
+    if not model_path:  # (a peer run's null model is the bundled encoder it trained on)
+        raise UsageError("the adapter does not name its base model: pass --model")
     option = ("--model" if model else f"the model {_run_config_path(adapter_dir)} names" if run_config.get("model") else
-              f"the base model {adapter_dir} names")
+              "the bundled encoder (the run's default model)" if peer else f"the base model {adapter_dir} names")
     check_model_path(model_path, option)
     # a run directory's config.json without "dtype" predates the option: those runs trained in float32;
     # an adapter outside a run directory loads the model in the dtype its files were saved in
@@ -185,11 +216,48 @@ def _load_adapted(adapter_dir: str, model: str | None, task_name: str | None, dt
     else:
         task = get_task(task_name or run_config.get("task") or _missing("--task"))
     family = model_family(model_path, option)
-    net = load_model(model_path, family, task, DTYPES[dtype] if dtype else None, adapter=adapter_dir)
-    load_adapters(net, adapter_dir)
+    if peer:  # the encoder's new head is part of the peer's trained tensors, as in training
+        net = _load_peer(load_model(model_path, family, task, DTYPES[dtype] if dtype else None), peer, family,
+                         run_config, adapter_dir)
+    else:
+        net = load_model(model_path, family, task, DTYPES[dtype] if dtype else None, adapter=adapter_dir)
+        load_adapters(net, adapter_dir)
     batcher = Batcher(load_tokenizer(model_path, family), family, task,
                       run_config.get("max_source_length", 128), run_config.get("max_target_length", 16))
     return net.eval(), batcher, task, run_config, own
+
+
+def _peer_method(folder: str) -> str | None:
+    """The peer method of a peer run's checkpoint folder (its peer_config.json), None for ours."""
+    from .checkpoint import CONFIG_NAME, CheckpointError
+
+    file = Path(folder) / "peer_config.json"
+    if (Path(folder) / CONFIG_NAME).is_file() or not file.is_file():
+        return None
+    try:
+        method = json.loads(file.read_text()).get("method")
+    except (ValueError, OSError, AttributeError) as err:
+        raise CheckpointError(f"{file}: not a JSON object naming the peer method ({err})") from None
+    if method not in PEER_METHODS:
+        raise CheckpointError(f"{file}: method {method!r} is not a peer method ({', '.join(PEER_METHODS)})")
+    return method
+
+
+def _load_peer(net, method: str, family: str, run_config: dict, folder: str):
+    """``net`` wrapped with the peer as the run wrapped it (``add_peer`` with the run's --adapter
+    options), its trained tensors loaded from peer_model.safetensors (safetensors, never a pickle)
+    as training reloads best/ for its test: every name and shape must match, NaN or infinite values
+    are refused (:class:`~compacter.checkpoint.CheckpointError`, naming the file)."""
+    from .peers import add_peer
+    from .training import restore_trained
+
+    try:
+        net = add_peer(net, method, family, run_config.get("adapter") or {})
+    except ImportError as err:
+        raise ImportError(f"{folder} holds a {method} run: {err}") from None
+    net._compacter_peer = method  # what restore_trained reads the peer's tensors by
+    restore_trained(net, Path(folder))
+    return net
 
 
 def _run_autocast(net, run_config: dict):
@@ -223,21 +291,41 @@ def _run_config(adapter_dir: str) -> dict:
 
 
 def _missing(flag: str):
-    raise SystemExit(f"error: {flag} is required (the adapter folder is not inside a run directory)")
+    raise UsageError(f"{flag} is required (the adapter folder is not inside a run directory)")
+
+
+def _own_split(own, task, split: str) -> list:
+    """The run's own files' ``split``, the examples training scored (:func:`~compacter.training.load_splits`).
+    The training file is read only where the held-out sets came out of it (no --validation-file):
+    with a validation file they are that file halved, or it and the test file."""
+    from .tasks import load_files
+    from .tasks.splits import split_half
+    from .training import load_splits
+
+    if own.validation_file is None:
+        if not Path(own.train_file).is_file():
+            raise ValueError(f"--train-file {own.train_file}: not found; the run held its validation and test examples "
+                             "out of its training file (it had no --validation-file), so scoring them needs that file")
+        return load_splits(own, task)[split]
+    files = load_files(task, validation=own.validation_file, test=own.test_file)
+    if own.test_file is None:  # the validation file halved, as training halved it
+        files["validation"], files["test"] = split_half(files["validation"], own.split_seed)
+    if not files[split]:
+        where = own.test_file if split == "test" and own.test_file else own.validation_file
+        raise ValueError(f"empty {split} split from {where}")
+    return files[split]
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .training import evaluate
-    from .tasks import paper_splits
+    from .tasks.splits import paper_split
 
     net, batcher, task, run_config, own = _load_adapted(args.adapter, args.model, args.task, args.dtype)
     if own is not None:  # the run's own files, split as in training
-        from .training import load_splits
-
-        examples = load_splits(own, task)[args.split]
-    else:
+        examples = _own_split(own, task, args.split)
+    else:  # only the official split(s) this split comes from: the test split never needs the training file
         data_dir = args.data_dir or run_config.get("data_dir")
-        examples = paper_splits(task, data_dir, seed=run_config.get("split_seed", 42))[args.split]
+        examples = paper_split(task, args.split, data_dir, seed=run_config.get("split_seed", 42))
     with _run_autocast(net, run_config):
         metrics = evaluate(net, batcher, examples, batch_size=args.batch_size,
                            decoder_predict=run_config.get("decoder_predict", "score"))
@@ -257,6 +345,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .tasks.data import file_rows
     from .tasks.formats import format_unlabeled, several_per_row
 
+    if not args.text and not args.file:  # before the model is loaded
+        raise UsageError("give --text (repeatable) or --file")
     net, batcher, task, run_config, _ = _load_adapted(args.adapter, args.model, args.task, args.dtype)
     inputs: list[tuple[str, Any]] = []  # (where, row)
     for number, text in enumerate(args.text or [], 1):
@@ -267,8 +357,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if not rows:  # it was "give --text (repeatable) or --file", with --file given
             raise DataError(f"--file {args.file}: no input rows in it (an empty file?)")
         inputs += rows
-    if not inputs:
-        raise SystemExit("error: give --text (repeatable) or --file")
     examples, rows = [], []  # rows[i]: the input index of examples[i]
     for index, (where, row) in enumerate(inputs):
         try:
@@ -326,17 +414,18 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Fine-tune a pretrained model's adapters on a task. With no flags: Compacter++ on the "
                            "bundled MiniLM encoder and the bundled demo task, offline, in about 30 s on 2 CPU cores.")
     _add_train_flags(train)
-    train.set_defaults(func=cmd_train)
+    train.set_defaults(func=cmd_train, subparser=train)
     for name, func, help_text in (("evaluate", cmd_evaluate, "score a saved adapter on a task split"),
                                   ("predict", cmd_predict, "labels for texts or a file with a saved adapter")):
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("adapter", help="adapter folder (e.g. runs/demo-compacter++-seed42/best)")
+        p.add_argument("adapter", help="adapter folder: a run's best/ (e.g. runs/demo-compacter++-seed42/best; "
+                       f"a peer run's too: {', '.join(PEER_METHODS)}), or a folder save_adapters wrote")
         p.add_argument("--model", help="base model (default: the one the run used)")
         p.add_argument("--task", help="task (default: the one the run used)")
         p.add_argument("--batch-size", type=positive_int, default=64, help="examples per batch (default: 64)")
         p.add_argument("--dtype", choices=tuple(DTYPES),
                        help="dtype of the loaded weights (default: the run's --dtype, as in its results.json)")
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, subparser=p)
         if name == "evaluate":
             p.add_argument("--split", choices=("validation", "test"), default="test", help="which split (default: test)")
             p.add_argument("--data-dir", help="benchmark files folder (default: the run's, else the HF hub)")
@@ -351,8 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     params.add_argument("--methods", nargs="+", default=None, choices=METHODS, metavar="METHOD",
                         help=f"methods to count (default: all of {', '.join(METHODS)}, less those this model cannot "
                              f"hold, e.g. adapterdrop on 5 layers or fewer, each named in a note)")
-    params.add_argument("--adapter", action="append", metavar="KEY=VALUE", help="CompacterConfig overrides for every method")
-    params.set_defaults(func=cmd_params)
+    params.add_argument("--adapter", action="extend", nargs="+", type=key_value, metavar="KEY=VALUE",
+                        help=ADAPTER_HELP + "CompacterConfig overrides for every method, e.g. --adapter phm_dim=8 reduction_factor=16")
+    params.set_defaults(func=cmd_params, subparser=params)
     report = sub.add_parser("report", help="run directories -> markdown tables and the paper's Figure 1/Figure 4 plots",
                             description="Summarise run directories (their results.json) as markdown tables (with a low-resource "
                             "table when the runs used several training-set sizes), and plot score against % trained "
@@ -364,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="write the markdown here")
     report.add_argument("--plot", help="write Figure 1 here (PNG): average score against %% trained parameters")
     report.add_argument("--low-resource-plot", help="write Figure 4 here (PNG): score against training-set size, a line per method")
-    report.set_defaults(func=cmd_report)
+    report.set_defaults(func=cmd_report, subparser=report)
     return parser
 
 
@@ -376,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         rc = args.func(args)
+    except UsageError as err:  # as argparse reports its own: the subcommand's usage, exit status 2
+        args.subparser.error(str(err))
     except (ValueError, ImportError, OSError) as err:  # OSError: a file or folder that cannot be read or written
         print(f"error: {err}", file=sys.stderr)
         rc = 2

@@ -2,8 +2,9 @@
 and AdapterHub ``adapters``' Compacter and Compacter++ (the peer implementation of our method).
 
 A peer run uses the same data, loop, selection and test as ours; its trained tensors are saved as
-``peer_model.safetensors`` (plus ``peer_config.json``) instead of an adapter checkpoint. The CLI's
-``evaluate``/``predict`` read only our adapter checkpoints.
+``peer_model.safetensors`` (plus ``peer_config.json``, the method) instead of an adapter checkpoint.
+The CLI's ``evaluate``/``predict`` read it inside its run directory: ``add_peer`` with the run's
+config.json options, then the tensors (``training.restore_trained``).
 """
 
 from __future__ import annotations
