@@ -101,7 +101,8 @@ class TrainConfig:
     compile: bool = _f(False, "torch.compile the model for training")
     decoder_predict: str = _f("score", "decoder-only models: 'score' each label string, or 'generate'")
     resume: bool = _f(True, "continue from <output_dir>/last when it exists, with the run's settings: only --epochs, --max-steps, "
-                      "--early-stopping (to extend it), --eval-batch-size, --compile, --eval-before and --progress may differ")
+                      "--early-stopping (to extend it: fewer steps than last/ reached are refused), --eval-batch-size, --compile, "
+                      "--eval-before and --progress may differ")
     eval_before: bool = _f(True, "evaluate the test split before training too (printed beside the result)")
     progress: bool = _f(True, "show a progress bar")
 
@@ -832,6 +833,7 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     # a last/ of an older version counted whole global batches and whole steps of them only (see _refuse_old_epochs)
     old_total = cfg.max_steps or whole_batch_steps_per_epoch(len(splits["train"]), cfg.batch_size, accelerator.num_processes,
                                                              cfg.grad_accum) * cfg.epochs
+    _refuse_shorter(cfg, run, total_steps, old_total)
     _refuse_finished(cfg, run, total_steps, old_total)
     if cfg.resume:
         _check_resume_state(run, cfg.is_peer)
@@ -882,6 +884,7 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     if cfg.resume and main:  # a crash inside a checkpoint swap left last.old: put it back
         _recover(run / "last")
         _recover(run / "best")
+        _clear_stale(run)
     accelerator.wait_for_everyone()
     if cfg.resume and (run / "last" / "train_state.json").exists():
         progress = _resume(run / "last", raw_model, optimizer, scheduler)
@@ -1120,6 +1123,39 @@ def _refuse_finished(cfg: TrainConfig, run: Path, total_steps: int, old_total: i
         stopped = " (early-stopped)" if progress["step"] < total_steps else ""
         raise ValueError(f"{run} holds a finished run (results.json; last/ at step {progress['step']} of {total_steps}"
                          f"{stopped}): nothing to resume. {fix}")
+
+
+def _refuse_shorter(cfg: TrainConfig, run: Path, total_steps: int, old_total: int | None = None) -> None:
+    """With resume on, a run whose last/ is already past the ``total_steps`` asked for now (a lower
+    --max-steps or --epochs) is refused before anything is written: a run cannot be shortened, and
+    resuming it trained nothing and wrote results.json with the steps reached beside the smaller
+    max_steps of its config.json, best/ perhaps chosen after that step. ``old_total``: as for
+    :func:`_refuse_finished`, the count of a last/ saved by a version that dropped partial batches."""
+    folder = _resume_folder(run)
+    if not (cfg.resume and (folder / STATE_META).exists()):
+        return
+    progress = read_state_meta(folder)["progress"]
+    if not progress.get("keeps_last_batch") and old_total is not None:
+        total_steps = old_total
+    if progress["step"] <= total_steps:
+        return
+    asked = f"--max-steps {cfg.max_steps}" if cfg.max_steps else f"--epochs {cfg.epochs}: {total_steps} steps"
+    raise ValueError(f"{run} holds a run already at step {progress['step']} ({folder}), past the steps asked for now "
+                     f"({asked}): a run cannot be shortened. To continue it, give --max-steps {progress['step']} or more "
+                     f"(or the --epochs it had); to train {total_steps} steps, give another --output-dir (or --no-resume "
+                     f"to start over in this folder, replacing its run files)")
+
+
+def _clear_stale(run: Path) -> None:
+    """After `_recover` has put back what a crash inside a checkpoint swap moved aside: the
+    half-made folders of the swaps (best.tmp/, last.tmp/) and of metrics.jsonl's trim, which the
+    resumed run makes again where it needs them (a best.tmp/ outlived the finished run)."""
+    for name in ("best.tmp", "last.tmp", "metrics.jsonl.tmp"):
+        path = run / name
+        if path.is_dir():
+            _rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def _peak_rss() -> int | None:

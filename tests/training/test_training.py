@@ -994,3 +994,39 @@ def test_grad_accum_is_refused_under_deepspeed_and_accepted_elsewhere():
     _check_engine(types.SimpleNamespace(distributed_type=DistributedType.DEEPSPEED), 1)
     _check_engine(types.SimpleNamespace(distributed_type=DistributedType.MULTI_GPU), 4)
     _check_engine(types.SimpleNamespace(distributed_type=DistributedType.NO), 4)
+
+
+def test_a_resume_clears_the_half_made_folders_of_an_interrupted_checkpoint(model_dirs, tmp_path):
+    """Killed inside best/'s swap (best.old/ and best.tmp/, no best/): the resume put best/ back but
+    left best.tmp/ behind, in the finished run too."""
+    cfg = _cfg(model_dirs, "encoder", tmp_path, max_steps=2, eval_every=2, eval_before=False)
+    train(cfg, log=lambda *a: None)
+    run = tmp_path / "run-encoder"
+    (run / "results.json").unlink()  # killed before the end
+    shutil.copytree(run / "best", run / "best.tmp")
+    (run / "best").rename(run / "best.old")
+    shutil.copytree(run / "last", run / "last.tmp")
+    (run / "metrics.jsonl.tmp").write_text("")
+    assert train(cfg, log=lambda *a: None)["steps"] == 2
+    assert (run / "best" / WEIGHTS_NAME).exists() and (run / "results.json").exists()
+    assert sorted(p.name for p in run.iterdir()) == ["best", "config.json", "last", "metrics.jsonl", "results.json"] + (
+        ["tensorboard"] if (run / "tensorboard").exists() else [])
+
+
+@pytest.mark.parametrize("finished", [False, True])
+@pytest.mark.parametrize("shorter,asked", [(dict(max_steps=2), "--max-steps 2"), (dict(max_steps=None, epochs=1), "--epochs 1: ")])
+def test_a_resume_asked_for_fewer_steps_than_the_run_reached_is_refused(model_dirs, tmp_path, finished, shorter, asked):
+    """Resumed with a lower --max-steps, a run trained nothing and wrote results.json with the steps
+    it had reached beside the lower max_steps in config.json."""
+    cfg = _cfg(model_dirs, "encoder", tmp_path, max_steps=40, eval_every=40, eval_before=False)  # epochs of 38 steps
+    train(cfg, log=lambda *a: None)
+    run = tmp_path / "run-encoder"
+    if not finished:
+        (run / "results.json").unlink()  # killed while testing best/
+    before = _stamps(run)
+    with pytest.raises(ValueError) as err:
+        train(dataclasses.replace(cfg, **shorter), log=lambda *a: None)
+    message = str(err.value)
+    assert f"{run} holds a run already at step 40" in message and f"({asked}" in message, message
+    assert "--max-steps 40 or more" in message and "--output-dir" in message and "--no-resume" in message
+    assert _stamps(run) == before
