@@ -181,6 +181,21 @@ def test_config_file_null_adapter_merges_with_adapter_flags(tmp_path, monkeypatc
     assert seen[0].adapter == {"phm_dim": 8} and seen[0].epochs == 2
 
 
+def test_ctrl_c_before_any_checkpoint_says_so_without_a_traceback(tmp_path, monkeypatch, capsys):
+    def interrupt(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("compacter.training.train", interrupt)
+    monkeypatch.setattr("compacter.training.end_distributed", lambda: False)
+    try:
+        rc = main(["train", "--output-dir", str(tmp_path / "run")])
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped the CLI (a traceback)")
+    assert rc == 130
+    assert capsys.readouterr().err == (f"interrupted: no checkpoint was written yet in {tmp_path / 'run'}; "
+                                       "rerunning the same command starts the run again\n")
+
+
 RUNS = Path(__file__).resolve().parents[1] / "docs" / "results" / "runs"
 
 

@@ -123,10 +123,27 @@ def cmd_train(args: argparse.Namespace) -> int:
             if args.config:  # the values may come from the file or from a flag
                 raise ValueError(f"--config {args.config} with the flags given: {err}") from None
             raise
+        args.run, args.restart = cfg.run_dir(), not cfg.resume  # for the message of a Ctrl-C (main)
         train(cfg)
     finally:
         args.gloo = end_distributed()  # main leaves gloo processes with os._exit, errors too
     return 0
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    """The line a Ctrl-C during ``train`` prints: where the run can resume from, and how."""
+    from .training import last_checkpoint
+
+    run = getattr(args, "run", None)
+    if run is None:
+        return "interrupted (before the run was set up)"
+    found = last_checkpoint(run)
+    if found is None:
+        return f"interrupted: no checkpoint was written yet in {run}; rerunning the same command starts the run again"
+    folder, step = found
+    again = ("rerun the command without --no-resume to resume it (with --no-resume it starts over)" if args.restart
+             else "rerun the same command to resume it")
+    return f"interrupted: the last checkpoint is {folder}{f' (step {step})' if step is not None else ''}; {again}"
 
 
 def read_config_file(path: str) -> dict[str, Any]:
@@ -379,6 +396,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ImportError, OSError) as err:  # OSError: a file or folder that cannot be read or written
         print(f"error: {err}", file=sys.stderr)
         rc = 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback, for train (the others are quick)
+        if args.command != "train":
+            raise
+        if os.environ.get("RANK", "0") == "0":  # one line, not one per process
+            print(_interrupted(args), file=sys.stderr)
+        rc = 130
     except RuntimeError as err:
         from .training import TrainingDiverged  # imported here: torch only when a run has failed
 

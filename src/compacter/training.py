@@ -1158,6 +1158,18 @@ def _clear_stale(run: Path) -> None:
             path.unlink()
 
 
+def last_checkpoint(run: Path | str) -> tuple[Path, int | None] | None:
+    """The folder a resume of ``run`` would start from (last/, or a crashed swap's last.old/) and
+    its step (None where train_state.json cannot be read); None where no checkpoint was written."""
+    folder = _resume_folder(Path(run))
+    if not (folder / STATE_META).exists():
+        return None
+    try:
+        return folder, read_state_meta(folder)["progress"]["step"]
+    except ckpt.CheckpointError:
+        return folder, None
+
+
 def _peak_rss() -> int | None:
     """This process's peak resident memory so far, in bytes (None where the OS does not say).
 

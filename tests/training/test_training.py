@@ -1030,3 +1030,46 @@ def test_a_resume_asked_for_fewer_steps_than_the_run_reached_is_refused(model_di
     assert f"{run} holds a run already at step 40" in message and f"({asked}" in message, message
     assert "--max-steps 40 or more" in message and "--output-dir" in message and "--no-resume" in message
     assert _stamps(run) == before
+
+
+def _crash_after_checkpoints(monkeypatch, n):
+    """Make training raise KeyboardInterrupt after its ``n``-th checkpoint; returns the real function."""
+    real = training._evaluate_and_checkpoint
+    calls = []
+
+    def crash(*args, **kw):
+        out = real(*args, **kw)
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt("killed")
+        return out
+
+    monkeypatch.setattr(training, "_evaluate_and_checkpoint", crash)
+    return real
+
+
+TINY = ["--max-steps", "2", "--eval-every", "2", "--batch-size", "8", "--max-eval-samples", "16", "--adapter", "reduction_factor=4",
+        "--no-progress", "--no-eval-before"]
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_ctrl_c_in_the_cli_says_where_the_run_resumes_from_without_a_traceback(model_dirs, tmp_path, monkeypatch, capsys, restart):
+    run = tmp_path / "run"
+    argv = ["train", "--model", model_dirs["encoder"], "--output-dir", str(run), *TINY, "--max-steps", "4"]
+    argv += ["--no-resume"] if restart else []
+    real = _crash_after_checkpoints(monkeypatch, 1)
+    try:
+        rc = main(argv)
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped the CLI (a traceback)")
+    assert rc == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"interrupted: the last checkpoint is {run / 'last'} (step 2); "
+        + ("rerun the command without --no-resume to resume it (with --no-resume it starts over)" if restart
+           else "rerun the same command to resume it"))
+    monkeypatch.setattr(training, "_evaluate_and_checkpoint", real)
+    if not restart:
+        assert main(argv) == 0
+        assert "resumed from" in capsys.readouterr().out
