@@ -48,7 +48,9 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
 
     hints = typing.get_type_hints(TrainConfig)
     parser.add_argument("--config", help="a run's config.json: train with its settings (flags given here override "
-                        "them); with its own output folder an unfinished run resumes, so give a new --output-dir to repeat it")
+                        "them); with its own output folder an unfinished run resumes, so give a new --output-dir to repeat it. "
+                        "--resume and --progress come from the flags only (a config.json of older versions that holds "
+                        "them is read without them); relative paths in such a file are read from the current folder")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata.get("help", "").replace("%", "%%")
@@ -98,11 +100,16 @@ DEMO_LEARNING_RATE = 1e-2
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training import TrainConfig, end_distributed, train
+    from .training import INVOCATION_OPTIONS, PATH_OPTIONS, TrainConfig, end_distributed, recorded_path, train
 
     data: dict[str, Any] = {}
     if args.config:
-        data = read_config_file(args.config)
+        # resume and progress are this command's flags, not the run's settings (older config.json files
+        # kept "resume": false, which started over the run --config was to resume)
+        data = {k: v for k, v in read_config_file(args.config).items() if k not in INVOCATION_OPTIONS}
+        for name in PATH_OPTIONS:  # older config.json files: relative paths, read from here if they are here
+            if name in data and getattr(args, name) is None:
+                data[name] = recorded_path(data.get(name), name, args.config, "--" + name.replace("_", "-"))
     elif args.task in (None, "demo") and args.train_file is None:
         data = dict(DEMO_DEFAULTS)
         if args.method is None:
@@ -178,11 +185,12 @@ def _load_adapted(adapter_dir: str, model: str | None, task_name: str | None, dt
     from . import load_adapters, read_adapter_config
     from .modeling import Batcher, check_model_path, load_model, load_tokenizer, model_family
     from .tasks import get_task
-    from .training import DTYPES
+    from .training import DTYPES, recorded_path
 
     config, meta = read_adapter_config(adapter_dir)
     run_config = _run_config(adapter_dir)
-    model_path = model or run_config.get("model") or meta.get("base_model")
+    model_path = model or recorded_path(run_config.get("model"), "model", _run_config_path(adapter_dir), "--model") \
+        or meta.get("base_model")
     if not model_path:
         raise SystemExit("error: the adapter does not name its base model: pass --model")
     option = ("--model" if model else f"the model {_run_config_path(adapter_dir)} names" if run_config.get("model") else
@@ -197,7 +205,8 @@ def _load_adapted(adapter_dir: str, model: str | None, task_name: str | None, dt
     if task_name is None and run_config.get("train_file"):  # a run on the user's own files: their task again
         from .training import TrainConfig, resolve_task
 
-        own = TrainConfig.from_dict(run_config)
+        own = TrainConfig.from_dict({**run_config, **{k: recorded_path(run_config.get(k), k, _run_config_path(adapter_dir))
+                                                      for k in ("train_file", "validation_file", "test_file")}})
         task = resolve_task(own)
     else:
         task = get_task(task_name or run_config.get("task") or _missing("--task"))
@@ -244,7 +253,7 @@ def _missing(flag: str):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .training import evaluate
+    from .training import evaluate, recorded_path
     from .tasks import paper_splits
 
     net, batcher, task, run_config, own = _load_adapted(args.adapter, args.model, args.task, args.dtype)
@@ -253,7 +262,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         examples = load_splits(own, task)[args.split]
     else:
-        data_dir = args.data_dir or run_config.get("data_dir")
+        data_dir = args.data_dir or recorded_path(run_config.get("data_dir"), "data_dir", _run_config_path(args.adapter),
+                                                  "--data-dir")
         examples = paper_splits(task, data_dir, seed=run_config.get("split_seed", 42))[args.split]
     with _run_autocast(net, run_config):
         metrics = evaluate(net, batcher, examples, batch_size=args.batch_size,

@@ -39,7 +39,8 @@ def test_train_writes_a_complete_run_directory(model_dirs, family, tmp_path):
     assert results["steps"] == 6 and results["best_step"] in (3, 6)
     assert results["best_step"] == max(evals, key=lambda e: e["score"])["step"]
     assert set(results["test"]) >= {"accuracy", "score"} and 0 <= results["test"]["score"] <= 100
-    assert TrainConfig.from_dict(json.loads((run / "config.json").read_text())) == cfg
+    # config.json keeps the run's settings; resume and progress are flags of one command (their defaults here)
+    assert TrainConfig.from_dict(json.loads((run / "config.json").read_text())) == dataclasses.replace(cfg, progress=True)
     # evaluate and predict through the CLI, from the saved adapter alone
     assert main(["evaluate", str(run / "best"), "--split", "validation"]) == 0
     assert main(["predict", str(run / "best"), "--text", "The soup was great.", "--text", '{"sentence": "Awful service."}']) == 0
@@ -1073,3 +1074,76 @@ def test_ctrl_c_in_the_cli_says_where_the_run_resumes_from_without_a_traceback(m
     if not restart:
         assert main(argv) == 0
         assert "resumed from" in capsys.readouterr().out
+
+
+def test_a_run_started_with_no_resume_resumes_from_its_config_json(model_dirs, tmp_path, monkeypatch, capsys):
+    """config.json kept "resume": false, and `train --config <run>/config.json` read it back: the
+    interrupted run was wiped and started over, and a finished one trained again over its results."""
+    cfg = _cfg(model_dirs, "encoder", tmp_path, max_steps=4, eval_every=2, eval_before=False, resume=False)
+    real = _crash_after_checkpoints(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, log=lambda *a: None)
+    monkeypatch.setattr(training, "_evaluate_and_checkpoint", real)
+    run = tmp_path / "run-encoder"
+    config = str(run / "config.json")
+    capsys.readouterr()
+    assert main(["train", "--config", config, "--no-progress"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [2, 4]
+    assert not {"resume", "progress"} & json.loads((run / "config.json").read_text()).keys()
+    before = _stamps(run)
+    assert main(["train", "--config", config]) == 2  # finished: refused, its results kept
+    assert "holds a finished run" in capsys.readouterr().err
+    assert _stamps(run) == before
+
+
+def _copy_demo_files(folder):
+    from importlib import resources
+
+    folder.mkdir(parents=True)
+    for name in ("train.jsonl", "validation.jsonl", "test.jsonl"):
+        (folder / name).write_bytes((resources.files("compacter.tasks") / "demo" / name).read_bytes())
+
+
+@pytest.mark.parametrize("data", ["data_dir", "own_files"])
+def test_a_runs_local_paths_are_recorded_absolute_and_found_from_anywhere(model_dirs, tmp_path, monkeypatch, capsys, data):
+    """config.json kept paths as typed (--data-dir ../shared/data): `compacter evaluate run/best` worked
+    only from the folder the run was started in (elsewhere another copy at that path was read)."""
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    shutil.copytree(model_dirs["encoder"], work / "model")
+    elsewhere.mkdir()
+    if data == "data_dir":
+        _copy_demo_files(work / "data")
+        paths = {"model": "./model", "data_dir": "data"}
+        argv = ["--data-dir", "data"]
+    else:
+        (work / "data").mkdir()
+        _soup_csv(work / "data" / "train.csv", 40)
+        _soup_csv(work / "data" / "dev.csv", 20, start=100)
+        paths = {"model": "./model", "train_file": "data/train.csv", "validation_file": "data/dev.csv"}
+        argv = ["--task", "soup", "--train-file", "data/train.csv", "--validation-file", "data/dev.csv", "--text-columns", "text",
+                "--label-names", "neg", "pos"]
+    monkeypatch.chdir(work)
+    assert main(["train", "--model", "./model", "--output-dir", "run", *argv, *TINY]) == 0
+    run = work / "run"
+    saved = json.loads((run / "config.json").read_text())
+    assert {k: saved[k] for k in paths} == {k: str(work / v.removeprefix("./")) for k, v in paths.items()}
+    results = json.loads((run / "results.json").read_text())
+    assert results["model"] == str(work / "model") and results["config"] == saved
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert main(["evaluate", str(run / "best")]) == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)["score"] == pytest.approx(results["test"]["score"])
+    # a config.json of older versions, with the paths as typed: read from the current folder as
+    # before; from elsewhere, an error that says they are relative and where they were recorded
+    (run / "config.json").write_text(json.dumps({**saved, **paths}))
+    assert main(["evaluate", str(run / "best")]) == 2
+    err = capsys.readouterr().err
+    assert f"{run / 'config.json'} records model './model', a path relative to the folder that run was started in" in err, err
+    assert main(["evaluate", str(run / "best"), "--model", str(work / "model")]) == 2
+    err = capsys.readouterr().err
+    shown = "data_dir 'data'" if data == "data_dir" else "train_file 'data/train.csv'"
+    assert f"records {shown}, a path relative" in err and str(elsewhere / "data") in err, err
+    monkeypatch.chdir(work)
+    assert main(["evaluate", str(run / "best")]) == 0
+    assert json.loads(capsys.readouterr().out)["score"] == pytest.approx(results["test"]["score"])
