@@ -38,7 +38,7 @@ from compacter.config import METHODS
 from compacter.peers import PEER_METHODS
 from compacter.report import report_main
 from compacter.tasks import get_task, load_split
-from compacter.training import TrainConfig, default_model_path
+from compacter.training import TrainConfig, default_model_path, run_settings, same_setting
 
 #: The tasks of the paper's tables: GLUE, then SuperGLUE.
 PAPER_TASKS = ("mnli", "qqp", "qnli", "sst2", "cola", "stsb", "mrpc", "rte", "multirc", "copa", "record", "cb", "boolq", "wic")
@@ -155,18 +155,18 @@ def _sweep_runs(args: argparse.Namespace, folder: Path, task: str, seed: int, sa
         cfg = run_config(args, folder, task, method, seed, samples, overrides)
         run = cfg.run_dir()
         if (run / "results.json").exists():  # finished earlier: resume the sweep, if it is this sweep
-            done = json.loads((run / "config.json").read_text())
-            changed = sorted(k for k, v in cfg.to_dict().items() if done.get(k) != v)
+            done = json.loads((run / "config.json").read_text())  # older versions: relative paths, resume, progress
+            changed = sorted(k for k, v in run_settings(cfg).items() if not same_setting(k, done.get(k), v))
             if changed:
                 raise SystemExit(f"{run} already holds a finished run with other settings "
                                  f"({', '.join(f'{k}: {done.get(k)!r} there' for k in changed)}); use another --out")
             continue
         run.parent.mkdir(parents=True, exist_ok=True)
         config_file = run.with_name(run.name + ".json")
-        config_file.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        config_file.write_text(json.dumps(run_settings(cfg), indent=2) + "\n")
         start = time.perf_counter()
         with open(run.with_name(run.name + ".log"), "w") as log:
-            code = subprocess.call([sys.executable, "-m", "compacter", "train", "--config", str(config_file)],
+            code = subprocess.call([sys.executable, "-m", "compacter", "train", "--config", str(config_file), "--no-progress"],
                                    stdout=log, stderr=subprocess.STDOUT, env=os.environ)
         if code != 0:
             raise SystemExit(f"run {run} failed (exit {code}); its output is in {run}.log")

@@ -182,6 +182,44 @@ def test_config_file_null_adapter_merges_with_adapter_flags(tmp_path, monkeypatc
     assert seen[0].adapter == {"phm_dim": 8} and seen[0].epochs == 2
 
 
+def test_resume_and_progress_come_from_the_flags_not_from_a_config_file(tmp_path, monkeypatch):
+    """A run started with --no-resume kept "resume": false in its config.json (versions before this
+    one), and `train --config` read it back: the run it was to resume was started over."""
+    seen = []
+    monkeypatch.setattr("compacter.training.train", seen.append)
+    monkeypatch.setattr("compacter.training.end_distributed", lambda: False)
+    (tmp_path / "c.json").write_text('{"epochs": 2, "resume": false, "progress": false}')
+    assert main(["train", "--config", str(tmp_path / "c.json")]) == 0
+    assert (seen[0].epochs, seen[0].resume, seen[0].progress) == (2, True, True)
+    assert main(["train", "--config", str(tmp_path / "c.json"), "--no-resume", "--no-progress"]) == 0
+    assert (seen[1].resume, seen[1].progress) == (False, False)
+
+
+def test_a_relative_path_in_a_config_file_that_is_not_here_says_where_it_was_recorded(tmp_path, monkeypatch, capsys):
+    _no_loading(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.json").write_text('{"task": "rte", "data_dir": "../shared/data"}')
+    assert main(["train", "--config", "c.json", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: c.json records data_dir '../shared/data', a path relative to the folder that run was started in")
+    assert str(tmp_path.parent / "shared" / "data") in err and "give --data-dir" in err, err
+
+
+def test_ctrl_c_before_any_checkpoint_says_so_without_a_traceback(tmp_path, monkeypatch, capsys):
+    def interrupt(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("compacter.training.train", interrupt)
+    monkeypatch.setattr("compacter.training.end_distributed", lambda: False)
+    try:
+        rc = main(["train", "--output-dir", str(tmp_path / "run")])
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped the CLI (a traceback)")
+    assert rc == 130
+    assert capsys.readouterr().err == (f"interrupted: no checkpoint was written yet in {tmp_path / 'run'}; "
+                                       "rerunning the same command starts the run again\n")
+
+
 RUNS = Path(__file__).resolve().parents[1] / "docs" / "results" / "runs"
 
 

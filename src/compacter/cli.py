@@ -65,7 +65,9 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
 
     hints = typing.get_type_hints(TrainConfig)
     parser.add_argument("--config", help="a run's config.json: train with its settings (flags given here override "
-                        "them); with its own output folder an unfinished run resumes, so give a new --output-dir to repeat it")
+                        "them); with its own output folder an unfinished run resumes, so give a new --output-dir to repeat it. "
+                        "--resume and --progress come from the flags only (a config.json of older versions that holds "
+                        "them is read without them); relative paths in such a file are read from the current folder")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata.get("help", "").replace("%", "%%")
@@ -117,11 +119,16 @@ DEMO_LEARNING_RATE = 1e-2
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training import TrainConfig, end_distributed, train
+    from .training import INVOCATION_OPTIONS, PATH_OPTIONS, TrainConfig, end_distributed, recorded_path, train
 
     data: dict[str, Any] = {}
     if args.config:
-        data = read_config_file(args.config)
+        # resume and progress are this command's flags, not the run's settings (older config.json files
+        # kept "resume": false, which started over the run --config was to resume)
+        data = {k: v for k, v in read_config_file(args.config).items() if k not in INVOCATION_OPTIONS}
+        for name in PATH_OPTIONS:  # older config.json files: relative paths, read from here if they are here
+            if name in data and getattr(args, name) is None:
+                data[name] = recorded_path(data.get(name), name, args.config, "--" + name.replace("_", "-"))
     elif args.task in (None, "demo") and args.train_file is None:
         data = dict(DEMO_DEFAULTS)
         if args.method is None:
@@ -142,10 +149,27 @@ def cmd_train(args: argparse.Namespace) -> int:
             if args.config:  # the values may come from the file or from a flag
                 raise ValueError(f"--config {args.config} with the flags given: {err}") from None
             raise
+        args.run, args.restart = cfg.run_dir(), not cfg.resume  # for the message of a Ctrl-C (main)
         train(cfg)
     finally:
         args.gloo = end_distributed()  # main leaves gloo processes with os._exit, errors too
     return 0
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    """The line a Ctrl-C during ``train`` prints: where the run can resume from, and how."""
+    from .training import last_checkpoint
+
+    run = getattr(args, "run", None)
+    if run is None:
+        return "interrupted (before the run was set up)"
+    found = last_checkpoint(run)
+    if found is None:
+        return f"interrupted: no checkpoint was written yet in {run}; rerunning the same command starts the run again"
+    folder, step = found
+    again = ("rerun the command without --no-resume to resume it (with --no-resume it starts over)" if args.restart
+             else "rerun the same command to resume it")
+    return f"interrupted: the last checkpoint is {folder}{f' (step {step})' if step is not None else ''}; {again}"
 
 
 def read_config_file(path: str) -> dict[str, Any]:
@@ -181,7 +205,7 @@ def _load_adapted(adapter_dir: str, model: str | None, task_name: str | None, dt
     from . import load_adapters, read_adapter_config
     from .modeling import Batcher, check_model_path, load_model, load_tokenizer, model_family
     from .tasks import get_task
-    from .training import DTYPES, default_model_path
+    from .training import DTYPES, default_model_path, recorded_path
 
     peer = _peer_method(adapter_dir)
     run_config = _run_config(adapter_dir)
@@ -196,7 +220,8 @@ def _load_adapted(adapter_dir: str, model: str | None, task_name: str | None, dt
         meta = {}
     else:
         _, meta = read_adapter_config(adapter_dir)
-    model_path = model or run_config.get("model") or meta.get("base_model") or (peer and default_model_path())
+    model_path = model or recorded_path(run_config.get("model"), "model", _run_config_path(adapter_dir), "--model") \
+        or meta.get("base_model") or (peer and default_model_path())
     if not model_path:  # (a peer run's null model is the bundled encoder it trained on)
         raise UsageError("the adapter does not name its base model: pass --model")
     option = ("--model" if model else f"the model {_run_config_path(adapter_dir)} names" if run_config.get("model") else
@@ -211,7 +236,8 @@ def _load_adapted(adapter_dir: str, model: str | None, task_name: str | None, dt
     if task_name is None and run_config.get("train_file"):  # a run on the user's own files: their task again
         from .training import TrainConfig, resolve_task
 
-        own = TrainConfig.from_dict(run_config)
+        own = TrainConfig.from_dict({**run_config, **{k: recorded_path(run_config.get(k), k, _run_config_path(adapter_dir))
+                                                      for k in ("train_file", "validation_file", "test_file")}})
         task = resolve_task(own)
     else:
         task = get_task(task_name or run_config.get("task") or _missing("--task"))
@@ -317,14 +343,15 @@ def _own_split(own, task, split: str) -> list:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .training import evaluate
+    from .training import evaluate, recorded_path
     from .tasks.splits import paper_split
 
     net, batcher, task, run_config, own = _load_adapted(args.adapter, args.model, args.task, args.dtype)
     if own is not None:  # the run's own files, split as in training
         examples = _own_split(own, task, args.split)
     else:  # only the official split(s) this split comes from: the test split never needs the training file
-        data_dir = args.data_dir or run_config.get("data_dir")
+        data_dir = args.data_dir or recorded_path(run_config.get("data_dir"), "data_dir", _run_config_path(args.adapter),
+                                                  "--data-dir")
         examples = paper_split(task, args.split, data_dir, seed=run_config.get("split_seed", 42))
     with _run_autocast(net, run_config):
         metrics = evaluate(net, batcher, examples, batch_size=args.batch_size,
@@ -471,6 +498,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ImportError, OSError) as err:  # OSError: a file or folder that cannot be read or written
         print(f"error: {err}", file=sys.stderr)
         rc = 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback, for train (the others are quick)
+        if args.command != "train":
+            raise
+        if os.environ.get("RANK", "0") == "0":  # one line, not one per process
+            print(_interrupted(args), file=sys.stderr)
+        rc = 130
     except RuntimeError as err:
         from .training import TrainingDiverged  # imported here: torch only when a run has failed
 

@@ -15,7 +15,8 @@ Run directory::
 
     config.json        the resolved TrainConfig (``compacter train --config run/config.json --output-dir new``
                        repeats the run; without --output-dir it resumes this one, refusing other settings
-                       than RESUME_MAY_CHANGE's)
+                       than RESUME_MAY_CHANGE's): its local paths absolute, without the options of one
+                       invocation (INVOCATION_OPTIONS: resume, progress); see :func:`run_settings`
     metrics.jsonl      one line per evaluation: step, epoch, train_loss (mean since the previous one), validation metrics
     best/              the adapter with the best validation score (adapter-only checkpoint)
     last/              the latest adapter + optimizer/scheduler/RNG state, to resume after a crash
@@ -101,9 +102,12 @@ class TrainConfig:
     compile: bool = _f(False, "torch.compile the model for training")
     decoder_predict: str = _f("score", "decoder-only models: 'score' each label string, or 'generate'")
     resume: bool = _f(True, "continue from <output_dir>/last when it exists, with the run's settings: only --epochs, --max-steps, "
-                      "--early-stopping (to extend it), --eval-batch-size, --compile, --eval-before and --progress may differ")
+                      "--early-stopping (to extend it: fewer steps than last/ reached are refused), --eval-batch-size, --compile, "
+                      "--eval-before and --progress may differ; "
+                      "--no-resume starts over, replacing the folder's run files (a flag of this command only: config.json "
+                      "does not keep it, so --config never starts a run over)")
     eval_before: bool = _f(True, "evaluate the test split before training too (printed beside the result)")
-    progress: bool = _f(True, "show a progress bar")
+    progress: bool = _f(True, "show a progress bar (a flag of this command only: config.json does not keep it)")
 
     def __post_init__(self):
         if self.adapter is None:
@@ -211,6 +215,64 @@ class TrainConfig:
 
 #: Options that describe the user's own files (--train-file), and their defaults.
 _OWN_FILE_OPTIONS = {"text_columns": None, "label_names": None, "label_column": "label", "task_kind": "classification"}
+
+#: Options of one invocation, not settings of the run: config.json does not keep them (a run started
+#: with --no-resume was started over by ``train --config <run>/config.json``, which was to resume it),
+#: and ``train --config`` ignores them in the config.json of older versions.
+INVOCATION_OPTIONS = ("resume", "progress")
+#: Options that name local files or folders (--model may also be a Hub id).
+PATH_OPTIONS = ("model", "data_dir", "train_file", "validation_file", "test_file")
+
+
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with each of its :data:`PATH_OPTIONS` that exists here made absolute, so that the
+    run's config.json names the files it read from any folder (``compacter evaluate run/best``
+    elsewhere read "../shared/data" from there, or another copy found there). A value that is not
+    a local path (a Hub id such as "google-t5/t5-base") is kept as given."""
+    changes = {name: local_absolute(value) for name in PATH_OPTIONS if isinstance(value := getattr(cfg, name), str)}
+    return dataclasses.replace(cfg, **changes)
+
+
+def local_absolute(path: str) -> str:
+    """``path`` made absolute where it exists here; anything else (a Hub id) as given."""
+    return os.path.abspath(path) if os.path.exists(path) else path
+
+
+def run_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """The run's settings as its config.json (and results.json's "config") keeps them: local paths
+    absolute (:func:`absolute_paths`; the run itself reads them, and names them in its messages, as
+    given), the :data:`INVOCATION_OPTIONS` left out."""
+    data = absolute_paths(cfg).to_dict()
+    for name in INVOCATION_OPTIONS:
+        del data[name]
+    return data
+
+
+def same_setting(name: str, old: Any, new: Any) -> bool:
+    """Are two recorded values of option ``name`` the same? Paths compare as absolute paths (a
+    config.json of older versions kept them as typed, relative to the folder the run was started in)."""
+    if old == new:
+        return True
+    return (name in PATH_OPTIONS and isinstance(old, str) and isinstance(new, str)
+            and os.path.abspath(old) == os.path.abspath(new))
+
+
+def recorded_path(value: Any, name: str, file: Path | str, flag: str | None = None) -> Any:
+    """A path option read back from a run's config.json ``file``: absolute since paths are stored
+    so (see :func:`absolute_paths`); a relative one (older versions stored them as typed) is read
+    from the current folder, as before, when it is there, and otherwise a ValueError saying it is
+    relative and where it was recorded (a relative --model that may be a Hub id is passed on).
+    ``flag``: the option of the command at hand that gives the path instead."""
+    if not isinstance(value, str) or os.path.isabs(value) or os.path.exists(value):
+        return value
+    from .checkpoint import is_hub_id
+
+    if name == "model" and is_hub_id(value, bare=True):
+        return value
+    instead = f", give {flag}" if flag else ""
+    raise ValueError(f"{file} records {name} {value!r}, a path relative to the folder that run was started in (older "
+                     f"versions kept paths as typed), and it is not there from this folder ({os.path.abspath(value)}): "
+                     f"run this command from the folder the run was started in{instead}, or write the absolute path into {file}")
 
 
 @lru_cache(maxsize=None)
@@ -833,6 +895,7 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     # a last/ of an older version counted whole global batches and whole steps of them only (see _refuse_old_epochs)
     old_total = cfg.max_steps or whole_batch_steps_per_epoch(len(splits["train"]), cfg.batch_size, accelerator.num_processes,
                                                              cfg.grad_accum) * cfg.epochs
+    _refuse_shorter(cfg, run, total_steps, old_total)
     _refuse_finished(cfg, run, total_steps, old_total)
     if cfg.resume:
         _check_resume_state(run, cfg.is_peer)
@@ -883,13 +946,14 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     if cfg.resume and main:  # a crash inside a checkpoint swap left last.old: put it back
         _recover(run / "last")
         _recover(run / "best")
+        _clear_stale(run)
     accelerator.wait_for_everyone()
     if cfg.resume and (run / "last" / "train_state.json").exists():
         progress = _resume(run / "last", raw_model, optimizer, scheduler)
         progress.setdefault("eval_seconds", None)  # last/ of older versions did not count it: unknown
         say(f"resumed from {run / 'last'} at step {progress['step']} (epoch {progress['epoch']}, batch {progress['batch']})")
     if main:  # only now: a resume that fails to restore last/ leaves the run's config.json as it was
-        (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        (run / "config.json").write_text(json.dumps(run_settings(cfg), indent=2) + "\n")
         _trim_log(run, progress["step"])
     if cfg.eval_before and progress["step"] == 0:
         progress["before"] = evaluate(raw_model, batcher, splits["test"], accelerator, cfg.eval_batch_size, cfg.decoder_predict)
@@ -1048,7 +1112,6 @@ def adamw(params: list[torch.nn.Parameter], lr: float, weight_decay: float = 0.0
 #: scheduler state the old learning rate, its tensors the old shapes), so a change is refused.
 RESUME_MAY_CHANGE = ("output_dir", "epochs", "max_steps", "early_stopping", "eval_batch_size", "compile", "resume",
                      "eval_before", "progress")
-_PATH_OPTIONS = ("model", "data_dir", "train_file", "validation_file", "test_file")
 
 
 def _resumable(run: Path) -> bool:
@@ -1080,7 +1143,7 @@ def _refuse_other_settings(cfg: TrainConfig, run: Path) -> None:
             continue
         if f.name == "learning_rate" and saved.lr == cfg.lr:  # None: the method's default rate
             continue
-        if f.name in _PATH_OPTIONS and old is not None and new is not None and os.path.abspath(old) == os.path.abspath(new):
+        if same_setting(f.name, old, new):  # one path spelled two ways (older config.json files: relative)
             continue
         if f.name == "adapter" and _same_adapter(saved, cfg):
             continue
@@ -1121,6 +1184,51 @@ def _refuse_finished(cfg: TrainConfig, run: Path, total_steps: int, old_total: i
         stopped = " (early-stopped)" if progress["step"] < total_steps else ""
         raise ValueError(f"{run} holds a finished run (results.json; last/ at step {progress['step']} of {total_steps}"
                          f"{stopped}): nothing to resume. {fix}")
+
+
+def _refuse_shorter(cfg: TrainConfig, run: Path, total_steps: int, old_total: int | None = None) -> None:
+    """With resume on, a run whose last/ is already past the ``total_steps`` asked for now (a lower
+    --max-steps or --epochs) is refused before anything is written: a run cannot be shortened, and
+    resuming it trained nothing and wrote results.json with the steps reached beside the smaller
+    max_steps of its config.json, best/ perhaps chosen after that step. ``old_total``: as for
+    :func:`_refuse_finished`, the count of a last/ saved by a version that dropped partial batches."""
+    folder = _resume_folder(run)
+    if not (cfg.resume and (folder / STATE_META).exists()):
+        return
+    progress = read_state_meta(folder)["progress"]
+    if not progress.get("keeps_last_batch") and old_total is not None:
+        total_steps = old_total
+    if progress["step"] <= total_steps:
+        return
+    asked = f"--max-steps {cfg.max_steps}" if cfg.max_steps else f"--epochs {cfg.epochs}: {total_steps} steps"
+    raise ValueError(f"{run} holds a run already at step {progress['step']} ({folder}), past the steps asked for now "
+                     f"({asked}): a run cannot be shortened. To continue it, give --max-steps {progress['step']} or more "
+                     f"(or the --epochs it had); to train {total_steps} steps, give another --output-dir (or --no-resume "
+                     f"to start over in this folder, replacing its run files)")
+
+
+def _clear_stale(run: Path) -> None:
+    """After `_recover` has put back what a crash inside a checkpoint swap moved aside: the
+    half-made folders of the swaps (best.tmp/, last.tmp/) and of metrics.jsonl's trim, which the
+    resumed run makes again where it needs them (a best.tmp/ outlived the finished run)."""
+    for name in ("best.tmp", "last.tmp", "metrics.jsonl.tmp"):
+        path = run / name
+        if path.is_dir():
+            _rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def last_checkpoint(run: Path | str) -> tuple[Path, int | None] | None:
+    """The folder a resume of ``run`` would start from (last/, or a crashed swap's last.old/) and
+    its step (None where train_state.json cannot be read); None where no checkpoint was written."""
+    folder = _resume_folder(Path(run))
+    if not (folder / STATE_META).exists():
+        return None
+    try:
+        return folder, read_state_meta(folder)["progress"]["step"]
+    except ckpt.CheckpointError:
+        return folder, None
 
 
 def _peak_rss() -> int | None:
@@ -1207,14 +1315,14 @@ def _finish(cfg, run, model, batcher, splits, accelerator, task, model_path, cou
     test = evaluate(model, batcher, splits["test"], accelerator, cfg.eval_batch_size, cfg.decoder_predict)
     peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
     results = {
-        "task": task.name, "method": cfg.method, "model": model_path, "seed": cfg.seed,
+        "task": task.name, "method": cfg.method, "model": local_absolute(model_path), "seed": cfg.seed,
         "trainable_params": trainable, "total_params": total, "base_params": base,
         "percent_trainable": 100 * trainable / base,  # of the base model, as the paper counts
         "validation": validation, "test": test, "before": before, "best_step": progress["best_step"],
         "steps": progress["step"], "train_examples": len(splits["train"]),
         "train_units": len(group_units(splits["train"])),  # what train_samples counts: questions for MultiRC/ReCoRD
         "train_seconds": seconds, "eval_seconds": progress.get("eval_seconds"), "peak_memory_bytes": peak, "peak_rss_bytes": _peak_rss(),
-        "adapter_bytes": _dir_bytes(best) if best.exists() else None, "config": cfg.to_dict(),
+        "adapter_bytes": _dir_bytes(best) if best.exists() else None, "config": run_settings(cfg),
     }
     if accelerator.is_main_process:
         (run / "results.json").write_text(json.dumps(results, indent=2) + "\n")

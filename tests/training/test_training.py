@@ -39,7 +39,8 @@ def test_train_writes_a_complete_run_directory(model_dirs, family, tmp_path):
     assert results["steps"] == 6 and results["best_step"] in (3, 6)
     assert results["best_step"] == max(evals, key=lambda e: e["score"])["step"]
     assert set(results["test"]) >= {"accuracy", "score"} and 0 <= results["test"]["score"] <= 100
-    assert TrainConfig.from_dict(json.loads((run / "config.json").read_text())) == cfg
+    # config.json keeps the run's settings; resume and progress are flags of one command (their defaults here)
+    assert TrainConfig.from_dict(json.loads((run / "config.json").read_text())) == dataclasses.replace(cfg, progress=True)
     # evaluate and predict through the CLI, from the saved adapter alone
     assert main(["evaluate", str(run / "best"), "--split", "validation"]) == 0
     assert main(["predict", str(run / "best"), "--text", "The soup was great.", "--text", '{"sentence": "Awful service."}']) == 0
@@ -994,3 +995,155 @@ def test_grad_accum_is_refused_under_deepspeed_and_accepted_elsewhere():
     _check_engine(types.SimpleNamespace(distributed_type=DistributedType.DEEPSPEED), 1)
     _check_engine(types.SimpleNamespace(distributed_type=DistributedType.MULTI_GPU), 4)
     _check_engine(types.SimpleNamespace(distributed_type=DistributedType.NO), 4)
+
+
+def test_a_resume_clears_the_half_made_folders_of_an_interrupted_checkpoint(model_dirs, tmp_path):
+    """Killed inside best/'s swap (best.old/ and best.tmp/, no best/): the resume put best/ back but
+    left best.tmp/ behind, in the finished run too."""
+    cfg = _cfg(model_dirs, "encoder", tmp_path, max_steps=2, eval_every=2, eval_before=False)
+    train(cfg, log=lambda *a: None)
+    run = tmp_path / "run-encoder"
+    (run / "results.json").unlink()  # killed before the end
+    shutil.copytree(run / "best", run / "best.tmp")
+    (run / "best").rename(run / "best.old")
+    shutil.copytree(run / "last", run / "last.tmp")
+    (run / "metrics.jsonl.tmp").write_text("")
+    assert train(cfg, log=lambda *a: None)["steps"] == 2
+    assert (run / "best" / WEIGHTS_NAME).exists() and (run / "results.json").exists()
+    assert sorted(p.name for p in run.iterdir()) == ["best", "config.json", "last", "metrics.jsonl", "results.json"] + (
+        ["tensorboard"] if (run / "tensorboard").exists() else [])
+
+
+@pytest.mark.parametrize("finished", [False, True])
+@pytest.mark.parametrize("shorter,asked", [(dict(max_steps=2), "--max-steps 2"), (dict(max_steps=None, epochs=1), "--epochs 1: ")])
+def test_a_resume_asked_for_fewer_steps_than_the_run_reached_is_refused(model_dirs, tmp_path, finished, shorter, asked):
+    """Resumed with a lower --max-steps, a run trained nothing and wrote results.json with the steps
+    it had reached beside the lower max_steps in config.json."""
+    cfg = _cfg(model_dirs, "encoder", tmp_path, max_steps=40, eval_every=40, eval_before=False)  # epochs of 38 steps
+    train(cfg, log=lambda *a: None)
+    run = tmp_path / "run-encoder"
+    if not finished:
+        (run / "results.json").unlink()  # killed while testing best/
+    before = _stamps(run)
+    with pytest.raises(ValueError) as err:
+        train(dataclasses.replace(cfg, **shorter), log=lambda *a: None)
+    message = str(err.value)
+    assert f"{run} holds a run already at step 40" in message and f"({asked}" in message, message
+    assert "--max-steps 40 or more" in message and "--output-dir" in message and "--no-resume" in message
+    assert _stamps(run) == before
+
+
+def _crash_after_checkpoints(monkeypatch, n):
+    """Make training raise KeyboardInterrupt after its ``n``-th checkpoint; returns the real function."""
+    real = training._evaluate_and_checkpoint
+    calls = []
+
+    def crash(*args, **kw):
+        out = real(*args, **kw)
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt("killed")
+        return out
+
+    monkeypatch.setattr(training, "_evaluate_and_checkpoint", crash)
+    return real
+
+
+TINY = ["--max-steps", "2", "--eval-every", "2", "--batch-size", "8", "--max-eval-samples", "16", "--adapter", "reduction_factor=4",
+        "--no-progress", "--no-eval-before"]
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_ctrl_c_in_the_cli_says_where_the_run_resumes_from_without_a_traceback(model_dirs, tmp_path, monkeypatch, capsys, restart):
+    run = tmp_path / "run"
+    argv = ["train", "--model", model_dirs["encoder"], "--output-dir", str(run), *TINY, "--max-steps", "4"]
+    argv += ["--no-resume"] if restart else []
+    real = _crash_after_checkpoints(monkeypatch, 1)
+    try:
+        rc = main(argv)
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped the CLI (a traceback)")
+    assert rc == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"interrupted: the last checkpoint is {run / 'last'} (step 2); "
+        + ("rerun the command without --no-resume to resume it (with --no-resume it starts over)" if restart
+           else "rerun the same command to resume it"))
+    monkeypatch.setattr(training, "_evaluate_and_checkpoint", real)
+    if not restart:
+        assert main(argv) == 0
+        assert "resumed from" in capsys.readouterr().out
+
+
+def test_a_run_started_with_no_resume_resumes_from_its_config_json(model_dirs, tmp_path, monkeypatch, capsys):
+    """config.json kept "resume": false, and `train --config <run>/config.json` read it back: the
+    interrupted run was wiped and started over, and a finished one trained again over its results."""
+    cfg = _cfg(model_dirs, "encoder", tmp_path, max_steps=4, eval_every=2, eval_before=False, resume=False)
+    real = _crash_after_checkpoints(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, log=lambda *a: None)
+    monkeypatch.setattr(training, "_evaluate_and_checkpoint", real)
+    run = tmp_path / "run-encoder"
+    config = str(run / "config.json")
+    capsys.readouterr()
+    assert main(["train", "--config", config, "--no-progress"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [2, 4]
+    assert not {"resume", "progress"} & json.loads((run / "config.json").read_text()).keys()
+    before = _stamps(run)
+    assert main(["train", "--config", config]) == 2  # finished: refused, its results kept
+    assert "holds a finished run" in capsys.readouterr().err
+    assert _stamps(run) == before
+
+
+def _copy_demo_files(folder):
+    from importlib import resources
+
+    folder.mkdir(parents=True)
+    for name in ("train.jsonl", "validation.jsonl", "test.jsonl"):
+        (folder / name).write_bytes((resources.files("compacter.tasks") / "demo" / name).read_bytes())
+
+
+@pytest.mark.parametrize("data", ["data_dir", "own_files"])
+def test_a_runs_local_paths_are_recorded_absolute_and_found_from_anywhere(model_dirs, tmp_path, monkeypatch, capsys, data):
+    """config.json kept paths as typed (--data-dir ../shared/data): `compacter evaluate run/best` worked
+    only from the folder the run was started in (elsewhere another copy at that path was read)."""
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    shutil.copytree(model_dirs["encoder"], work / "model")
+    elsewhere.mkdir()
+    if data == "data_dir":
+        _copy_demo_files(work / "data")
+        paths = {"model": "./model", "data_dir": "data"}
+        argv = ["--data-dir", "data"]
+    else:
+        (work / "data").mkdir()
+        _soup_csv(work / "data" / "train.csv", 40)
+        _soup_csv(work / "data" / "dev.csv", 20, start=100)
+        paths = {"model": "./model", "train_file": "data/train.csv", "validation_file": "data/dev.csv"}
+        argv = ["--task", "soup", "--train-file", "data/train.csv", "--validation-file", "data/dev.csv", "--text-columns", "text",
+                "--label-names", "neg", "pos"]
+    monkeypatch.chdir(work)
+    assert main(["train", "--model", "./model", "--output-dir", "run", *argv, *TINY]) == 0
+    run = work / "run"
+    saved = json.loads((run / "config.json").read_text())
+    assert {k: saved[k] for k in paths} == {k: str(work / v.removeprefix("./")) for k, v in paths.items()}
+    results = json.loads((run / "results.json").read_text())
+    assert results["model"] == str(work / "model") and results["config"] == saved
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert main(["evaluate", str(run / "best")]) == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)["score"] == pytest.approx(results["test"]["score"])
+    # a config.json of older versions, with the paths as typed: read from the current folder as
+    # before; from elsewhere, an error that says they are relative and where they were recorded
+    (run / "config.json").write_text(json.dumps({**saved, **paths}))
+    assert main(["evaluate", str(run / "best")]) == 2
+    err = capsys.readouterr().err
+    assert f"{run / 'config.json'} records model './model', a path relative to the folder that run was started in" in err, err
+    assert main(["evaluate", str(run / "best"), "--model", str(work / "model")]) == 2
+    err = capsys.readouterr().err
+    shown = "data_dir 'data'" if data == "data_dir" else "train_file 'data/train.csv'"
+    assert f"records {shown}, a path relative" in err and str(elsewhere / "data") in err, err
+    monkeypatch.chdir(work)
+    assert main(["evaluate", str(run / "best")]) == 0
+    assert json.loads(capsys.readouterr().out)["score"] == pytest.approx(results["test"]["score"])
