@@ -11,6 +11,7 @@ import transformers as T
 import compacter
 from compacter import CheckpointError, CompacterConfig
 from compacter.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+from compacter.training import restore_trained
 
 from .test_inject import _assert_unchanged, _config, _logits, _snapshot, _tied_mlm, _train
 from .tiny import _ENC, ARCHS, tiny
@@ -90,6 +91,18 @@ def _refused(path, match, arch="t5"):
     snap = _snapshot(model)
     with pytest.raises(CheckpointError, match=match):
         compacter.load_adapters(model, path)
+    _assert_unchanged(model, snap)
+
+
+def _refused_by_both(path, match):
+    """Refused by load_adapters and by restore_trained (how training reloads best/ for its test, and
+    last/ to resume) into a model with a compacter adapter, which is left unchanged."""
+    _refused(path, match)
+    model, _ = tiny("t5")
+    compacter.add_adapters(model, _config("compacter"))
+    snap = _snapshot(model)
+    with pytest.raises(CheckpointError, match=match):
+        restore_trained(model, path)
     _assert_unchanged(model, snap)
 
 
@@ -297,7 +310,6 @@ def test_refuses_tensors_that_are_not_floating_point(tmp_path, dtype):
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from compacter.training import restore_trained
 
     _saved(tmp_path)
     with safe_open(tmp_path / WEIGHTS_NAME, framework="pt") as f:
@@ -307,13 +319,7 @@ def test_refuses_tensors_that_are_not_floating_point(tmp_path, dtype):
     tensors[key] = tensors[key].to(dtype)
     save_file(tensors, tmp_path / WEIGHTS_NAME, metadata=metadata)  # the same names, shapes and config hash
     match = f"{WEIGHTS_NAME}: every tensor must be floating-point; these are not: {re.escape(key)} \\({str(dtype)[6:]}\\)$"
-    _refused(tmp_path, match)
-    model, _ = tiny("t5")
-    compacter.add_adapters(model, _config("compacter"))
-    snap = _snapshot(model)
-    with pytest.raises(CheckpointError, match=match):
-        restore_trained(model, tmp_path)
-    _assert_unchanged(model, snap)
+    _refused_by_both(tmp_path, match)
 
 
 def test_refuses_invalid_json_and_missing_files(tmp_path):
@@ -690,19 +696,11 @@ def test_refuses_nan_or_infinite_tensors_and_names_them(tmp_path, value):
     """Overwritten bytes that read as NaN loaded silently: `compacter evaluate` printed the untrained
     score with exit status 0, and a resume from such a last/ said "loss is nan ... try a lower
     --learning-rate". Training never saves a non-finite tensor (it stops at a non-finite loss first)."""
-    from compacter.training import restore_trained
-
     _saved(tmp_path)
     key = _damage(tmp_path, WEIGHTS_NAME, value)
     count = "1" if value else r"\d+"  # one value set to inf; every value of the overwritten tensor NaN
     match = f"{WEIGHTS_NAME}: damaged: NaN or infinite values in {re.escape(key)} \\({count} of \\d+ values\\)"
-    _refused(tmp_path, match)
-    model, _ = tiny("t5")  # restore_trained: how training reloads best/ for its test, and last/ to resume
-    compacter.add_adapters(model, _config("compacter"))
-    snap = _snapshot(model)
-    with pytest.raises(CheckpointError, match=match):
-        restore_trained(model, tmp_path)
-    _assert_unchanged(model, snap)
+    _refused_by_both(tmp_path, match)
 
 
 def test_a_run_does_not_resume_from_a_nan_last_checkpoint(tmp_path):
