@@ -1315,7 +1315,7 @@ def _finish(cfg, run, model, batcher, splits, accelerator, task, model_path, cou
     test = evaluate(model, batcher, splits["test"], accelerator, cfg.eval_batch_size, cfg.decoder_predict)
     peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
     results = {
-        "task": task.name, "method": cfg.method, "model": local_absolute(model_path), "seed": cfg.seed,
+        "task": task.name, "method": cfg.method, "model": model_path, "seed": cfg.seed,
         "trainable_params": trainable, "total_params": total, "base_params": base,
         "percent_trainable": 100 * trainable / base,  # of the base model, as the paper counts
         "validation": validation, "test": test, "before": before, "best_step": progress["best_step"],
