@@ -126,13 +126,9 @@ class CompacterConfig:
     #: top-level ``pooler`` is trained and BERT's pretrained ``bert.pooler`` is not; a dotted entry
     #: ("bert.pooler") names one module by its whole path, inside the body too. A bare body
     #: (``BertModel``, what AutoModel loads) has no body prefix: its ``pooler`` matches and is
-    #: trained (pass ``head_modules=()`` to keep it frozen). ``head`` is ModernBERT's prediction head
-    #: (dense + norm) before its ``classifier``: outside the body, so the peers train it whole too
-    #: (PEFT's ``modules_to_save``, AdapterHub); on ModernBertForMaskedLM it is the pretrained MLM
-    #: transform, trained as well unless ``head_modules`` leaves it out. A config saved with its own
-    #: list (every adapter_config.json) keeps that list.
+    #: trained (pass ``head_modules=()`` to keep it frozen).
     head_modules: tuple[str, ...] = ("classifier", "pre_classifier", "classification_head", "score", "qa_outputs", "pooler",
-                                     "sequence_summary", "logits_proj", "multiple_choice_head", "head")
+                                     "sequence_summary", "logits_proj", "multiple_choice_head")
     train_biases: bool = False
     #: BitFit on models without biases (T5, Llama): add zero-initialised biases to the block's linear layers.
     add_missing_biases: bool = True

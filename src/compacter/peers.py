@@ -226,12 +226,20 @@ def _describe(hint) -> str:
 
 
 def _outside_body(model: nn.Module) -> list[str]:
-    """The root's children with parameters outside the pretrained body (an encoder's task head):
-    the head our methods train, found by the same ``body_prefix``."""
+    """The root's children outside the pretrained body that hold a task-head module (an encoder's
+    new head): the head our methods train by default (``head_modules``, found by the same
+    ``body_prefix`` and :func:`~compacter.inject.in_head`). Not every child outside the body:
+    ModernBERT's ``head`` is a pretrained dense + norm (its masked-LM transform), which our methods
+    keep frozen, so the peers must too."""
+    from .config import CompacterConfig
+    from .inject import in_head
+
     prefix = body_prefix(model)
     if prefix is None:
         raise ValueError(f"{type(model).__name__} has no pretrained body named by base_model_prefix: cannot tell its head")
-    return [name for name, child in model.named_children() if name != prefix and any(True for _ in child.parameters())]
+    config = CompacterConfig()
+    return [name for name, child in model.named_children()
+            if name != prefix and any(in_head(f"{name}.{p}", config, prefix) for p, _ in child.named_parameters())]
 
 
 def _add_adapterhub(model: nn.Module, method: str, family: str, options: dict) -> nn.Module:

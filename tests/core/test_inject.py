@@ -215,6 +215,47 @@ def test_the_head_is_what_lies_outside_the_pretrained_body(arch, head, frozen):
 
 
 _SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=64)
+_MODERNBERT = dict(_SMALL, pad_token_id=0, num_labels=2, max_position_embeddings=64)
+_SEQ_CLS = {  # a tiny *ForSequenceClassification of each family
+    "bert": lambda: T.BertForSequenceClassification(T.BertConfig(**_SMALL)),
+    "distilbert": lambda: T.DistilBertForSequenceClassification(T.DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+                                                                                  vocab_size=64)),
+    "albert": lambda: T.AlbertForSequenceClassification(T.AlbertConfig(**_SMALL, embedding_size=16)),
+    "deberta-v2": lambda: T.DebertaV2ForSequenceClassification(T.DebertaV2Config(**_SMALL)),
+    "modernbert": lambda: T.ModernBertForSequenceClassification(T.ModernBertConfig(**_MODERNBERT)),
+    "llama": lambda: T.LlamaForSequenceClassification(T.LlamaConfig(**_SMALL, num_key_value_heads=1, pad_token_id=0)),
+    "bart": lambda: T.BartForSequenceClassification(T.BartConfig(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+                                                                 decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                                                                 vocab_size=64, max_position_embeddings=64)),
+}
+
+
+@pytest.mark.parametrize("method, kw", [("compacter++", {}), ("compacter", {"train_layer_norms": False}), ("bitfit", {})])
+@pytest.mark.parametrize("arch", list(_SEQ_CLS))
+def test_the_head_we_train_is_what_the_peers_train(arch, method, kw):
+    """README: an encoder's new task head is trained whole by our methods and by the peers (PEFT's
+    modules_to_save and AdapterHub take peers._outside_body). The peers took every child outside
+    the body, and so trained ModernBERT's pretrained ``head`` (dense + norm), which ours keep frozen
+    but for the norm. Outside the body, ours train the peers' modules whole and besides them only
+    what the method trains everywhere (layer norms, biases)."""
+    from compacter.inject import body_prefix
+    from compacter.peers import _outside_body
+
+    torch.manual_seed(0)
+    model = _SEQ_CLS[arch]()
+    body = body_prefix(model)
+    peers = {f"{child}.{n}" for child in _outside_body(model) for n, _ in model.get_submodule(child).named_parameters()}
+    compacter.add_adapters(model, _config(method, **kw))
+    ours = {n for n, p in model.named_parameters() if p.requires_grad and not n.startswith((body + ".", STATE_ATTR + "."))}
+    assert peers and peers <= ours
+    besides = {n for n in ours - peers if not (n.endswith(".bias") and method == "bitfit")}
+    assert all(is_norm(model.get_submodule(n.rsplit(".", 1)[0])) for n in besides)
+    if arch == "modernbert":
+        assert "head.dense.weight" not in ours | peers
+        assert ("head.norm.weight" in ours) == kw.get("train_layer_norms", True)  # trained with every layer norm
+
+
+_SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=64)
 
 
 @pytest.mark.parametrize("build, head, frozen", [
@@ -232,47 +273,6 @@ def test_new_heads_train_and_pretrained_parts_do_not(build, head, frozen):
         params = [n for n, _ in model.get_submodule(module).named_parameters()]
         assert params and all(f"{module}.{n}" in trained for n in params), module
     assert not [n for n in trained if n.startswith(tuple(f"{m}." for m in frozen))]
-
-
-_MODERNBERT = dict(_SMALL, pad_token_id=0, num_labels=2, max_position_embeddings=64)
-_SEQ_CLS = {  # a tiny *ForSequenceClassification of each family: everything outside its body is its task head
-    "bert": lambda: T.BertForSequenceClassification(T.BertConfig(**_SMALL)),
-    "distilbert": lambda: T.DistilBertForSequenceClassification(T.DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=64,
-                                                                                  vocab_size=64)),
-    "albert": lambda: T.AlbertForSequenceClassification(T.AlbertConfig(**_SMALL, embedding_size=16)),
-    "deberta-v2": lambda: T.DebertaV2ForSequenceClassification(T.DebertaV2Config(**_SMALL)),
-    "modernbert": lambda: T.ModernBertForSequenceClassification(T.ModernBertConfig(**_MODERNBERT)),
-    "llama": lambda: T.LlamaForSequenceClassification(T.LlamaConfig(**_SMALL, num_key_value_heads=1, pad_token_id=0)),
-    "bart": lambda: T.BartForSequenceClassification(T.BartConfig(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
-                                                                 decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                                                                 vocab_size=64, max_position_embeddings=64)),
-}
-
-
-@pytest.mark.parametrize("method, kw", [("compacter++", {}), ("compacter", {"train_layer_norms": False}), ("bitfit", {})])
-@pytest.mark.parametrize("arch", list(_SEQ_CLS))
-def test_the_head_we_train_is_what_the_peers_train(arch, method, kw):
-    """README: every module outside the pretrained body is trained whole by our methods and by the
-    peers (PEFT's modules_to_save and AdapterHub take peers._outside_body). ModernBERT's ``head``
-    (dense + norm before its classifier) was not a default head module: head.dense stayed frozen."""
-    from compacter.inject import body_prefix
-    from compacter.peers import _outside_body
-
-    torch.manual_seed(0)
-    model = _SEQ_CLS[arch]()
-    body = body_prefix(model)
-    peers = {f"{child}.{n}" for child in _outside_body(model) for n, _ in model.get_submodule(child).named_parameters()}
-    compacter.add_adapters(model, _config(method, **kw))
-    ours = {n for n, p in model.named_parameters() if p.requires_grad and not n.startswith((body + ".", STATE_ATTR + "."))}
-    assert peers and ours == peers
-
-
-def test_a_saved_head_modules_list_is_kept():
-    """Adapter configs record head_modules: one saved before "head" was a default keeps ModernBERT's head.dense frozen."""
-    saved = {**_config("compacter++").to_dict(), "head_modules": ["classifier", "pooler"]}
-    model = _SEQ_CLS["modernbert"]()
-    compacter.add_adapters(model, CompacterConfig.from_dict(saved))
-    assert not model.get_submodule("head.dense").weight.requires_grad and model.get_submodule("classifier").weight.requires_grad
 
 
 @pytest.mark.parametrize("add_missing", [True, False])
