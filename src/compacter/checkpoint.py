@@ -432,7 +432,10 @@ def _one_copy_per_tie(file: Path, pending: PendingAdapters, tensors: dict[str, t
     the base model's value. Such a checkpoint loads the copy that differs from this model's base
     value (the trained one; copies equal to each other are one); where more than one differs
     (both trained, or the adapter was trained on another base model), it is refused: which one
-    the forward used cannot be told."""
+    the forward used cannot be told. So is a trained copy saved under some of the names only (a
+    head's ``lm_head.weight`` trained, its tied ``shared.weight`` left at the base value): loaded
+    as one tensor, it would change the embeddings too. (One saved under the first name only reads
+    as the current format.)"""
     out = dict(tensors)
     for full, others in pending.ties.items():
         names = [f"tuned.{n}" for n in (full, *others) if f"tuned.{n}" in tensors]
@@ -445,6 +448,11 @@ def _one_copy_per_tie(file: Path, pending: PendingAdapters, tensors: dict[str, t
         for n in names:
             if not torch.equal(tensors[n].to(start.dtype), start) and not any(torch.equal(tensors[n], tensors[t]) for t in trained):
                 trained.append(n)
+        if trained and len(names) < 1 + len(others):  # e.g. a trained head's lm_head.weight, its tied shared.weight left out
+            missing = [n for n in (full, *others) if f"tuned.{n}" not in tensors]
+            raise CheckpointError(f"{file}: {trained[0]} is a trained copy of a tensor the base model ties to "
+                                  f"{', '.join(missing)}, saved by an older version that left those at the base value: "
+                                  f"the model used two values there, which one tied tensor cannot hold")
         if len(trained) > 1:
             raise CheckpointError(f"{file}: {', '.join(trained)} are copies of one tied tensor of the base model ({full}), "
                                   f"saved apart by an older version, and more than one was trained (or this is another "

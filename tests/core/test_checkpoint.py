@@ -624,15 +624,22 @@ def test_a_tied_base_parameter_is_saved_once_and_loaded_under_all_its_names(tmp_
 def _as_saved_before_ties(folder, trained_under, dead_value):
     """Rewrite a checkpoint as versions that broke the tie saved it: a copy under each name of
     the tied LM bias, the trained one under ``trained_under``, ``dead_value`` under the other."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
-    from compacter.checkpoint import fingerprint
+    from safetensors.torch import load_file
 
     names = ("tuned.cls.predictions.bias", "tuned.cls.predictions.decoder.bias")
     tensors = load_file(folder / WEIGHTS_NAME)
     trained = tensors.pop(names[0])
     tensors.update({n: trained if n == trained_under else dead_value for n in names})
+    _rewrite(folder, tensors)
+
+
+def _rewrite(folder, tensors):
+    """Save ``tensors`` as the adapter's weights, with its metadata and a fingerprint that fits them."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from compacter.checkpoint import fingerprint
+
     with safe_open(str(folder / WEIGHTS_NAME), "pt") as f:
         metadata = f.metadata()
     save_file(tensors, folder / WEIGHTS_NAME, metadata=metadata)
@@ -662,6 +669,29 @@ def test_a_checkpoint_with_a_copy_per_tied_name_loads_the_trained_one_or_is_refu
     snap = _snapshot(fresh)
     with pytest.raises(CheckpointError, match=r"copies of one tied tensor .*cls\.predictions\.bias.*more than one was trained"):
         compacter.load_adapters(fresh, tmp_path / "both")
+    _assert_unchanged(fresh, snap)
+
+
+def test_an_old_checkpoint_with_a_trained_copy_under_some_tied_names_only_is_refused(tmp_path):
+    """Older versions trained a head's copy of a tensor tied into the body (a head_modules entry on
+    lm_head / the MLM decoder) and left the other name at the base value: loading that copy as
+    the one tied tensor would change the embeddings too, and the outputs."""
+    from safetensors.torch import load_file
+
+    model, batch = _tied_mlm()
+    base = model.cls.predictions.bias.detach().clone()
+    compacter.add_adapters(model, _config("bitfit"))
+    _train(model, batch, steps=2, lr=1e-1)
+    compacter.save_adapters(model, tmp_path / "old")
+    _as_saved_before_ties(tmp_path / "old", "tuned.cls.predictions.decoder.bias", base)
+    tensors = load_file(tmp_path / "old" / WEIGHTS_NAME)
+    del tensors["tuned.cls.predictions.bias"]  # only the decoder's copy was saved
+    _rewrite(tmp_path / "old", tensors)
+    fresh, _ = _tied_mlm()
+    snap = _snapshot(fresh)
+    with pytest.raises(CheckpointError, match=r"tuned\.cls\.predictions\.decoder\.bias is a trained copy of a tensor the base "
+                                              r"model ties to cls\.predictions\.bias, saved by an older version"):
+        compacter.load_adapters(fresh, tmp_path / "old")
     _assert_unchanged(fresh, snap)
 
 
