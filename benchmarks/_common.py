@@ -67,6 +67,7 @@ def build_t5(size: str, device: torch.device, seed: int = 0):
         _BUILT[(size, seed)] = (built, torch.get_rng_state())
     built, rng = _BUILT[(size, seed)]
     model = copy.deepcopy(built).to(device)
+    torch.manual_seed(seed)  # CUDA's generators too, as a fresh build seeded them (the CPU init draws none of theirs)
     torch.set_rng_state(rng)  # what adapters or LoRA initialise next draws what it drew after a fresh build
     model.train()
     return model
