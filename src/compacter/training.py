@@ -228,12 +228,8 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with each of its :data:`PATH_OPTIONS` that exists here made absolute, so that the
     run's config.json names the files it read from any folder (``compacter evaluate run/best``
     elsewhere read "../shared/data" from there, or another copy found there). A value that is not
-    a local path (a Hub id such as "google-t5/t5-base") is kept as given. So is ``model``, always:
-    it names the run's model in results.json, by which ``compacter report`` puts runs in rows, and
-    a run repeated with ``--config`` (or by glue_sweep) must record it as the first one did; a
-    relative model path is found from the folder the run was started in, or given with --model."""
-    changes = {name: local_absolute(value) for name in PATH_OPTIONS
-               if name != "model" and isinstance(value := getattr(cfg, name), str)}
+    a local path (a Hub id such as "google-t5/t5-base") is kept as given."""
+    changes = {name: local_absolute(value) for name in PATH_OPTIONS if isinstance(value := getattr(cfg, name), str)}
     return dataclasses.replace(cfg, **changes)
 
 
