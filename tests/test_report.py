@@ -527,3 +527,22 @@ def test_whole_sets_of_several_sizes_share_one_all_column(tmp_path):
     markdown = low_resource_table(load_runs([tmp_path]))
     assert header(markdown)[1:] == ["500", "1000", "all"]
     assert table_rows(markdown)["compacter++"][1:] == ["75.0", "77.5", "80.0"]
+
+
+def test_one_local_model_recorded_relative_and_absolute_makes_one_row(tmp_path, monkeypatch):
+    # runs before paths were stored absolute recorded "models/smollm2-135m"; later ones, and runs
+    # repeated with train --config, the absolute path: one model, one row (it split into two tables)
+    folder = tmp_path / "work" / "models" / "smollm2-135m"
+    write_run(tmp_path / "runs", "old", model="models/smollm2-135m", seed=42, score=60.0)
+    write_run(tmp_path / "runs", "new", model=str(folder), seed=43, score=70.0)
+    write_run(tmp_path / "runs", "other", model="/elsewhere/models/other", seed=42, score=50.0)
+    monkeypatch.chdir(tmp_path)  # models/smollm2-135m is not here: matched by the absolute path's end
+    runs = load_runs([tmp_path / "runs"])
+    assert sorted(r.model for r in runs) == ["/elsewhere/models/other", "models/smollm2-135m", "models/smollm2-135m"]
+    folder.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "work")  # here it is: resolved
+    assert sorted(r.model for r in load_runs([tmp_path / "runs"])) == sorted(r.model for r in runs)
+    write_run(tmp_path / "runs", "twin", model="/another/models/smollm2-135m", seed=44, score=80.0)
+    monkeypatch.chdir(tmp_path)  # two absolute paths end with it: which one cannot be told, left apart
+    assert sorted(r.model for r in load_runs([tmp_path / "runs"])) == [
+        "/another/models/smollm2-135m", "/elsewhere/models/other", str(folder), "models/smollm2-135m"]

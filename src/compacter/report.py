@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import statistics
 import warnings
@@ -223,9 +224,32 @@ def load_runs(paths: Iterable[str | Path]) -> list[Run]:
     twice (same row, task, size and seed) is an error. A run recorded without base_params takes
     its base size from a full run of its model and task among them (`_rebase_percent`)."""
     files = {file.resolve(): None for path in paths for file in find_results(path)}
-    runs = _label_settings(_rebase_percent([load_run(file) for file in files]))
+    runs = _label_settings(_rebase_percent(_same_models([load_run(file) for file in files])))
     _check_duplicates(runs)
     return runs
+
+
+def _same_models(runs: list[Run]) -> list[Run]:
+    """Runs of one local model recorded under two spellings, named alike: a relative path (runs
+    before paths were stored absolute: "models/smollm2-135m") and the absolute one a later run
+    recorded ("/work/main/models/smollm2-135m"), or one repeated with ``train --config``. A relative
+    path is the absolute one it resolves to from here, else the one recorded absolute path that
+    ends with it (none or several: left as it is). Each group is named by its shortest spelling."""
+    recorded = {run.model for run in runs}
+    absolute = [m for m in recorded if os.path.isabs(m)]
+
+    def resolve(model: str) -> str:
+        if os.path.isabs(model):
+            return model
+        if os.path.exists(model):
+            return os.path.abspath(model)
+        tail = os.sep + os.path.normpath(model)
+        ends = [m for m in absolute if os.path.normpath(m).endswith(tail)]
+        return ends[0] if len(ends) == 1 else model
+
+    key = {m: resolve(m) for m in recorded}
+    name = {k: min((m for m in recorded if key[m] == k), key=lambda m: (len(m), m)) for k in set(key.values())}
+    return [run if name[key[run.model]] == run.model else replace(run, model=name[key[run.model]]) for run in runs]
 
 
 #: Config fields that do not define a row's recipe: the task and its data, the seed, bookkeeping.
