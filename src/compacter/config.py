@@ -126,9 +126,11 @@ class CompacterConfig:
     #: top-level ``pooler`` is trained and BERT's pretrained ``bert.pooler`` is not; a dotted entry
     #: ("bert.pooler") names one module by its whole path, inside the body too. A bare body
     #: (``BertModel``, what AutoModel loads) has no body prefix: its ``pooler`` matches and is
-    #: trained (pass ``head_modules=()`` to keep it frozen).
+    #: trained (pass ``head_modules=()`` to keep it frozen). ``start_logits``, ``end_logits`` and
+    #: ``answer_class`` are XLNet's question-answering head, ``qa_classifier`` BigBird's.
     head_modules: tuple[str, ...] = ("classifier", "pre_classifier", "classification_head", "score", "qa_outputs", "pooler",
-                                     "sequence_summary", "logits_proj", "multiple_choice_head")
+                                     "sequence_summary", "logits_proj", "multiple_choice_head",
+                                     "start_logits", "end_logits", "answer_class", "qa_classifier")
     train_biases: bool = False
     #: BitFit on models without biases (T5, Llama): add zero-initialised biases to the block's linear layers.
     add_missing_biases: bool = True

@@ -224,6 +224,9 @@ _SEQ_CLS = {  # a tiny *ForSequenceClassification of each family
     "deberta-v2": lambda: T.DebertaV2ForSequenceClassification(T.DebertaV2Config(**_SMALL)),
     "modernbert": lambda: T.ModernBertForSequenceClassification(T.ModernBertConfig(**_MODERNBERT)),
     "llama": lambda: T.LlamaForSequenceClassification(T.LlamaConfig(**_SMALL, num_key_value_heads=1, pad_token_id=0)),
+    # question answering, where the new head is not one "classifier": XLNet's three modules, BigBird's qa_classifier
+    "xlnet-qa": lambda: T.XLNetForQuestionAnswering(T.XLNetConfig(d_model=32, n_layer=2, n_head=2, d_inner=64, vocab_size=64)),
+    "bigbird-qa": lambda: T.BigBirdForQuestionAnswering(T.BigBirdConfig(**_SMALL, attention_type="original_full")),
     "bart": lambda: T.BartForSequenceClassification(T.BartConfig(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
                                                                  decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
                                                                  vocab_size=64, max_position_embeddings=64)),
@@ -245,6 +248,10 @@ def test_the_head_we_train_is_what_the_peers_train(arch, method, kw):
     model = _SEQ_CLS[arch]()
     body = body_prefix(model)
     peers = {f"{child}.{n}" for child in _outside_body(model) for n, _ in model.get_submodule(child).named_parameters()}
+    if arch == "bigbird-qa":  # not in the placement table: BERT's layout, named
+        kw = dict(kw, attention_modules=[r".*layer\.\d+\.attention\.output\.dense"], ffn_modules=[r".*layer\.\d+\.output\.dense"])
+    if arch == "xlnet-qa":  # nor is XLNet, whose attention output is a bare Parameter: feed-forward sites only
+        kw = dict(kw, ffn_modules=[r".*layer\.\d+\.ff\.layer_2"], after_attention=False)
     compacter.add_adapters(model, _config(method, **kw))
     ours = {n for n, p in model.named_parameters() if p.requires_grad and not n.startswith((body + ".", STATE_ATTR + "."))}
     assert peers and peers <= ours
