@@ -451,8 +451,8 @@ def _one_copy_per_tie(file: Path, pending: PendingAdapters, tensors: dict[str, t
         if trained and len(names) < 1 + len(others):  # e.g. a trained head's lm_head.weight, its tied shared.weight left out
             missing = [n for n in (full, *others) if f"tuned.{n}" not in tensors]
             raise CheckpointError(f"{file}: {trained[0]} is a trained copy of a tensor the base model ties to "
-                                  f"{', '.join(missing)}, saved by an older version that left those at the base value: "
-                                  f"the model used two values there, which one tied tensor cannot hold")
+                                  f"{', '.join(missing)}, saved with those at the base value (by an older version, or from a model "
+                                  f"that does not tie them): the model used two values there, which one tied tensor cannot hold")
         if len(trained) > 1:
             raise CheckpointError(f"{file}: {', '.join(trained)} are copies of one tied tensor of the base model ({full}), "
                                   f"saved apart by an older version, and more than one was trained (or this is another "
