@@ -1174,16 +1174,25 @@ def _refuse_finished(cfg: TrainConfig, run: Path, total_steps: int, old_total: i
     if not (cfg.resume and (run / "results.json").exists()):
         return
     fix = "To train it again, give another --output-dir (or --no-resume to start over in this folder, replacing its run files)"
-    state = next((f for f in (run / "last" / "train_state.json", run / "last.old" / "train_state.json") if f.exists()), None)
-    if state is None:
+    saved = _saved_progress(run, total_steps, old_total)
+    if saved is None:
         raise ValueError(f"{run} holds a finished run (results.json) and no last/ to resume from. {fix}")
-    progress = read_state_meta(state.parent)["progress"]
-    if not progress.get("keeps_last_batch") and old_total is not None:
-        total_steps = old_total
+    _, progress, total_steps = saved
     if _finished(cfg, progress, total_steps):
         stopped = " (early-stopped)" if progress["step"] < total_steps else ""
         raise ValueError(f"{run} holds a finished run (results.json; last/ at step {progress['step']} of {total_steps}"
                          f"{stopped}): nothing to resume. {fix}")
+
+
+def _saved_progress(run: Path, total_steps: int, old_total: int | None) -> tuple[Path, dict, int] | None:
+    """The checkpoint a resume would read (:func:`_resume_folder`), its progress, and the run's total
+    steps as that checkpoint counts them: ``old_total`` for a last/ saved by a version that dropped
+    each epoch's last partial batch (no "keeps_last_batch"), else ``total_steps``; None without one."""
+    folder = _resume_folder(run)
+    if not (folder / STATE_META).exists():
+        return None
+    progress = read_state_meta(folder)["progress"]
+    return folder, progress, old_total if not progress.get("keeps_last_batch") and old_total is not None else total_steps
 
 
 def _refuse_shorter(cfg: TrainConfig, run: Path, total_steps: int, old_total: int | None = None) -> None:
@@ -1192,12 +1201,10 @@ def _refuse_shorter(cfg: TrainConfig, run: Path, total_steps: int, old_total: in
     resuming it trained nothing and wrote results.json with the steps reached beside the smaller
     max_steps of its config.json, best/ perhaps chosen after that step. ``old_total``: as for
     :func:`_refuse_finished`, the count of a last/ saved by a version that dropped partial batches."""
-    folder = _resume_folder(run)
-    if not (cfg.resume and (folder / STATE_META).exists()):
+    saved = _saved_progress(run, total_steps, old_total) if cfg.resume else None
+    if saved is None:
         return
-    progress = read_state_meta(folder)["progress"]
-    if not progress.get("keeps_last_batch") and old_total is not None:
-        total_steps = old_total
+    folder, progress, total_steps = saved
     if progress["step"] <= total_steps:
         return
     asked = f"--max-steps {cfg.max_steps}" if cfg.max_steps else f"--epochs {cfg.epochs}: {total_steps} steps"
