@@ -7,7 +7,9 @@
 # Uses the machine's own python3 (torch, transformers 5, accelerate, peft are in that image) with
 # this tree's src/ on the path. AdapterHub rows run only when wheels for adapters and its
 # transformers 4.x are carried in .whl/ (see docs/BENCHMARKS.md); otherwise they are skipped.
-# Each step has its own time limit (at most 9 minutes in all, inside one 10-minute device command).
+# Each step has its own time limit, and all steps together stop at TOTAL seconds (default 560) after
+# the start, inside one 10-minute device command: a step gets what is left when it starts, and one
+# with under 15 s left is skipped. The order puts the eager tables first and the profile last.
 # The device tool brings back at most 8 files, so logs and JSON are written to a work folder and
 # packed into $OUT/gpu-checks.tgz after every step (a step cut off by the 10-minute limit still
 # leaves the archive of the steps before it).
@@ -17,6 +19,8 @@ DEVICE=${DEVICE:-cuda}
 SIZE=${SIZE:-base}
 LARGE=${LARGE:-large}
 PY=${PY:-python3}
+TOTAL=${TOTAL:-560}
+START=$(date +%s)
 WORK=$(mktemp -d /tmp/gpu-work.XXXXXX)
 mkdir -p "$OUT"
 pack() { tar czf "$OUT/.gpu-checks.tgz" -C "$WORK" . && mv "$OUT/.gpu-checks.tgz" "$OUT/gpu-checks.tgz"; }
@@ -30,7 +34,10 @@ if [ -d .whl ] && ls .whl/adapters-*.whl >/dev/null 2>&1; then
 fi
 step() {  # step NAME SECONDS COMMAND...
   local name=$1 limit=$2; shift 2
-  echo "=== $name ($(date +%T))"
+  local left=$(( START + TOTAL - $(date +%s) ))
+  if [ "$left" -lt 15 ]; then echo "=== $name skipped: ${left}s left of ${TOTAL}s"; return; fi
+  [ "$left" -lt "$limit" ] && limit=$left
+  echo "=== $name ($(date +%T), limit ${limit}s)"
   timeout "$limit" "$@" > "$WORK/$name.log" 2>&1
   echo "    exit $? ($(date +%T))"; tail -n 14 "$WORK/$name.log"
   pack
@@ -38,8 +45,11 @@ step() {  # step NAME SECONDS COMMAND...
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; $PY -c "import torch, transformers; print(torch.__version__, transformers.__version__)") > "$WORK/env.txt" 2>&1
 step train-$SIZE-bf16 120 $PY benchmarks/train_step.py --device $DEVICE --size $SIZE --dtype bf16 --methods $ROWS "${AH[@]}" --json "$WORK/train-$SIZE-bf16.json"
 step train-$SIZE-fp32 90 $PY benchmarks/train_step.py --device $DEVICE --size $SIZE --dtype fp32 --methods $ROWS "${AH[@]}" --json "$WORK/train-$SIZE-fp32.json"
-step train-$SIZE-bf16-compile 150 $PY benchmarks/train_step.py --device $DEVICE --size $SIZE --dtype bf16 --compile --steps 15 --methods floor,compacter++,compacter --json "$WORK/train-$SIZE-bf16-compile.json"
-step train-$LARGE-bf16 90 $PY benchmarks/train_step.py --device $DEVICE --size $LARGE --dtype bf16 --batch 32 --methods floor,compacter++,compacter,full,peft-lora "${AH[@]}" --json "$WORK/train-$LARGE-bf16.json"
+step train-$SIZE-bf16-compile 170 $PY benchmarks/train_step.py --device $DEVICE --size $SIZE --dtype bf16 --compile --steps 15 --methods floor,compacter++,compacter --json "$WORK/train-$SIZE-bf16-compile.json"
+step train-$LARGE-bf16 90 $PY benchmarks/train_step.py --device $DEVICE --size $LARGE --dtype bf16 --batch 32 --methods floor,compacter++,compacter,full,peft-lora "${AH[@]}" --json "$WORK/train-$LARGE-bf16-b32.json"
 step infer-$SIZE-bf16 45 $PY benchmarks/inference.py --device $DEVICE --size $SIZE --dtype bf16 --steps 8 --warmup 2 --json "$WORK/infer-$SIZE-bf16.json"
+if [ ${#AH[@]} -gt 0 ]; then  # AdapterHub's inference rows, against a base model of that process's transformers
+  step infer-$SIZE-bf16-ah 40 /tmp/ah-python benchmarks/inference.py --device $DEVICE --size $SIZE --dtype bf16 --steps 8 --warmup 2 --methods base,ah-compacter++,ah-compacter --json "$WORK/infer-$SIZE-bf16-ah.json"
+fi
 step profile-$SIZE-bf16 45 $PY benchmarks/profile_step.py --device $DEVICE --size $SIZE --dtype bf16 --steps 10 --row-limit 25 --no-micro
 pack && tar tzvf "$OUT/gpu-checks.tgz"
