@@ -63,16 +63,39 @@ def init_fast_weight(weight: torch.Tensor, method: str, fan_in: int, fan_out: in
         nn.init.normal_(weight, std=std)
 
 
+def _read_autocast_available(device_type: str) -> bool:
+    try:
+        return bool(torch.amp.is_autocast_available(device_type))
+    except (RuntimeError, ValueError):  # a device type this build does not know
+        return False
+
+
+# Whether autocast exists for a device type, read once per type: `torch.amp.is_autocast_available`
+# calls the builtin `torch._C._is_autocast_available`, which torch.compile could not trace before
+# torch 2.13. A graph break there, in every PHM layer's forward, made each layer its own compiled
+# frame, and then recompiles per layer exhausted dynamo's limit: compiled T5-base steps ran at 3.8x
+# the compiled floor on an H200 with torch 2.11. A lookup in this dict traces everywhere.
+_AUTOCAST_AVAILABLE: dict[str, bool] = {
+    t: _read_autocast_available(t) for t in ("cpu", "cuda", "meta", "mps", "xpu", "hpu", "mtia", "xla")
+}
+
+
+def _autocast_available(device_type: str) -> bool:
+    if device_type not in _AUTOCAST_AVAILABLE:  # another backend: read once, outside any compiled step
+        _AUTOCAST_AVAILABLE[device_type] = _read_autocast_available(device_type)
+    return _AUTOCAST_AVAILABLE[device_type]
+
+
 def _autocast_dtype(device_type: str) -> torch.dtype | None:
     """Autocast's dtype where it is on for ``device_type``; None where off or unsupported ("meta")."""
-    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+    if _autocast_available(device_type) and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return None
 
 
 def _no_autocast(device_type: str):
     """Autocast off for ``device_type`` (nothing to turn off where it is unsupported)."""
-    if torch.amp.is_autocast_available(device_type):
+    if _autocast_available(device_type):
         return torch.autocast(device_type=device_type, enabled=False)
     return contextlib.nullcontext()
 
