@@ -48,7 +48,7 @@ step() {  # step NAME SECONDS COMMAND...
 }
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; $PY -c "import torch, transformers; print(torch.__version__, transformers.__version__)") > "$WORK/env.txt" 2>&1
 step train-$SIZE-bf16 120 $PY benchmarks/train_step.py --device $DEVICE --size $SIZE --dtype bf16 --methods $ROWS "${AH[@]}" --json "$WORK/train-$SIZE-bf16.json"
-step train-$SIZE-bf16-compile 170 $PY benchmarks/train_step.py --device $DEVICE --size $SIZE --dtype bf16 --compile --steps 15 --methods floor,compacter++,compacter --json "$WORK/train-$SIZE-bf16-compile.json"
+step train-$SIZE-bf16-compile 330 $PY benchmarks/train_step.py --device $DEVICE --size $SIZE --dtype bf16 --compile --steps 15 --methods floor,compacter++,compacter --json "$WORK/train-$SIZE-bf16-compile.json"
 step train-$SIZE-fp32 100 $PY benchmarks/train_step.py --device $DEVICE --size $SIZE --dtype fp32 --steps 15 --warmup 3 --methods $ROWS "${AH[@]}" --json "$WORK/train-$SIZE-fp32.json"
 step train-$LARGE-bf16 90 $PY benchmarks/train_step.py --device $DEVICE --size $LARGE --dtype bf16 --batch 32 --methods floor,compacter++,compacter,full,peft-lora "${AH[@]}" --json "$WORK/train-$LARGE-bf16-b32.json"
 # forward (scoring) and greedy generation apart: 8 generations per row did not finish in 45 s on the H200
