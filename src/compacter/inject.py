@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from .adapters import BottleneckAdapter
+from . import norms
 from .config import CompacterConfig
 from .phm import PHMLinear, PHMRule, batched_weights
 from .placement import is_norm, match_modules, model_type, output_features, placement_for
@@ -143,6 +144,7 @@ class CompacterState(nn.Module):
         self._checkpointing: list[nn.Module] = []  # modules with a transformers `gradient_checkpointing` flag
         self._hooks: list = []
         self._root: list[nn.Module] = []  # the model (a plain reference: the model owns the state)
+        self._lean_norms: list[nn.Module] = []  # trained RMS norms given the lean forward (compacter.norms)
         self.register_state_dict_post_hook(_drop_shared)
         self.register_load_state_dict_post_hook(_restore_shared)
 
@@ -555,6 +557,8 @@ def attach_adapters(model: nn.Module, pending: PendingAdapters, activate: bool =
             else:
                 state.base[_key(full)] = current
         tuned[_key(full)] = copy
+        if attr == "weight" and is_norm(owner) and owner not in state._lean_norms and norms.install(owner):
+            state._lean_norms.append(owner)  # keeps no normalized activation for the weight's gradient
     state.tuned[pending.name] = tuned
     state.ties.update(pending.ties)
     state.configs[pending.name] = pending.config
@@ -683,6 +687,9 @@ def delete_adapter(model: nn.Module, name: str) -> None:
             handle.remove()
         delattr(model, STATE_ATTR)
         state._root.clear()
+        for norm in state._lean_norms:
+            norms.uninstall(norm)
+        state._lean_norms.clear()
         params = dict(model.named_parameters())
         for full, requires_grad in state.base_requires_grad.items():
             if full in params:
