@@ -98,7 +98,8 @@ def make_batch(size: str, batch: int, src_len: int, tgt_len: int, device: torch.
 OURS = ("compacter++", "compacter")
 #: opt-in with --methods. "<method>-noln": the same adapters without training the layer norms (the
 #: AdapterHub default, so the like-for-like comparison with the ah-* rows).
-EXTRA_OURS = ("compacter++-nobank", "compacter-nobank", "compacter++-noln", "compacter-noln", "ln-only", "pfeiffer", "adapter", "adapterdrop", "adapter-lowrank", "phm-adapter", "bitfit")
+EXTRA_OURS = ("compacter++-nobank", "compacter-nobank", "compacter++-noln", "compacter-noln",
+              "compacter++-autograd-norms", "compacter-autograd-norms", "ln-only", "pfeiffer", "adapter", "adapterdrop", "adapter-lowrank", "phm-adapter", "bitfit")
 PEERS = ("peft-lora", "ah-compacter++", "ah-compacter")
 DEFAULT_METHODS = ("floor",) + OURS + ("full",) + PEERS
 ALL_METHODS = DEFAULT_METHODS + EXTRA_OURS
@@ -111,6 +112,8 @@ DESCRIPTIONS = {
     "compacter-nobank": "compacter with each PHM layer building its own W (the weight bank switched off)",
     "compacter++-noln": "compacter: CompacterConfig('compacter++', train_layer_norms=False)",
     "compacter-noln": "compacter: CompacterConfig('compacter', train_layer_norms=False)",
+    "compacter++-autograd-norms": "compacter++ with its trained RMS norms run by the norm classes' own forward (compacter.norms off)",
+    "compacter-autograd-norms": "compacter with its trained RMS norms run by the norm classes' own forward (compacter.norms off)",
     "ln-only": "compacter: layer norms trained, no adapter (compacter++ minus its adapters)",
     "pfeiffer": "compacter: CompacterConfig('pfeiffer') (dense bottleneck after FFN, + layer norms)",
     "adapter": "compacter: CompacterConfig('adapter') (dense Houlsby, + layer norms)",
@@ -171,7 +174,7 @@ def prepare_model(method: str, size: str, device: torch.device, seed: int = 0):
     elif method.endswith("-noln"):
         config = compacter.CompacterConfig(method[: -len("-noln")], train_layer_norms=False)
     else:
-        config = compacter.CompacterConfig(method.removesuffix("-nobank"))
+        config = compacter.CompacterConfig(method.removesuffix("-nobank").removesuffix("-autograd-norms"))
     model = compacter.add_adapters(model, config)
     if method.endswith("-nobank"):  # what the batched build of all W buys (inject.CompacterState)
         compacter.inject.get_state(model)._banked.clear()
@@ -240,13 +243,28 @@ def make_train_step(row: Row, batch: Batch, device: torch.device, dtype: str, co
         return step
 
     def step():
-        with autocast_ctx(device, dtype):
-            loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                         decoder_input_ids=batch.decoder_input_ids, labels=batch.labels, use_cache=False).loss
-        loss.backward()
+        with lean_norms(not row.method.endswith("-autograd-norms")):
+            with autocast_ctx(device, dtype):
+                loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                             decoder_input_ids=batch.decoder_input_ids, labels=batch.labels, use_cache=False).loss
+            loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     return step
+
+
+@contextlib.contextmanager
+def lean_norms(enabled: bool):
+    """compacter.norms on or off (rows "-autograd-norms": trained RMS norms as their classes compute them)."""
+    norms = sys.modules.get("compacter.norms")
+    if norms is None or enabled:
+        yield
+        return
+    norms.ENABLED = False
+    try:
+        yield
+    finally:
+        norms.ENABLED = True
 
 
 def sync(device: torch.device) -> None:

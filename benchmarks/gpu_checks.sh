@@ -28,7 +28,7 @@ WORK=$(mktemp -d /tmp/gpu-work.XXXXXX)
 mkdir -p "$OUT"
 pack() { tar czf "$OUT/.gpu-checks.tgz" -C "$WORK" . && mv "$OUT/.gpu-checks.tgz" "$OUT/gpu-checks.tgz"; }
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-ROWS=floor,compacter++,compacter,compacter++-nobank,compacter-nobank,full,peft-lora,compacter++-noln
+ROWS=floor,compacter++,compacter,compacter++-nobank,compacter-nobank,full,peft-lora,compacter++-noln,compacter++-autograd-norms
 AH=()
 if [ -d .whl ] && ls .whl/adapters-*.whl >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/ah-site .whl/*.whl \

@@ -128,3 +128,24 @@ def test_a_row_built_twice_is_the_same_model_and_draws_the_same_adapter_weights(
     assert all(torch.equal(f[k], a[k]) for k in f)  # the base weights a fresh build gives
     other, _ = common.prepare_model("compacter++", "tiny", cpu, seed=4)
     assert not torch.equal(other.state_dict()["shared.weight"], a["shared.weight"])  # the seed still matters
+
+
+def test_saved_activations_counts_what_the_lean_norms_keep_out(tmp_path):
+    """The pair compacter++ / compacter++-autograd-norms differs only in compacter.norms being on:
+    the row without it keeps each trained norm's normalized activation (float32, the hidden states'
+    size). Not for the first norm of each stack: its input (the frozen embeddings) needs no grad, so
+    autograd keeps only the normalized tensor there, and the lean norm its input and the per-row
+    rsqrt instead. Tiny T5: 2 encoder blocks x 2 norms + 1 final, 2 decoder blocks x 3 + 1."""
+    out = tmp_path / "saved.json"
+    _load("saved_activations").main(["--size", "tiny", "--batch", "2", "--src-len", "8", "--tgt-len", "4", "--threads", "1",
+                                     "--methods", "compacter++,compacter++-autograd-norms,compacter++-noln", "--json", str(out)])
+    rows = {r["method"]: r for r in _rows(out)}
+    assert list(rows) == ["floor", "compacter++", "compacter++-autograd-norms", "compacter++-noln"]
+    assert rows["floor"]["ratio_to_floor"] == 1.0
+    d = 256  # tiny's d_model
+    normalized = (4 * 2 * 8 + 6 * 2 * 4) * d * 4  # all norms but each stack's first
+    first_rsqrt = (2 * 8 + 2 * 4) * 4
+    assert rows["compacter++-autograd-norms"]["saved_bytes"] - rows["compacter++"]["saved_bytes"] == normalized - first_rsqrt
+    from compacter import norms
+
+    assert norms.ENABLED  # the row switched the lean norms off for its own steps only
