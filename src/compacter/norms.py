@@ -13,12 +13,17 @@ transformers' RMS norms share (:data:`RECIPES`: T5's, about ten classes; Llama's
 from the class's source, so what runs is the computation the class itself defines; any other norm
 keeps its own forward. The lean path runs only while the norm's weight requires grad and grad is
 enabled; otherwise the class's own forward runs.
+
+Known limit: a norm whose forward was already wrapped when the adapters were added (Accelerate's
+hooks of ``device_map`` dispatch over several devices or with offload keep the bound forward they
+found) keeps running the class's code, with the memory that costs.
 """
 
 from __future__ import annotations
 
 import inspect
 import re
+import threading
 import types
 
 import torch
@@ -58,7 +63,7 @@ def _normalized_source(fn) -> str | None:
         return None
     src = re.sub(r'""".*?"""', "", src, flags=re.S)
     lines = [line.split("#", 1)[0].strip() for line in src.splitlines()]
-    lines = [line for line in lines if line and not line.startswith("@")]
+    lines = [line for line in lines if line]  # a decorator stays, so a decorated forward is no recipe
     if lines:  # annotations do not change the computation
         lines[0] = re.sub(r"\s*->\s*[\w.\[\], ]+:$", ":", lines[0]).replace("hidden_states: torch.Tensor", "hidden_states")
     return "\n".join(lines)
@@ -75,7 +80,7 @@ def recipe_of_class(cls: type) -> str | None:
 
 def recipe_of(module: nn.Module) -> str | None:
     """The recipe of ``module``'s own class forward, where it has the attributes the recipe reads."""
-    cls = type(module).__bases__[0] if is_lean(module) else type(module)
+    cls = type(module)._compacter_base if is_lean(module) else type(module)
     recipe = recipe_of_class(cls)
     weight = getattr(module, "weight", None)
     if recipe is None or not isinstance(weight, torch.Tensor) or weight.dim() != 1 \
@@ -84,67 +89,124 @@ def recipe_of(module: nn.Module) -> str | None:
     return recipe
 
 
+def _norm_dtype(x_dtype: torch.dtype, w_dtype: torch.dtype, recipe: str) -> torch.dtype:
+    """The dtype the class gives the normalized tensor before multiplying by the weight."""
+    if recipe == "t5":
+        return w_dtype if w_dtype in _HALF else torch.promote_types(x_dtype, torch.float32)
+    return x_dtype
+
+
+def _rstd(x: torch.Tensor, eps: float) -> torch.Tensor:
+    return torch.rsqrt(x.to(torch.float32).pow(2).mean(-1, keepdim=True) + eps)
+
+
+def _normalize(x: torch.Tensor, rstd: torch.Tensor, recipe: str) -> torch.Tensor:
+    # as the classes do: T5 multiplies x itself (promoted with the float32 rsqrt), Llama x cast to float32
+    return x * rstd if recipe == "t5" else x.to(torch.float32) * rstd
+
+
 class _RMSNorm(torch.autograd.Function):
-    """``weight * cast(x * rsqrt(mean(x^2) + eps))``, saving ``x`` and the rsqrt only."""
+    """``(weight * cast(normalized x), rsqrt)``; keeps ``x``, the weight and the rsqrt only.
+
+    Differentiable twice (under ``create_graph`` the backward recomputes the rsqrt from ``x``, so
+    second derivatives see it), with a vmap rule; :class:`_RMSNormJvp` adds the forward-mode rule
+    (dynamo cannot trace a Function that defines one, so it is used only under forward AD or
+    ``torch.func`` transforms, which compiled steps do not run)."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float, recipe: str) -> torch.Tensor:
-        xf = x.to(torch.float32)
-        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-        n = x * rstd  # the class's own promotion: float32 for half x and float32 rstd
-        if recipe == "t5":
-            if weight.dtype in _HALF:
-                n = n.to(weight.dtype)
-        else:
-            n = n.to(x.dtype)
+    def forward(x: torch.Tensor, weight: torch.Tensor, eps: float, recipe: str):
+        rstd = _rstd(x, eps)
+        n = _normalize(x, rstd, recipe).to(_norm_dtype(x.dtype, weight.dtype, recipe))
+        return weight * n, rstd
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, eps, recipe = inputs
+        rstd = output[1]
+        ctx.mark_non_differentiable(rstd)
         ctx.save_for_backward(x, weight, rstd)
-        ctx.n_dtype = n.dtype
-        return weight * n
+        ctx.save_for_forward(x, weight, rstd)
+        ctx.eps, ctx.recipe = eps, recipe
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx, grad: torch.Tensor, _grad_rstd):
         x, weight, rstd = ctx.saved_tensors
-        xf = x.to(torch.float32)
-        n = xf * rstd  # the normalized input, recomputed
-        grad_weight = None
+        if torch.is_grad_enabled():  # create_graph: the rsqrt as a function of x, for second derivatives
+            rstd = _rstd(x, ctx.eps)
+        n = _normalize(x, rstd, ctx.recipe)  # the normalized input, recomputed
+        grad_x = grad_weight = None
         if ctx.needs_input_grad[1]:
             # as autograd's mul backward: grad * (n in its forward dtype), summed to the weight's shape
-            gw = grad * n.to(ctx.n_dtype)
+            gw = grad * n.to(_norm_dtype(x.dtype, weight.dtype, ctx.recipe))
             grad_weight = gw.reshape(-1, gw.shape[-1]).sum(0).to(weight.dtype)
-        grad_x = None
         if ctx.needs_input_grad[0]:
-            gn = (grad * weight).to(torch.float32)  # d loss / d n
+            gn = (grad * weight).to(n.dtype)  # d loss / d n
             grad_x = (rstd * (gn - n * (gn * n).mean(-1, keepdim=True))).to(x.dtype)
         return grad_x, grad_weight, None, None
 
+class _RMSNormJvp(_RMSNorm):
+    """:class:`_RMSNorm` with a forward-mode rule, for forward AD and ``torch.func.jvp``."""
 
-def _lean_forward(self: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
-    weight = self.weight
-    if ENABLED and weight.requires_grad and torch.is_grad_enabled() and hidden_states.shape[-1] == weight.shape[0]:
-        return _RMSNorm.apply(hidden_states, weight, self.variance_epsilon, self._compacter_recipe)
-    return super(type(self), self).forward(hidden_states)
+    @staticmethod
+    def jvp(ctx, x_t, weight_t, _eps_t, _recipe_t):
+        x, weight, rstd = ctx.saved_tensors
+        n = _normalize(x, rstd, ctx.recipe)
+        dtype = _norm_dtype(x.dtype, weight.dtype, ctx.recipe)
+        y_t = None
+        if x_t is not None:
+            xt = x_t.to(n.dtype)
+            y_t = weight * (rstd * (xt - n * (n * xt).mean(-1, keepdim=True))).to(dtype)
+        if weight_t is not None:
+            w_part = weight_t * n.to(dtype)
+            y_t = w_part if y_t is None else y_t + w_part
+        return y_t, None
+
+
+def _forward_mode_possible() -> bool:
+    """Forward AD or a torch.func transform is active (never inside a compiled region)."""
+    if torch.compiler.is_compiling():
+        return False
+    functorch = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0 or (functorch is not None and functorch())
 
 
 # The lean forward is given by a subclass of the norm's class, swapped in as the instance's class:
 # an instance attribute `forward` would be copied, still bound to the original, into the shallow
 # replicas of nn.DataParallel. The subclass keeps the class's __name__ (reprs, transformers' lists
 # of module class names) and gets a __qualname__ that names its base, so that pickle finds it again
-# through this module's __getattr__.
+# through this module's __getattr__. Its forward knows its base class and recipe by closure: a
+# bound forward captured while the norm was lean (Accelerate's hooks, user wrappers) still works
+# after the class is given back, and so do subclasses made of it (torch.nn.utils.parametrize).
 _PREFIX = "Lean__"
 _lean_classes: dict[type, type] = {}
+_lock = threading.Lock()
+
+
+def _lean_forward(base: type, recipe: str):
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        if ENABLED and isinstance(weight, torch.Tensor) and isinstance(hidden_states, torch.Tensor) \
+                and weight.requires_grad and torch.is_grad_enabled() and hidden_states.shape[-1] == weight.shape[0]:
+            fn = _RMSNormJvp if _forward_mode_possible() else _RMSNorm
+            return fn.apply(hidden_states, weight, self.variance_epsilon, recipe)[0]
+        return base.forward(self, hidden_states)  # frozen, no grad, or traced by torch.fx (Proxy values)
+
+    return forward
 
 
 def _lean_class(base: type) -> type | None:
-    if base not in _lean_classes:
-        module, qualname = base.__module__, base.__qualname__
-        if "__" in module or "_." in module or "__" in qualname or "." in qualname or module.startswith("_") or qualname.startswith("_"):
-            return None  # a name the pickle round trip could not decode
-        cls = type(base.__name__, (base,), {
-            "forward": _lean_forward, "_compacter_recipe": _recipe_cache[base], "__module__": __name__,
-            "__qualname__": f"{_PREFIX}{module.replace('.', '__')}__{qualname}",
-        })
-        _lean_classes[base] = cls
-    return _lean_classes[base]
+    with _lock:
+        if base not in _lean_classes:
+            module, qualname = base.__module__, base.__qualname__
+            if "__" in module or "_." in module or "__" in qualname or "." in qualname or module.startswith("_") or qualname.startswith("_"):
+                return None  # a name the pickle round trip could not decode
+            _lean_classes[base] = type(base.__name__, (base,), {
+                "forward": _lean_forward(base, _recipe_cache[base]), "_compacter_base": base, "__module__": __name__,
+                "__qualname__": f"{_PREFIX}{module.replace('.', '__')}__{qualname}",
+            })
+        return _lean_classes[base]
 
 
 def __getattr__(name: str):
@@ -153,8 +215,11 @@ def __getattr__(name: str):
         import importlib
 
         module, _, qualname = name[len(_PREFIX):].rpartition("__")
-        base = getattr(importlib.import_module(module.replace("__", ".")), qualname)
-        if recipe_of_class(base) is not None and _lean_class(base) is not None:
+        try:
+            base = getattr(importlib.import_module(module.replace("__", ".")), qualname)
+        except (ImportError, AttributeError, ValueError):
+            base = None
+        if isinstance(base, type) and recipe_of_class(base) is not None and _lean_class(base) is not None:
             return _lean_classes[base]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -179,4 +244,4 @@ def install(module: nn.Module) -> bool:
 def uninstall(module: nn.Module) -> None:
     """Give the module its own class back."""
     if is_lean(module):
-        module.__class__ = type(module).__bases__[0]
+        module.__class__ = type(module)._compacter_base
