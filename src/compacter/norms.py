@@ -108,10 +108,10 @@ def _normalize(x: torch.Tensor, rstd: torch.Tensor, recipe: str) -> torch.Tensor
 class _RMSNorm(torch.autograd.Function):
     """``(weight * cast(normalized x), rsqrt)``; keeps ``x``, the weight and the rsqrt only.
 
-    Differentiable twice (under ``create_graph`` the backward recomputes the rsqrt from ``x``, so
-    second derivatives see it), with a vmap rule; :class:`_RMSNormJvp` adds the forward-mode rule
-    (dynamo cannot trace a Function that defines one, so it is used only under forward AD or
-    ``torch.func`` transforms, which compiled steps do not run)."""
+    Differentiable twice: under ``create_graph`` the backward recomputes the rsqrt from ``x``, so
+    second derivatives see it. Eager reverse mode only: under torch.compile, forward AD and
+    ``torch.func`` transforms the norm runs its class's code (a Function with a forward-mode rule
+    cannot be traced by dynamo, and dynamo's ``func.grad`` reported the input as not needing grad)."""
 
     generate_vmap_rule = True
 
@@ -126,12 +126,14 @@ class _RMSNorm(torch.autograd.Function):
         x, weight, eps, recipe = inputs
         rstd = output[1]
         ctx.mark_non_differentiable(rstd)
+        ctx.set_materialize_grads(False)  # no zeros made for the rsqrt output's gradient
         ctx.save_for_backward(x, weight, rstd)
-        ctx.save_for_forward(x, weight, rstd)
         ctx.eps, ctx.recipe = eps, recipe
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor, _grad_rstd):
+    def backward(ctx, grad: torch.Tensor | None, _grad_rstd):
+        if grad is None:
+            return None, None, None, None
         x, weight, rstd = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: the rsqrt as a function of x, for second derivatives
             rstd = _rstd(x, ctx.eps)
@@ -146,28 +148,8 @@ class _RMSNorm(torch.autograd.Function):
             grad_x = (rstd * (gn - n * (gn * n).mean(-1, keepdim=True))).to(x.dtype)
         return grad_x, grad_weight, None, None
 
-class _RMSNormJvp(_RMSNorm):
-    """:class:`_RMSNorm` with a forward-mode rule, for forward AD and ``torch.func.jvp``."""
-
-    @staticmethod
-    def jvp(ctx, x_t, weight_t, _eps_t, _recipe_t):
-        x, weight, rstd = ctx.saved_tensors
-        n = _normalize(x, rstd, ctx.recipe)
-        dtype = _norm_dtype(x.dtype, weight.dtype, ctx.recipe)
-        y_t = None
-        if x_t is not None:
-            xt = x_t.to(n.dtype)
-            y_t = weight * (rstd * (xt - n * (n * xt).mean(-1, keepdim=True))).to(dtype)
-        if weight_t is not None:
-            w_part = weight_t * n.to(dtype)
-            y_t = w_part if y_t is None else y_t + w_part
-        return y_t, None
-
-
-def _forward_mode_possible() -> bool:
-    """Forward AD or a torch.func transform is active (never inside a compiled region)."""
-    if torch.compiler.is_compiling():
-        return False
+def _forward_mode_active() -> bool:
+    """Forward AD or a torch.func transform is active (eager: the lean path then steps aside)."""
     functorch = getattr(torch._C, "_are_functorch_transforms_active", None)
     return getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0 or (functorch is not None and functorch())
 
@@ -187,11 +169,13 @@ _lock = threading.Lock()
 def _lean_forward(base: type, recipe: str):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         weight = self.weight
-        if ENABLED and isinstance(weight, torch.Tensor) and isinstance(hidden_states, torch.Tensor) \
-                and weight.requires_grad and torch.is_grad_enabled() and hidden_states.shape[-1] == weight.shape[0]:
-            fn = _RMSNormJvp if _forward_mode_possible() else _RMSNorm
-            return fn.apply(hidden_states, weight, self.variance_epsilon, recipe)[0]
-        return base.forward(self, hidden_states)  # frozen, no grad, or traced by torch.fx (Proxy values)
+        if ENABLED and not torch.compiler.is_compiling() and isinstance(weight, torch.Tensor) \
+                and isinstance(hidden_states, torch.Tensor) and weight.requires_grad and torch.is_grad_enabled() \
+                and hidden_states.shape[-1] == weight.shape[0] and not _forward_mode_active():
+            return _RMSNorm.apply(hidden_states, weight, self.variance_epsilon, recipe)[0]
+        # frozen, no grad, torch.fx tracing (Proxy values), torch.compile (whose partitioner picks
+        # what backward keeps), forward AD or torch.func transforms: the class's own code
+        return base.forward(self, hidden_states)
 
     return forward
 
@@ -221,6 +205,8 @@ def __getattr__(name: str):
             base = None
         if isinstance(base, type) and recipe_of_class(base) is not None and _lean_class(base) is not None:
             return _lean_classes[base]
+        if isinstance(base, type) and issubclass(base, nn.Module):
+            return base  # this version's class computes otherwise: the model unpickles with its own code
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

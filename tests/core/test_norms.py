@@ -254,3 +254,50 @@ def test_unknown_lean_names_are_attribute_errors():
     assert not hasattr(norms, "Lean__no_such_module__X")
     assert not hasattr(norms, "Lean__os__system")
     assert not hasattr(norms, "something_else")
+
+
+def test_forward_over_reverse_without_create_graph():
+    """A Hessian-vector product by forward AD over the backward: the forward ran under a dual
+    level, so the norm runs its class's code and the tangent of the gradient is right."""
+    import torch.autograd.forward_ad as fwAD
+
+    results = []
+    for norm in _pair():
+        x = torch.randn(3, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+        v = torch.randn(3, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+        with fwAD.dual_level():
+            xd = fwAD.make_dual(x.clone().requires_grad_(True), v)
+            (g,) = torch.autograd.grad((norm(xd) ** 3).sum(), xd)
+            results.append(fwAD.unpack_dual(g).tangent)
+    torch.testing.assert_close(results[1], results[0])
+
+
+def test_compiled_torch_func_gives_the_class_gradients():
+    """dynamo's func.grad reported the lean Function's input as not needing grad (a zero gradient);
+    compiled, the norm runs its class's code."""
+    ref, lean = _pair()
+    z = torch.randn(2, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    expected = torch.func.grad(lambda t: (ref(t) ** 2).sum())(z)
+    torch._dynamo.reset()
+    try:
+        got = torch.compile(torch.func.grad(lambda t: (lean(t) ** 2).sum()), backend="eager", fullgraph=True)(z)
+        jvp = torch.func.jvp(torch.compile(lean, backend="eager"), (z,), (torch.ones_like(z),))[1]
+    finally:
+        torch._dynamo.reset()
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(jvp, torch.func.jvp(ref, (z,), (torch.ones_like(z),))[1])
+
+
+def test_a_pickle_loads_where_the_class_no_longer_is_the_recipe(monkeypatch):
+    """Another transformers release whose norm computes otherwise: the model unpickles with the
+    plain class (its own code) instead of failing."""
+    import pickle
+
+    model, batch = tiny("t5")
+    compacter.add_adapters(model, compacter.CompacterConfig("compacter++", reduction_factor=4))
+    data = pickle.dumps(model)
+    monkeypatch.setattr(norms, "_lean_classes", {})
+    monkeypatch.setattr(norms, "_recipe_cache", {T5LayerNorm: None})
+    other = pickle.loads(data)
+    assert type(other.encoder.final_layer_norm) is T5LayerNorm
+    torch.testing.assert_close(other(**batch).loss, model(**batch).loss, rtol=0, atol=0)
