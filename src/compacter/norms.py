@@ -11,8 +11,9 @@ and the per-row ``rsqrt`` and recomputes the normalized tensor in backward.
 It is used only for norm classes whose ``forward`` is, line for line, one of the two recipes that
 transformers' RMS norms share (:data:`RECIPES`: T5's, about ten classes; Llama's, about 140), read
 from the class's source, so what runs is the computation the class itself defines; any other norm
-keeps its own forward. The lean path runs only while the norm's weight requires grad and grad is
-enabled; otherwise the class's own forward runs.
+keeps its own forward. The lean path runs only in eager reverse mode while the norm's weight
+requires grad and grad is enabled; otherwise (frozen, no grad, torch.compile, forward AD,
+torch.func transforms, torch.fx tracing) the class's own forward runs.
 
 Known limit: a norm whose forward was already wrapped when the adapters were added (Accelerate's
 hooks of ``device_map`` dispatch over several devices or with offload keep the bound forward they
@@ -147,6 +148,7 @@ class _RMSNorm(torch.autograd.Function):
             gn = (grad * weight).to(n.dtype)  # d loss / d n
             grad_x = (rstd * (gn - n * (gn * n).mean(-1, keepdim=True))).to(x.dtype)
         return grad_x, grad_weight, None, None
+
 
 def _forward_mode_active() -> bool:
     """Forward AD or a torch.func transform is active (eager: the lean path then steps aside)."""
