@@ -205,8 +205,9 @@ def __getattr__(name: str):
             base = getattr(importlib.import_module(module.replace("__", ".")), qualname)
         except (ImportError, AttributeError, ValueError):
             base = None
-        if isinstance(base, type) and recipe_of_class(base) is not None and _lean_class(base) is not None:
-            return _lean_classes[base]
+        lean = _lean_class(base) if isinstance(base, type) and recipe_of_class(base) is not None else None
+        if lean is not None:
+            return lean
         if isinstance(base, type) and issubclass(base, nn.Module):
             return base  # this version's class computes otherwise: the model unpickles with its own code
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

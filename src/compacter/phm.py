@@ -73,9 +73,9 @@ def _read_autocast_available(device_type: str) -> bool:
 # Whether autocast exists for a device type, read once per type: `torch.amp.is_autocast_available`
 # calls the builtin `torch._C._is_autocast_available`, which torch.compile could not trace in
 # torch 2.11 (the H200 machine's; 2.13, ours, traces it). A graph break there, in every PHM
-# layer's forward, made each layer its own compiled
-# frame, and then recompiles per layer exhausted dynamo's limit: compiled T5-base steps ran at 3.8x
-# the compiled floor on an H200 with torch 2.11. A lookup in this dict traces everywhere.
+# layer's forward, made each layer its own compiled frame, and then recompiles per layer exhausted
+# dynamo's limit: compiled T5-base steps ran at 3.8x the compiled floor on an H200 with torch 2.11.
+# A lookup in this dict traces everywhere.
 _AUTOCAST_AVAILABLE: dict[str, bool] = {
     t: _read_autocast_available(t) for t in ("cpu", "cuda", "meta", "mps", "xpu", "hpu", "mtia", "xla")
 }
