@@ -222,9 +222,11 @@ def _other_checkpoint(folder: Path) -> str:
     if (folder / "best" / CONFIG_NAME).is_file() or (folder / "best" / "peer_config.json").is_file():
         return f"; {folder} is a run directory: its best adapter is {folder / 'best'}"
     if (folder / "peer_config.json").is_file():
+        from .peers import peer_method  # peers imports this module
+
         try:
-            method = json.loads((folder / "peer_config.json").read_text()).get("method")
-        except (ValueError, OSError, AttributeError):
+            method = peer_method(folder)
+        except CheckpointError:
             method = None
         return (f"; {folder} holds a peer method's checkpoint ({method or 'peer_config.json'}), not a compacter adapter: "
                 "`compacter evaluate` and `compacter predict` read it inside its run directory")

@@ -255,18 +255,10 @@ def _load_adapted(adapter_dir: str, model: str | None, task_name: str | None, dt
 
 def _peer_method(folder: str) -> str | None:
     """The peer method of a peer run's checkpoint folder (its peer_config.json), None for ours."""
-    from .checkpoint import CONFIG_NAME, CheckpointError
+    from .checkpoint import CONFIG_NAME
+    from .peers import peer_method
 
-    file = Path(folder) / "peer_config.json"
-    if (Path(folder) / CONFIG_NAME).is_file() or not file.is_file():
-        return None
-    try:
-        method = json.loads(file.read_text()).get("method")
-    except (ValueError, OSError, AttributeError) as err:
-        raise CheckpointError(f"{file}: not a JSON object naming the peer method ({err})") from None
-    if method not in PEER_METHODS:
-        raise CheckpointError(f"{file}: method {method!r} is not a peer method ({', '.join(PEER_METHODS)})")
-    return method
+    return None if (Path(folder) / CONFIG_NAME).is_file() else peer_method(Path(folder))
 
 
 def _load_peer(net, method: str, family: str, run_config: dict, folder: str):

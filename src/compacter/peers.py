@@ -16,13 +16,14 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .checkpoint import _atomic_write, _read_weights
+from .checkpoint import CheckpointError, _atomic_write, _read_weights
 from .config import DEFAULT_LEARNING_RATES
 from .inject import body_prefix
 
 PEER_METHODS = ("peft-lora", "ah-compacter++", "ah-compacter")
 PEER_LEARNING_RATES = {"peft-lora": 3e-4, "ah-compacter++": 3e-3, "ah-compacter": 3e-3}
 PEER_WEIGHTS = "peer_model.safetensors"
+PEER_CONFIG = "peer_config.json"
 
 
 def default_learning_rate(method: str) -> float | None:
@@ -276,7 +277,22 @@ def save_peer(model: nn.Module, folder: Path, method: str) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in trained_tensors(model).items()}
     # safetensors writes owner-only (0600) files; give this one the umask's mode, as our adapter files get
     _atomic_write(folder / PEER_WEIGHTS, lambda path: save_file(tensors, path))
-    (folder / "peer_config.json").write_text(json.dumps({"method": method}) + "\n")
+    (folder / PEER_CONFIG).write_text(json.dumps({"method": method}) + "\n")
+
+
+def peer_method(folder: Path) -> str | None:
+    """The method ``folder``/peer_config.json names (None when there is no such file); a file that
+    is not a JSON object naming one of PEER_METHODS is a CheckpointError naming it."""
+    file = Path(folder) / PEER_CONFIG
+    if not file.is_file():
+        return None
+    try:
+        method = json.loads(file.read_text()).get("method")
+    except (ValueError, OSError, AttributeError) as err:
+        raise CheckpointError(f"{file}: not a JSON object naming the peer method ({err})") from None
+    if method not in PEER_METHODS:
+        raise CheckpointError(f"{file}: method {method!r} is not a peer method ({', '.join(PEER_METHODS)})")
+    return method
 
 
 def read_peer(folder: Path) -> dict[str, torch.Tensor]:

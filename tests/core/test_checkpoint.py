@@ -757,3 +757,25 @@ def test_a_run_directory_or_a_peer_checkpoint_says_what_it_is(tmp_path):
     (tmp_path / "peer").mkdir()
     (tmp_path / "peer" / "peer_config.json").write_text('{"method": "peft-lora"}\n')
     _refused(tmp_path / "peer", "holds a peer method's checkpoint \\(peft-lora\\), not a compacter adapter")
+    (tmp_path / "peer" / "peer_config.json").write_text('["peft-lora"]\n')  # damaged: the file is named instead
+    _refused(tmp_path / "peer", "holds a peer method's checkpoint \\(peer_config.json\\), not a compacter adapter")
+
+
+@pytest.mark.parametrize("text, message", [
+    (None, None),
+    ('{"method": "ah-compacter++"}', None),
+    ("{not json", r"peer_config\.json: not a JSON object naming the peer method"),
+    ('["peft-lora"]', r"peer_config\.json: not a JSON object naming the peer method"),
+    ('{"method": "compacter++"}', r"peer_config\.json: method 'compacter\+\+' is not a peer method \(peft-lora, "),
+])
+def test_peer_method_reads_peer_config_or_names_the_file(tmp_path, text, message):
+    """The one reader of peer_config.json, used by the CLI's evaluate/predict and by load_adapters' error."""
+    from compacter.peers import peer_method
+
+    if text is not None:
+        (tmp_path / "peer_config.json").write_text(text)
+    if message is None:
+        assert peer_method(tmp_path) == (None if text is None else "ah-compacter++")
+    else:
+        with pytest.raises(CheckpointError, match=message):
+            peer_method(tmp_path)
