@@ -369,6 +369,35 @@ def test_low_resource_places_one_tasks_whole_set_at_its_size(tmp_path):
     assert table_rows(markdown)["compacter++"][1:] == ["60.0", "70.0", "80.0"]
 
 
+def test_low_resource_one_task_cells_show_the_seed_spread(tmp_path):
+    """Figure 4 with seeds: a one-task cell reads as the main table's do; an average over tasks does not."""
+    for seed, score in ((42, 60.0), (43, 64.0), (44, 68.0)):
+        write_run(tmp_path / "one", f"n100-{seed}", task="mrpc", seed=seed, score=score, train_samples=100, train_examples=100)
+    write_run(tmp_path / "one", "n500", task="mrpc", score=70.0, train_samples=500, train_examples=500)
+    assert table_rows(low_resource_table(load_runs([tmp_path / "one"])))["compacter++"][1:] == ["64.0 ± 4.0 (n=3)", "70.0"]
+    for seed, score in ((42, 60.0), (43, 64.0)):
+        write_run(tmp_path / "two", f"rte-{seed}", task="rte", seed=seed, score=score, train_samples=100, train_examples=100)
+        write_run(tmp_path / "two", f"cb-{seed}", task="cb", seed=seed, score=score + 10, train_samples=100, train_examples=100)
+    assert table_rows(low_resource_table(load_runs([tmp_path / "two"])))["compacter++"][1:] == ["67.0"]
+
+
+@needs_matplotlib
+def test_low_resource_plot_draws_the_seed_spread(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    bars = []
+    real = matplotlib.axes.Axes.errorbar
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", lambda self, x, y, yerr=None, **kw: (
+        bars.append((list(x), list(y), yerr)), real(self, x, y, yerr=yerr, **kw))[1])
+    for seed, score in ((42, 60.0), (43, 64.0), (44, 68.0)):
+        write_run(tmp_path, f"n100-{seed}", task="mrpc", seed=seed, score=score, train_samples=100, train_examples=100)
+    write_run(tmp_path, "n500", task="mrpc", score=70.0, train_samples=500, train_examples=500)
+    write_run(tmp_path, "full", method="full", task="mrpc", score=71.0, train_samples=500, train_examples=500)
+    low_resource_plot(load_runs([tmp_path]), tmp_path / "fig4.png")
+    assert (tmp_path / "fig4.png").read_bytes()[:8] == PNG_MAGIC
+    assert sorted(bars, key=str) == sorted([([100, 500], [64.0, 70.0], (4.0, 0.0)), ([500], [71.0], None)], key=str)
+
+
 def test_low_resource_cells_over_fewer_tasks_are_starred(tmp_path):
     write_run(tmp_path, "cb-100", task="cb", score=50.0, train_samples=100, train_examples=100)
     write_run(tmp_path, "rte-100", task="rte", score=60.0, train_samples=100, train_examples=100)

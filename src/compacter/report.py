@@ -621,13 +621,17 @@ def low_resource_scores(runs: Sequence[Run], metric: str = "score") -> dict[tupl
     return {key: {samples: row.average for samples, row in by_size.items()} for key, by_size in _low_resource_rows(runs, metric).items()}
 
 
-def _low_resource_points(runs: Sequence[Run], metric: str) -> dict[tuple[str, str], dict[int | None, tuple[float, bool]]]:
-    """{(model, method): {training examples: (average, partial)}}; partial: averaged over fewer
-    tasks than the method has at some size, so not comparable with its other points."""
+def _low_resource_points(runs: Sequence[Run], metric: str) -> dict[tuple[str, str], dict[int | None, tuple[float, bool, Cell | None]]]:
+    """{(model, method): {training examples: (average, partial, cell)}}; partial: averaged over
+    fewer tasks than the method has at some size, so not comparable with its other points; cell:
+    the one task's mean ± std over seeds where the point has one task (None where it averages
+    several: a spread of that average over seeds is not the spread of its tasks' means)."""
     points = {}
     for key, by_size in _low_resource_rows(runs, metric).items():
         everywhere = set().union(*(row.cells for row in by_size.values()))
-        points[key] = {size: (row.average, set(row.cells) != everywhere) for size, row in by_size.items()}
+        points[key] = {size: (row.average, set(row.cells) != everywhere,
+                              next(iter(row.cells.values())) if len(row.cells) == 1 else None)
+                       for size, row in by_size.items()}
     return points
 
 
@@ -648,12 +652,12 @@ def low_resource_table(runs: Sequence[Run], metric: str = "score") -> str:
                 if s not in by_size:
                     cells.append(MISSING)
                     continue
-                average, partial = by_size[s]
+                average, partial, cell = by_size[s]
                 starred |= partial
-                cells.append(f"{average:.1f}" + ("*" if partial else ""))
+                cells.append((str(cell) if cell else f"{average:.1f}") + ("*" if partial else ""))
             body.append([m, *cells])
-        sections.append(f"### {model}\n\nTest {metric} (0-100) by training samples per task, "
-                        f"averaged over tasks.\n\n{_markdown(header, body)}")
+        sections.append(f"### {model}\n\nTest {metric} (0-100) by training samples per task, averaged over tasks "
+                        f"(one task: mean ± std over seeds where it has several).\n\n{_markdown(header, body)}")
     if starred:
         sections.append("\\* averaged over only some of the row's tasks (the others have no run at that size), "
                         "so not comparable with the row's other cells.")
@@ -774,7 +778,8 @@ def low_resource_plot(runs: Sequence[Run], path: str | Path, metric: str = "scor
 
     Runs on whole training sets of several sizes ("all") have no x value and are left out, and
     so are the table's starred cells (averages over fewer of a line's tasks: joined to the others,
-    a change of task mix would read as a change of score); when no point is left,
+    a change of task mix would read as a change of score); a one-task point over several seeds
+    has an error bar of ± one std over them. When no point is left,
     `NothingToPlot` (a ValueError) says why and nothing is written.
     """
     _check_metric(runs, metric)
@@ -782,7 +787,8 @@ def low_resource_plot(runs: Sequence[Run], path: str | Path, metric: str = "scor
     if not any(size is not None for by_size in scores.values() for size in by_size):
         raise NothingToPlot("no run has a training-set size to plot against: Figure 4 needs runs made with --train-samples "
                          "(or whole-set runs of a single task)")
-    lines = {key: sorted((s, v) for s, (v, partial) in by_size.items() if s is not None and not partial)
+    lines = {key: sorted((s, v, cell.std if cell else 0.0) for s, (v, partial, cell) in by_size.items()
+                         if s is not None and not partial)
              for key, by_size in scores.items()}
     if not any(lines.values()):
         raise NothingToPlot("every size's average covers only some of its line's tasks (the table's starred cells), and "
@@ -794,7 +800,8 @@ def low_resource_plot(runs: Sequence[Run], path: str | Path, metric: str = "scor
         points = lines[model, method]
         if points:
             label = f"{method} ({_model_label(model)})" if several_models else method
-            ax.plot(*zip(*points), marker="o", label=label)
+            x, y, std = zip(*points)
+            ax.errorbar(x, y, yerr=std if any(std) else None, marker="o", capsize=3, label=label)
     sizes = sorted(s for s in _budget_sizes(_low_resource_sizes(runs)) if s is not None)
     ax.set_xscale("log")
     ax.set_xticks(sizes, [str(s) for s in sizes])
