@@ -219,11 +219,11 @@ def read_adapter_config(path: str | os.PathLike) -> tuple[CompacterConfig, dict]
 def _other_checkpoint(folder: Path) -> str:
     """What ``folder`` holds instead of an adapter, for the error: a run directory (its best/ is the
     adapter), or a peer run's checkpoint (peer_config.json), which :func:`load_adapters` does not read."""
-    if (folder / "best" / CONFIG_NAME).is_file() or (folder / "best" / "peer_config.json").is_file():
-        return f"; {folder} is a run directory: its best adapter is {folder / 'best'}"
-    if (folder / "peer_config.json").is_file():
-        from .peers import peer_method  # peers imports this module
+    from .peers import PEER_CONFIG, peer_method  # peers imports this module
 
+    if (folder / "best" / CONFIG_NAME).is_file() or (folder / "best" / PEER_CONFIG).is_file():
+        return f"; {folder} is a run directory: its best adapter is {folder / 'best'}"
+    if (folder / PEER_CONFIG).is_file():
         try:
             method = peer_method(folder)
         except CheckpointError:
