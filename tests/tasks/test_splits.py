@@ -195,3 +195,13 @@ def test_a_validation_split_carved_from_train_says_it_needs_that_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no train\.tsv .*the validation split of sst2 is 1,000 examples carved out "
                                                 r"of its training set .*needs that file \(the test split does not\)"):
         paper_split("sst2", "validation", data_dir)
+
+
+def test_held_out_names_what_it_takes():
+    from compacter.tasks.splits import held_out
+
+    with pytest.raises(ValueError, match="held-out split 'train': choose 'validation' or 'test'"):
+        held_out("half", "train", _examples(10))
+    with pytest.raises(ValueError, match="unknown split protocol 'thirds'"):
+        held_out("thirds", "test", _examples(10))
+    assert held_out("given", "test", _examples(3)) == _examples(3)

@@ -94,6 +94,28 @@ def protocol_for(task: Task, data_dir: str | Path | None = None) -> str:
     return "given"
 
 
+def _sources(protocol: str) -> dict[str, str]:
+    """split -> the official split it comes from under `protocol`; an unknown protocol is an error."""
+    if protocol not in _SOURCES:
+        raise ValueError(f"unknown split protocol {protocol!r}; choose one of {[*_SOURCES, 'auto']}")
+    return dict(zip(("train", "validation", "test"), _SOURCES[protocol]))
+
+
+def held_out(protocol: str, split: str, source: Sequence[Example], seed: int = 42) -> list[Example]:
+    """The "validation" or "test" split of `protocol` from the one official split it comes from
+    (`source`, named in `_SOURCES`): half of the official validation set ("half"), 1,000 units
+    carved out of the training set ("carve" validation), or the official split itself. The one
+    place both the whole protocol (:func:`apply_protocol`) and one split (:func:`paper_split`) cut it."""
+    if split not in ("validation", "test"):
+        raise ValueError(f"held-out split {split!r}: choose 'validation' or 'test'")
+    _sources(protocol)
+    if protocol == "half":
+        return split_half(source, seed)[("validation", "test").index(split)]
+    if protocol == "carve" and split == "validation":
+        return carve(source, VALIDATION_FROM_TRAIN, seed)[1]
+    return list(source)
+
+
 def apply_protocol(
     protocol: str,
     official: dict[str, list[Example]],
@@ -105,17 +127,12 @@ def apply_protocol(
     "half" or "carve" by training-set size, for custom data without a test file."""
     if protocol == "auto":
         protocol = "half" if len(group_units(official["train"])) < SMALL_TRAIN_LIMIT else "carve"
-    if protocol == "half":
-        validation, test = split_half(official["validation"], seed)
-        splits = {"train": list(official["train"]), "validation": validation, "test": test}
-    elif protocol == "carve":
-        train, validation = carve(official["train"], VALIDATION_FROM_TRAIN, seed)
-        splits = {"train": train, "validation": validation, "test": list(official["validation"])}
-    elif protocol in _SOURCES:
-        names = ("train", "validation", "test")
-        splits = {name: list(official[source]) for name, source in zip(names, _SOURCES[protocol])}
-    else:
-        raise ValueError(f"unknown split protocol {protocol!r}; choose one of {[*_SOURCES, 'auto']}")
+    sources = _sources(protocol)
+    train = official["train"]
+    splits = {
+        "train": carve(train, VALIDATION_FROM_TRAIN, seed)[0] if protocol == "carve" else list(train),
+        **{split: held_out(protocol, split, official[sources[split]], seed) for split in ("validation", "test")},
+    }
     if train_samples is not None:
         splits["train"] = subsample(splits["train"], train_samples, seed if sample_seed is None else sample_seed)
     return splits
@@ -151,8 +168,7 @@ def paper_split(task: str | Task, split: str, data_dir: str | Path | None = None
     protocol = protocol_for(task, data_dir)
     if split not in ("validation", "test") or protocol == "auto":  # "auto" picks by the training set's size
         return paper_splits(task, data_dir, seed)[split]
-    index = ("validation", "test").index(split)
-    source = _SOURCES[protocol][index + 1]
+    source = _sources(protocol)[split]
     try:
         official = load_split(task, source, data_dir)
     except FileNotFoundError as err:
@@ -161,8 +177,4 @@ def paper_split(task: str | Task, split: str, data_dir: str | Path | None = None
         raise FileNotFoundError(f"{err}: the {split} split of {task.name} is {VALIDATION_FROM_TRAIN:,} examples carved out of "
                                 f"its training set (the paper's protocol for large sets), so it needs that file "
                                 f"(the test split does not)") from None
-    if protocol == "half":
-        return split_half(official, seed)[index]
-    if protocol == "carve" and split == "validation":
-        return carve(official, VALIDATION_FROM_TRAIN, seed)[1]
-    return list(official)
+    return held_out(protocol, split, official, seed)
