@@ -316,22 +316,18 @@ def _own_split(own, task, split: str) -> list:
     """The run's own files' ``split``, the examples training scored (:func:`~compacter.training.load_splits`).
     The training file is read only where the held-out sets came out of it (no --validation-file):
     with a validation file they are that file halved, or it and the test file."""
-    from .tasks import load_files
-    from .tasks.splits import split_half
-    from .training import load_splits
+    from .training import load_held_out, load_splits
 
     if own.validation_file is None:
         if not Path(own.train_file).is_file():
             raise ValueError(f"--train-file {own.train_file}: not found; the run held its validation and test examples "
                              "out of its training file (it had no --validation-file), so scoring them needs that file")
         return load_splits(own, task)[split]
-    files = load_files(task, validation=own.validation_file, test=own.test_file)
-    if own.test_file is None:  # the validation file halved, as training halved it
-        files["validation"], files["test"] = split_half(files["validation"], own.split_seed)
-    if not files[split]:
+    examples = load_held_out(own, task)[split]
+    if not examples:
         where = own.test_file if split == "test" and own.test_file else own.validation_file
         raise ValueError(f"empty {split} split from {where}")
-    return files[split]
+    return examples
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -438,26 +438,36 @@ def first_examples(examples: list[Example], n: int | None) -> list[Example]:
     return examples[:end]
 
 
+def load_held_out(cfg: TrainConfig, task: Task) -> dict[str, list[Example]]:
+    """Validation and test examples from the user's ``--validation-file`` (and ``--test-file``),
+    without reading the training file: the validation file halved when there is no test file
+    (the paper's protocol for small sets). Training (:func:`load_splits`) and ``compacter
+    evaluate`` both take them from here."""
+    files = load_files(task, validation=cfg.validation_file, test=cfg.test_file)
+    if cfg.test_file is None:
+        files["validation"], files["test"] = split_half(files["validation"], cfg.split_seed)
+    return files
+
+
 def _load_splits(cfg: TrainConfig, task: Task) -> dict[str, list[Example]]:
     if cfg.train_file is None:
         return paper_splits(task, cfg.data_dir, seed=cfg.split_seed, train_samples=cfg.train_samples, sample_seed=cfg.seed)
-    files = load_files(task, train=cfg.train_file, validation=cfg.validation_file, test=cfg.test_file)
-    if cfg.validation_file is None:
-        units = len(group_units(files["train"]))
-        size = min(VALIDATION_FROM_TRAIN, max(1, units // 10))
-        if (size if cfg.test_file else 2 * size) >= units:  # carve's own error named no file and no way out
-            held = "a validation example" if cfg.test_file else "a validation and a test example"
-            raise ValueError(f"--train-file {cfg.train_file}: {len(files['train'])} example(s) are too few to hold out {held} "
-                             f"and still train on the rest; give --validation-file"
-                             f"{'' if cfg.test_file else ' (and --test-file)'}, or more rows")
-        files["train"], held = carve(files["train"], size if cfg.test_file else 2 * size, cfg.split_seed)
-        if cfg.test_file:
-            files["validation"] = held
-        else:
-            files["validation"], files["test"] = split_half(held, cfg.split_seed)
-    elif cfg.test_file is None:
-        files["test"] = files["validation"]
-        return apply_protocol("half", files, seed=cfg.split_seed, train_samples=cfg.train_samples, sample_seed=cfg.seed)
+    if cfg.validation_file is not None:
+        files = {**load_files(task, train=cfg.train_file), **load_held_out(cfg, task)}
+        return apply_protocol("given", files, seed=cfg.split_seed, train_samples=cfg.train_samples, sample_seed=cfg.seed)
+    files = load_files(task, train=cfg.train_file, test=cfg.test_file)
+    units = len(group_units(files["train"]))
+    size = min(VALIDATION_FROM_TRAIN, max(1, units // 10))
+    if (size if cfg.test_file else 2 * size) >= units:  # carve's own error named no file and no way out
+        held = "a validation example" if cfg.test_file else "a validation and a test example"
+        raise ValueError(f"--train-file {cfg.train_file}: {len(files['train'])} example(s) are too few to hold out {held} "
+                         f"and still train on the rest; give --validation-file"
+                         f"{'' if cfg.test_file else ' (and --test-file)'}, or more rows")
+    files["train"], held = carve(files["train"], size if cfg.test_file else 2 * size, cfg.split_seed)
+    if cfg.test_file:
+        files["validation"] = held
+    else:
+        files["validation"], files["test"] = split_half(held, cfg.split_seed)
     return apply_protocol("given", files, seed=cfg.split_seed, train_samples=cfg.train_samples, sample_seed=cfg.seed)
 
 
