@@ -443,6 +443,9 @@ def load_held_out(cfg: TrainConfig, task: Task) -> dict[str, list[Example]]:
     without reading the training file: the validation file halved when there is no test file
     (the paper's protocol for small sets). Training (:func:`load_splits`) and ``compacter
     evaluate`` both take them from here."""
+    if cfg.validation_file is None:
+        raise ValueError("load_held_out needs --validation-file; without it the held-out sets come out of the "
+                         "training file (load_splits)")
     files = load_files(task, validation=cfg.validation_file, test=cfg.test_file)
     if cfg.test_file is None:
         files["validation"], files["test"] = split_half(files["validation"], cfg.split_seed)

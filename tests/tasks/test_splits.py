@@ -204,4 +204,6 @@ def test_held_out_names_what_it_takes():
         held_out("half", "train", _examples(10))
     with pytest.raises(ValueError, match="unknown split protocol 'thirds'"):
         held_out("thirds", "test", _examples(10))
+    with pytest.raises(ValueError, match="'auto' picks 'half' or 'carve'.*resolve it first"):
+        held_out("auto", "test", _examples(10))
     assert held_out("given", "test", _examples(3)) == _examples(3)

@@ -369,6 +369,16 @@ def test_a_validation_file_too_small_to_halve_is_refused_before_training(tmp_pat
         training.load_splits(cfg, training.resolve_task(cfg))
 
 
+def test_load_held_out_reads_no_training_file_and_needs_a_validation_file(tmp_path):
+    paths = {"train_file": str(tmp_path / "absent.csv"), "validation_file": _soup_csv(tmp_path / "validation.csv", 10)}
+    cfg = TrainConfig(task="soup", text_columns=["text"], label_names=["neg", "pos"], **paths)
+    held = training.load_held_out(cfg, training.resolve_task(cfg))
+    assert [len(held["validation"]), len(held["test"])] == [5, 5]
+    cfg = TrainConfig(task="soup", text_columns=["text"], label_names=["neg", "pos"], train_file=paths["train_file"])
+    with pytest.raises(ValueError, match="load_held_out needs --validation-file"):
+        training.load_held_out(cfg, training.resolve_task(cfg))
+
+
 @pytest.mark.parametrize("rows,test_file,problem", [
     (2, False, "2 example(s) are too few to hold out a validation and a test example and still train on the rest; "
                "give --validation-file (and --test-file), or more rows"),

@@ -94,6 +94,11 @@ def protocol_for(task: Task, data_dir: str | Path | None = None) -> str:
     return "given"
 
 
+def _carve_validation(train: Sequence[Example], seed: int) -> tuple[list[Example], list[Example]]:
+    """(rest, validation): the "carve" protocol's validation units taken out of the training set."""
+    return carve(train, VALIDATION_FROM_TRAIN, seed)
+
+
 def _sources(protocol: str) -> dict[str, str]:
     """split -> the official split it comes from under `protocol`; an unknown protocol is an error."""
     if protocol not in _SOURCES:
@@ -108,11 +113,14 @@ def held_out(protocol: str, split: str, source: Sequence[Example], seed: int = 4
     place both the whole protocol (:func:`apply_protocol`) and one split (:func:`paper_split`) cut it."""
     if split not in ("validation", "test"):
         raise ValueError(f"held-out split {split!r}: choose 'validation' or 'test'")
-    _sources(protocol)
+    if protocol == "auto":
+        raise ValueError("split protocol 'auto' picks 'half' or 'carve' by the training set's size; "
+                         "resolve it first (apply_protocol does)")
+    _sources(protocol)  # an unknown protocol is an error naming the choices
     if protocol == "half":
         return split_half(source, seed)[("validation", "test").index(split)]
     if protocol == "carve" and split == "validation":
-        return carve(source, VALIDATION_FROM_TRAIN, seed)[1]
+        return _carve_validation(source, seed)[1]
     return list(source)
 
 
@@ -128,11 +136,11 @@ def apply_protocol(
     if protocol == "auto":
         protocol = "half" if len(group_units(official["train"])) < SMALL_TRAIN_LIMIT else "carve"
     sources = _sources(protocol)
-    train = official["train"]
-    splits = {
-        "train": carve(train, VALIDATION_FROM_TRAIN, seed)[0] if protocol == "carve" else list(train),
-        **{split: held_out(protocol, split, official[sources[split]], seed) for split in ("validation", "test")},
-    }
+    if protocol == "carve":  # one cut gives both parts, so they cannot overlap
+        train, validation = _carve_validation(official["train"], seed)
+    else:
+        train, validation = list(official["train"]), held_out(protocol, "validation", official[sources["validation"]], seed)
+    splits = {"train": train, "validation": validation, "test": held_out(protocol, "test", official[sources["test"]], seed)}
     if train_samples is not None:
         splits["train"] = subsample(splits["train"], train_samples, seed if sample_seed is None else sample_seed)
     return splits
